@@ -1,0 +1,41 @@
+//! Where the real data and weights live on development and CI machines.
+//!
+//! `QI_SHARED` names the folder; otherwise `../shared` beside the workspace root is used. Tests that
+//! need it call [`shared_path`] and skip with a printed reason when it returns `None`.
+use std::path::PathBuf;
+
+/// The shared data folder, if present.
+pub fn shared_dir() -> Option<PathBuf> {
+    let dir = match std::env::var_os("QI_SHARED") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"),
+    };
+    dir.is_dir().then_some(dir)
+}
+
+/// A file inside the shared folder, if the folder and the file exist. Prints why not otherwise,
+/// so a skipped test says what it skipped.
+pub fn shared_path(relative: &str) -> Option<PathBuf> {
+    match shared_dir() {
+        None => {
+            eprintln!("skipping: shared data folder not found (set QI_SHARED or put it at ../shared)");
+            None
+        }
+        Some(dir) => {
+            let p = dir.join(relative);
+            if p.exists() {
+                Some(p)
+            } else {
+                eprintln!("skipping: {} not found", p.display());
+                None
+            }
+        }
+    }
+}
+
+/// Default SmolLM2 GGUF path inside the shared folder.
+pub const SMOLLM2_GGUF: &str = "models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf";
+/// WikiText-2 raw test split inside the shared folder.
+pub const WIKITEXT2_TEST: &str = "data/wikitext-2-raw/wiki.test.raw";
+/// C4 validation sample inside the shared folder.
+pub const C4_VALIDATION: &str = "data/c4/c4_validation_2k.parquet";
