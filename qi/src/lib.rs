@@ -3,7 +3,18 @@
 //! Hooked transformer forward passes (GPT-2, GPT-NeoX/Pythia, Llama family) on candle with
 //! TransformerLens-style hook names, an activation cache and interventions; quantizers applied to
 //! the same raw weights; analyses of what quantization does to circuits and features.
+pub mod batch;
 pub mod error;
+pub mod hooks;
+pub mod loader;
+pub mod models;
+pub mod ops;
 pub mod shared;
+pub mod tokenizer;
 
+pub use batch::{Batch, Padding};
 pub use error::QiError;
+pub use hooks::{ActivationCache, HookFilter, Hooks};
+pub use loader::{load_model, ModelSource};
+pub use models::{HookedTransformer, ModelConfig};
+pub use tokenizer::Tokenizer;

@@ -1,0 +1,243 @@
+//! GGUF files (llama.cpp): metadata → HF-style config, tensors dequantized to f32 under their HF
+//! names (so one builder per family serves both formats), tokenizer from the metadata. The file's
+//! original quantization type of each tensor is kept in [`SourceInfo::tensor_types`].
+use super::Checkpoint;
+use crate::models::{self, hf_config::HfConfig, Architecture, HookedTransformer, SourceInfo};
+use crate::tokenizer::Tokenizer;
+use anyhow::{anyhow, Context, Result};
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::{Device, Tensor};
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+/// Reads the header (metadata and tensor directory) of a GGUF file.
+pub fn read_content(path: &Path) -> Result<(std::fs::File, Content)> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("{}: cannot open GGUF file", path.display()))?;
+    let content = Content::read(&mut f).map_err(|e| anyhow!("{}: not a valid GGUF file ({e})", path.display()))?;
+    Ok((f, content))
+}
+
+fn md_u(md: &HashMap<String, Value>, key: &str) -> Option<u64> {
+    md.get(key).and_then(|v| v.to_u64().ok().or_else(|| v.to_u32().ok().map(u64::from)).or_else(|| v.to_i32().ok().map(|x| x as u64)))
+}
+fn md_f(md: &HashMap<String, Value>, key: &str) -> Option<f64> {
+    md.get(key).and_then(|v| v.to_f32().ok().map(f64::from).or_else(|| v.to_f64().ok()))
+}
+fn md_req(md: &HashMap<String, Value>, key: &str, path: &Path) -> Result<u64> {
+    md_u(md, key).ok_or_else(|| anyhow!("{}: GGUF metadata '{key}' is missing or not an integer", path.display()))
+}
+
+/// Loads a GGUF model; every tensor is dequantized to f32.
+pub fn load(path: &Path) -> Result<HookedTransformer> {
+    let (mut file, content) = read_content(path)?;
+    let md = &content.metadata;
+    let arch_name = md
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .ok_or_else(|| anyhow!("{}: GGUF metadata 'general.architecture' is missing", path.display()))?
+        .clone();
+    let arch = Architecture::from_name(&arch_name)?;
+    let a = arch_name.as_str();
+    let emb_rows = content
+        .tensor_infos
+        .get("token_embd.weight")
+        .map(|t| t.shape.dims()[0])
+        .ok_or_else(|| anyhow!("{}: missing tensor 'token_embd.weight'", path.display()))?;
+    let n_heads = md_req(md, &format!("{a}.attention.head_count"), path)? as usize;
+    let n_kv = md_u(md, &format!("{a}.attention.head_count_kv")).map(|x| x as usize).unwrap_or(n_heads);
+    let d_model = md_req(md, &format!("{a}.embedding_length"), path)? as usize;
+    let tied = !content.tensor_infos.contains_key("output.weight");
+    let common = json!({
+        "vocab_size": md_u(md, &format!("{a}.vocab_size")).map(|x| x as usize).unwrap_or(emb_rows),
+        "bos_token_id": md_u(md, "tokenizer.ggml.bos_token_id"),
+        "eos_token_id": md_u(md, "tokenizer.ggml.eos_token_id"),
+    });
+    let mut cfg_json = match arch {
+        Architecture::Llama => json!({
+            "model_type": "llama",
+            "hidden_size": d_model,
+            "num_hidden_layers": md_req(md, &format!("{a}.block_count"), path)?,
+            "num_attention_heads": n_heads,
+            "num_key_value_heads": n_kv,
+            "head_dim": md_u(md, &format!("{a}.attention.key_length")).unwrap_or((d_model / n_heads.max(1)) as u64),
+            "intermediate_size": md_req(md, &format!("{a}.feed_forward_length"), path)?,
+            "max_position_embeddings": md_req(md, &format!("{a}.context_length"), path)?,
+            "rms_norm_eps": md_f(md, &format!("{a}.attention.layer_norm_rms_epsilon")).unwrap_or(1e-5),
+            "rope_theta": md_f(md, &format!("{a}.rope.freq_base")).unwrap_or(10000.0),
+            "tie_word_embeddings": tied,
+        }),
+        Architecture::Gpt2 => json!({
+            "model_type": "gpt2",
+            "n_embd": d_model,
+            "n_layer": md_req(md, &format!("{a}.block_count"), path)?,
+            "n_head": n_heads,
+            "n_inner": md_req(md, &format!("{a}.feed_forward_length"), path)?,
+            "n_positions": md_req(md, &format!("{a}.context_length"), path)?,
+            "layer_norm_epsilon": md_f(md, &format!("{a}.attention.layer_norm_epsilon")).unwrap_or(1e-5),
+        }),
+        Architecture::GptNeox => {
+            let d_head = d_model / n_heads.max(1);
+            let rot = md_u(md, &format!("{a}.rope.dimension_count")).map(|x| x as usize).unwrap_or(d_head / 4);
+            json!({
+                "model_type": "gpt_neox",
+                "hidden_size": d_model,
+                "num_hidden_layers": md_req(md, &format!("{a}.block_count"), path)?,
+                "num_attention_heads": n_heads,
+                "intermediate_size": md_req(md, &format!("{a}.feed_forward_length"), path)?,
+                "max_position_embeddings": md_req(md, &format!("{a}.context_length"), path)?,
+                "layer_norm_eps": md_f(md, &format!("{a}.attention.layer_norm_epsilon")).unwrap_or(1e-5),
+                "rotary_pct": rot as f64 / d_head as f64,
+                "rotary_emb_base": md_f(md, &format!("{a}.rope.freq_base")).unwrap_or(10000.0),
+                "use_parallel_residual": md.get(&format!("{a}.use_parallel_residual")).and_then(|v| v.to_bool().ok()).unwrap_or(true),
+                "tie_word_embeddings": tied,
+            })
+        }
+    };
+    cfg_json.as_object_mut().unwrap().extend(common.as_object().unwrap().clone());
+    let cfg = models::config_from_hf(arch, &HfConfig::new(&cfg_json, path))?;
+
+    let mut tensors = HashMap::new();
+    let mut types = BTreeMap::new();
+    let mut infos: Vec<_> = content.tensor_infos.iter().collect();
+    infos.sort_by_key(|(_, info)| info.offset);
+    for (name, info) in infos {
+        let Some(hf) = hf_name(arch, name) else { continue };
+        let qt = info.read(&mut file, content.tensor_data_offset, &Device::Cpu).map_err(|e| anyhow!("{}: cannot read tensor '{name}': {e}", path.display()))?;
+        let mut t = qt.dequantize(&Device::Cpu).map_err(|e| anyhow!("{}: cannot dequantize tensor '{name}' ({:?}): {e}", path.display(), info.ggml_dtype))?;
+        if arch == Architecture::Llama && (name.ends_with("attn_q.weight") || name.ends_with("attn_k.weight")) {
+            let heads = if name.ends_with("attn_q.weight") { cfg.n_heads } else { cfg.n_kv_heads };
+            t = unpermute_rotary_rows(&t, heads).with_context(|| format!("{}: tensor '{name}'", path.display()))?;
+        }
+        if arch == Architecture::Gpt2 && is_gpt2_conv1d(&hf) {
+            t = t.t()?.contiguous()?;
+        }
+        types.insert(hf.clone(), format!("{:?}", info.ggml_dtype).to_uppercase());
+        tensors.insert(hf, t);
+    }
+    let ck = Checkpoint::from_map(path, tensors, types.clone());
+    let parts = models::build_parts(&cfg, &ck)?;
+    let tokenizer = if md.contains_key("tokenizer.ggml.model") {
+        Some(Tokenizer::from_gguf_metadata(md).with_context(|| format!("{}: cannot build the tokenizer from the GGUF metadata", path.display()))?)
+    } else {
+        None
+    };
+    let source = SourceInfo { source: path.display().to_string(), files: vec![path.display().to_string()], tensor_types: types, quantization: None };
+    HookedTransformer::from_parts(cfg, parts.embed, parts.pos_embed, parts.blocks, parts.ln_final, parts.unembed, tokenizer, source)
+}
+
+/// llama.cpp stores Llama's q/k rows interleaved per head for its rotary kernel
+/// (`reshape(h, 2, d/2, in).swapaxes(1, 2)` at conversion); this restores HF's order.
+fn unpermute_rotary_rows(t: &Tensor, heads: usize) -> Result<Tensor> {
+    let (rows, cols) = t.dims2()?;
+    if heads == 0 || rows % (2 * heads) != 0 {
+        anyhow::bail!("{rows} rows cannot be split into {heads} rotary heads");
+    }
+    Ok(t.reshape((heads, rows / heads / 2, 2, cols))?.transpose(1, 2)?.contiguous()?.reshape((rows, cols))?)
+}
+
+fn is_gpt2_conv1d(hf: &str) -> bool {
+    hf.ends_with("c_attn.weight") || hf.ends_with("c_proj.weight") || hf.ends_with("c_fc.weight")
+}
+
+/// HF name of a GGUF tensor, or None for tensors qi does not use (e.g. `rope_freqs`).
+fn hf_name(arch: Architecture, gguf: &str) -> Option<String> {
+    let (prefix, layer_fmt, map): (&str, &str, &[(&str, &str)]) = match arch {
+        Architecture::Llama => (
+            "model.",
+            "model.layers.{l}.",
+            &[
+                ("attn_norm.weight", "input_layernorm.weight"),
+                ("attn_q.weight", "self_attn.q_proj.weight"),
+                ("attn_k.weight", "self_attn.k_proj.weight"),
+                ("attn_v.weight", "self_attn.v_proj.weight"),
+                ("attn_output.weight", "self_attn.o_proj.weight"),
+                ("ffn_norm.weight", "post_attention_layernorm.weight"),
+                ("ffn_gate.weight", "mlp.gate_proj.weight"),
+                ("ffn_up.weight", "mlp.up_proj.weight"),
+                ("ffn_down.weight", "mlp.down_proj.weight"),
+            ],
+        ),
+        Architecture::Gpt2 => (
+            "transformer.",
+            "transformer.h.{l}.",
+            &[
+                ("attn_norm.weight", "ln_1.weight"),
+                ("attn_norm.bias", "ln_1.bias"),
+                ("attn_qkv.weight", "attn.c_attn.weight"),
+                ("attn_qkv.bias", "attn.c_attn.bias"),
+                ("attn_output.weight", "attn.c_proj.weight"),
+                ("attn_output.bias", "attn.c_proj.bias"),
+                ("ffn_norm.weight", "ln_2.weight"),
+                ("ffn_norm.bias", "ln_2.bias"),
+                ("ffn_up.weight", "mlp.c_fc.weight"),
+                ("ffn_up.bias", "mlp.c_fc.bias"),
+                ("ffn_down.weight", "mlp.c_proj.weight"),
+                ("ffn_down.bias", "mlp.c_proj.bias"),
+            ],
+        ),
+        Architecture::GptNeox => (
+            "gpt_neox.",
+            "gpt_neox.layers.{l}.",
+            &[
+                ("attn_norm.weight", "input_layernorm.weight"),
+                ("attn_norm.bias", "input_layernorm.bias"),
+                ("attn_qkv.weight", "attention.query_key_value.weight"),
+                ("attn_qkv.bias", "attention.query_key_value.bias"),
+                ("attn_output.weight", "attention.dense.weight"),
+                ("attn_output.bias", "attention.dense.bias"),
+                ("ffn_norm.weight", "post_attention_layernorm.weight"),
+                ("ffn_norm.bias", "post_attention_layernorm.bias"),
+                ("ffn_up.weight", "mlp.dense_h_to_4h.weight"),
+                ("ffn_up.bias", "mlp.dense_h_to_4h.bias"),
+                ("ffn_down.weight", "mlp.dense_4h_to_h.weight"),
+                ("ffn_down.bias", "mlp.dense_4h_to_h.bias"),
+            ],
+        ),
+    };
+    if let Some(rest) = gguf.strip_prefix("blk.") {
+        let (l, leaf) = rest.split_once('.')?;
+        let l: usize = l.parse().ok()?;
+        let (_, hf) = map.iter().find(|(g, _)| *g == leaf)?;
+        return Some(format!("{}{hf}", layer_fmt.replace("{l}", &l.to_string())));
+    }
+    let top = match (arch, gguf) {
+        (Architecture::Llama, "token_embd.weight") => "model.embed_tokens.weight".to_string(),
+        (Architecture::Llama, "output_norm.weight") => "model.norm.weight".to_string(),
+        (Architecture::Llama, "output.weight") => "lm_head.weight".to_string(),
+        (Architecture::Gpt2, "token_embd.weight") => format!("{prefix}wte.weight"),
+        (Architecture::Gpt2, "position_embd.weight") => format!("{prefix}wpe.weight"),
+        (Architecture::Gpt2, "output_norm.weight") => format!("{prefix}ln_f.weight"),
+        (Architecture::Gpt2, "output_norm.bias") => format!("{prefix}ln_f.bias"),
+        (Architecture::Gpt2, "output.weight") => "lm_head.weight".to_string(),
+        (Architecture::GptNeox, "token_embd.weight") => format!("{prefix}embed_in.weight"),
+        (Architecture::GptNeox, "output_norm.weight") => format!("{prefix}final_layer_norm.weight"),
+        (Architecture::GptNeox, "output_norm.bias") => format!("{prefix}final_layer_norm.bias"),
+        (Architecture::GptNeox, "output.weight") => "embed_out.weight".to_string(),
+        _ => return None,
+    };
+    Some(top)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unpermute_inverts_llama_cpp_permutation() {
+        // 2 heads of dim 4, 1 column: HF rows [a0 a1 | b0 b1] per head (halves a, b).
+        let hf: Vec<f32> = (0..8).map(|x| x as f32).collect();
+        // llama.cpp: reshape(h, 2, d/2).swapaxes(1, 2) → per head [a0 b0 a1 b1]
+        let gguf = vec![0., 2., 1., 3., 4., 6., 5., 7.];
+        let t = Tensor::from_vec(gguf, (8, 1), &Device::Cpu).unwrap();
+        let back = unpermute_rotary_rows(&t, 2).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(back, hf);
+    }
+
+    #[test]
+    fn maps_names() {
+        assert_eq!(hf_name(Architecture::Llama, "blk.3.ffn_down.weight").unwrap(), "model.layers.3.mlp.down_proj.weight");
+        assert_eq!(hf_name(Architecture::Gpt2, "blk.0.attn_qkv.bias").unwrap(), "transformer.h.0.attn.c_attn.bias");
+        assert!(hf_name(Architecture::Llama, "rope_freqs.weight").is_none());
+    }
+}

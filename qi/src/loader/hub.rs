@@ -1,0 +1,47 @@
+//! Downloads from the Hugging Face Hub through hf-hub, honouring its cache (`HF_HOME`) and offline
+//! mode (`HF_HUB_OFFLINE=1`: only files already in the cache are used).
+use anyhow::{anyhow, bail, Context, Result};
+use hf_hub::{Repo, RepoType};
+use std::path::{Path, PathBuf};
+
+fn offline() -> bool {
+    matches!(std::env::var("HF_HUB_OFFLINE").as_deref(), Ok("1") | Ok("true") | Ok("TRUE") | Ok("yes"))
+}
+
+/// Fetches config, weights and tokenizer files of `id` and returns the snapshot directory that
+/// holds them (hf-hub keeps all files of one revision side by side).
+pub fn download(id: &str, revision: Option<&str>) -> Result<PathBuf> {
+    let repo = match revision {
+        Some(r) => Repo::with_revision(id.to_string(), RepoType::Model, r.to_string()),
+        None => Repo::new(id.to_string(), RepoType::Model),
+    };
+    let fetch: Box<dyn Fn(&str) -> Result<PathBuf>> = if offline() {
+        let cache = hf_hub::Cache::from_env().repo(repo.clone());
+        Box::new(move |f: &str| cache.get(f).ok_or_else(|| anyhow!("'{f}' is not in the local Hugging Face cache (HF_HUB_OFFLINE is set)")))
+    } else {
+        let api = hf_hub::api::sync::ApiBuilder::from_env().with_progress(true).build().context("cannot set up the Hugging Face Hub client")?;
+        let r = api.repo(repo.clone());
+        Box::new(move |f: &str| r.get(f).map_err(|e| anyhow!("{e}")))
+    };
+    let config = fetch("config.json").with_context(|| format!("Hub model '{id}': cannot get config.json"))?;
+    let dir = config.parent().map(Path::to_path_buf).ok_or_else(|| anyhow!("odd cache path {}", config.display()))?;
+    if fetch("model.safetensors").is_err() {
+        let index = fetch("model.safetensors.index.json")
+            .with_context(|| format!("Hub model '{id}': neither model.safetensors nor model.safetensors.index.json could be fetched"))?;
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&index)?)?;
+        let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| anyhow!("{}: missing weight_map", index.display()))?;
+        let mut shards: Vec<&str> = map.values().filter_map(|s| s.as_str()).collect();
+        shards.sort();
+        shards.dedup();
+        for s in shards {
+            fetch(s).with_context(|| format!("Hub model '{id}': cannot get shard {s}"))?;
+        }
+    }
+    if fetch("tokenizer.json").is_err() && (fetch("vocab.json").is_err() || fetch("merges.txt").is_err()) {
+        eprintln!("note: Hub model '{id}' has no tokenizer.json or vocab.json+merges.txt; text input will not be available");
+    }
+    if !dir.join("config.json").exists() {
+        bail!("Hub download of '{id}' did not produce {}", dir.join("config.json").display());
+    }
+    Ok(dir)
+}

@@ -1,0 +1,164 @@
+//! Loading models by Hub id, local HF directory, single safetensors file or GGUF file.
+mod checkpoint;
+pub mod gguf;
+pub mod hub;
+
+pub use checkpoint::Checkpoint;
+
+use crate::models::{self, hf_config::HfConfig, Architecture, HookedTransformer, SourceInfo};
+use crate::tokenizer::Tokenizer;
+use anyhow::{anyhow, bail, Context, Result};
+use std::path::{Path, PathBuf};
+
+/// Where a model comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// A Hugging Face Hub id (`gpt2`, `EleutherAI/pythia-70m`), optionally `@revision`.
+    Hub { id: String, revision: Option<String> },
+    /// A directory with config.json, safetensors weights and tokenizer files.
+    HfDir(PathBuf),
+    /// A single `.safetensors` file with config.json (and tokenizer files) beside it.
+    Safetensors(PathBuf),
+    /// A GGUF file (weights dequantized to f32, tokenizer from its metadata).
+    Gguf(PathBuf),
+}
+
+impl ModelSource {
+    /// Existing paths are local sources; anything else that looks like `owner/name` is a Hub id.
+    pub fn parse(s: &str) -> Result<Self> {
+        let p = Path::new(s);
+        if p.is_dir() {
+            return Ok(ModelSource::HfDir(p.to_path_buf()));
+        }
+        let ext = p.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+        if p.is_file() {
+            return match ext.as_deref() {
+                Some("gguf") => Ok(ModelSource::Gguf(p.to_path_buf())),
+                Some("safetensors") => Ok(ModelSource::Safetensors(p.to_path_buf())),
+                _ => bail!("{s}: unsupported model file (expected a .gguf or .safetensors file, or an HF model directory)"),
+            };
+        }
+        let looks_local = s.starts_with('.') || s.starts_with('/') || s.starts_with('~') || matches!(ext.as_deref(), Some("gguf" | "safetensors" | "json" | "bin"));
+        let (id, revision) = match s.split_once('@') {
+            Some((i, r)) => (i, Some(r.to_string())),
+            None => (s, None),
+        };
+        let valid_id = !id.is_empty()
+            && id.split('/').count() <= 2
+            && id.split('/').all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)));
+        if looks_local || !valid_id {
+            bail!("{s}: no such file or directory (and not a Hugging Face Hub id like 'gpt2' or 'EleutherAI/pythia-70m')");
+        }
+        Ok(ModelSource::Hub { id: id.to_string(), revision })
+    }
+}
+
+/// Loads a model from a Hub id or a local path (see [`ModelSource`]).
+pub fn load_model(source: &str) -> Result<HookedTransformer> {
+    let src = ModelSource::parse(source)?;
+    let mut model = match &src {
+        ModelSource::Gguf(p) => gguf::load(p)?,
+        ModelSource::HfDir(d) => load_hf_dir(d, None)?,
+        ModelSource::Safetensors(f) => {
+            let dir = f.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+            load_hf_dir(&dir, Some(vec![f.clone()]))?
+        }
+        ModelSource::Hub { id, revision } => {
+            let dir = hub::download(id, revision.as_deref())?;
+            load_hf_dir(&dir, None).with_context(|| format!("loading Hub model '{id}' from {}", dir.display()))?
+        }
+    };
+    model.source.source = source.to_string();
+    Ok(model)
+}
+
+/// The architecture named by a HF config (`model_type`).
+fn architecture_of(json: &serde_json::Value, path: &Path) -> Result<Architecture> {
+    let mt = json.get("model_type").and_then(|v| v.as_str()).ok_or_else(|| anyhow!("{}: missing 'model_type'", path.display()))?;
+    Architecture::from_name(mt)
+}
+
+/// Loads a HF-layout directory: config.json, weights (`files`, or model.safetensors, or the shards
+/// listed in model.safetensors.index.json) and the tokenizer if present.
+pub fn load_hf_dir(dir: &Path, files: Option<Vec<PathBuf>>) -> Result<HookedTransformer> {
+    let cfg_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("{}: cannot read the model config", cfg_path.display()))?;
+    let json: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", cfg_path.display()))?;
+    let arch = architecture_of(&json, &cfg_path)?;
+    let cfg = models::config_from_hf(arch, &HfConfig::new(&json, &cfg_path))?;
+    let (files, display) = match files {
+        Some(f) => {
+            let d = f[0].clone();
+            (f, d)
+        }
+        None => weight_files(dir)?,
+    };
+    let ck = Checkpoint::from_safetensors(&files, &display)?;
+    let parts = models::build_parts(&cfg, &ck)?;
+    let tokenizer = load_dir_tokenizer(dir)?;
+    let source = SourceInfo {
+        source: dir.display().to_string(),
+        files: files.iter().map(|f| f.display().to_string()).collect(),
+        tensor_types: ck.tensor_types.clone(),
+        quantization: read_quantization_note(dir),
+    };
+    HookedTransformer::from_parts(cfg, parts.embed, parts.pos_embed, parts.blocks, parts.ln_final, parts.unembed, tokenizer, source)
+}
+
+/// A quantized model written by qi records its spec in `qi_quantization.json`.
+fn read_quantization_note(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("qi_quantization.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v.get("spec")?.as_str().map(str::to_string)
+}
+
+fn weight_files(dir: &Path) -> Result<(Vec<PathBuf>, PathBuf)> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok((vec![single.clone()], single));
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if index.is_file() {
+        let text = std::fs::read_to_string(&index).with_context(|| format!("{}: cannot read", index.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", index.display()))?;
+        let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| anyhow!("{}: missing 'weight_map' object", index.display()))?;
+        let mut shards: Vec<String> = map.values().filter_map(|s| s.as_str().map(str::to_string)).collect();
+        shards.sort();
+        shards.dedup();
+        return Ok((shards.iter().map(|s| dir.join(s)).collect(), dir.to_path_buf()));
+    }
+    bail!(
+        "{}: no model.safetensors or model.safetensors.index.json (PyTorch .bin checkpoints are not supported; convert them to safetensors)",
+        dir.display()
+    )
+}
+
+fn load_dir_tokenizer(dir: &Path) -> Result<Option<Tokenizer>> {
+    let tj = dir.join("tokenizer.json");
+    if tj.is_file() {
+        return Ok(Some(Tokenizer::from_file(&tj)?));
+    }
+    let (v, m) = (dir.join("vocab.json"), dir.join("merges.txt"));
+    if v.is_file() && m.is_file() {
+        return Ok(Some(Tokenizer::from_vocab_merges(&v, &m)?));
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sources() {
+        assert_eq!(ModelSource::parse("gpt2").unwrap(), ModelSource::Hub { id: "gpt2".into(), revision: None });
+        assert_eq!(
+            ModelSource::parse("EleutherAI/pythia-70m@step1000").unwrap(),
+            ModelSource::Hub { id: "EleutherAI/pythia-70m".into(), revision: Some("step1000".into()) }
+        );
+        let e = ModelSource::parse("./missing/model.gguf").unwrap_err().to_string();
+        assert!(e.contains("no such file"), "{e}");
+        let e = ModelSource::parse("a/b/c").unwrap_err().to_string();
+        assert!(e.contains("no such file"), "{e}");
+    }
+}

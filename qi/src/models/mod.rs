@@ -1,0 +1,367 @@
+//! Model families and the one hooked forward pass they share.
+//!
+//! Each family file (`gpt2.rs`, `neox.rs`, `llama.rs`) reads its config and maps its checkpoint's
+//! tensors onto the common [`HookedTransformer`] parts; `transformer.rs` runs the forward pass with
+//! hook points. Linear weights are kept in PyTorch `nn.Linear` layout `[out, in]` under their
+//! Hugging Face parameter names, so quantizers see exactly the raw matrices a HF checkpoint holds.
+pub mod gpt2;
+pub mod hf_config;
+pub mod llama;
+pub mod neox;
+mod transformer;
+
+pub use transformer::HookedTransformer;
+
+use anyhow::Result;
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+/// Supported architectures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Architecture {
+    Gpt2,
+    GptNeox,
+    Llama,
+}
+
+impl Architecture {
+    pub const SUPPORTED: &'static str = "gpt2, gpt_neox (Pythia), llama (Llama, SmolLM2, TinyLlama)";
+
+    /// From a HF `model_type` or a GGUF `general.architecture`.
+    pub fn from_name(name: &str) -> Result<Self> {
+        match name {
+            "gpt2" => Ok(Architecture::Gpt2),
+            "gpt_neox" | "gptneox" => Ok(Architecture::GptNeox),
+            "llama" => Ok(Architecture::Llama),
+            other => Err(crate::QiError::UnsupportedArchitecture { arch: other.to_string(), supported: Self::SUPPORTED.into() }.into()),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Architecture::Gpt2 => "gpt2",
+            Architecture::GptNeox => "gpt_neox",
+            Architecture::Llama => "llama",
+        }
+    }
+}
+
+/// The MLP nonlinearity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// tanh approximation (GPT-2's `gelu_new`).
+    GeluTanh,
+    /// exact erf GELU (NeoX's `gelu`).
+    GeluErf,
+    /// SiLU (Llama's gated MLP).
+    Silu,
+    Relu,
+}
+
+impl Activation {
+    pub fn from_hf(name: &str) -> Result<Self> {
+        Ok(match name {
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" | "gelu_tanh" => Activation::GeluTanh,
+            "gelu" => Activation::GeluErf,
+            "silu" | "swish" => Activation::Silu,
+            "relu" => Activation::Relu,
+            other => return Err(crate::QiError::invalid("activation function", other, "supported: gelu_new, gelu, silu, relu").into()),
+        })
+    }
+
+    pub fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Activation::GeluTanh => x.gelu(),
+            Activation::GeluErf => x.gelu_erf(),
+            Activation::Silu => x.silu(),
+            Activation::Relu => x.relu(),
+        }
+    }
+}
+
+/// How positions enter the model.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Positional {
+    /// Learned absolute position embeddings added to the token embeddings.
+    Learned,
+    /// Rotary embeddings on the first `dim` features of each query/key head.
+    Rotary { dim: usize, theta: f64 },
+}
+
+/// Architecture-neutral hyper-parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub architecture: Architecture,
+    pub n_layers: usize,
+    pub d_model: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub d_head: usize,
+    pub d_mlp: usize,
+    pub d_vocab: usize,
+    pub n_ctx: usize,
+    pub norm_eps: f64,
+    pub positional: Positional,
+    pub parallel_residual: bool,
+    pub activation: Activation,
+    pub gated_mlp: bool,
+    pub tied_embeddings: bool,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
+}
+
+impl ModelConfig {
+    /// Every hook point name this model has, in forward order.
+    pub fn hook_names(&self) -> Vec<String> {
+        use crate::hooks::names as n;
+        let mut v = vec![n::EMBED.to_string()];
+        if self.positional == Positional::Learned {
+            v.push(n::POS_EMBED.into());
+        }
+        let rotary = matches!(self.positional, Positional::Rotary { .. });
+        for l in 0..self.n_layers {
+            v.extend([n::resid_pre(l), n::ln1(l), n::q(l), n::k(l), n::v(l)]);
+            if rotary {
+                v.extend([n::rot_q(l), n::rot_k(l)]);
+            }
+            v.extend([n::attn_scores(l), n::pattern(l), n::z(l), n::attn_out(l)]);
+            if !self.parallel_residual {
+                v.push(n::resid_mid(l));
+            }
+            v.extend([n::ln2(l), n::mlp_pre(l)]);
+            if self.gated_mlp {
+                v.push(n::mlp_pre_linear(l));
+            }
+            v.extend([n::mlp_post(l), n::mlp_out(l), n::resid_post(l)]);
+        }
+        v.push(n::LN_FINAL.into());
+        v
+    }
+}
+
+/// A linear layer `y = x Wᵀ + b` with `W` in `[out, in]` layout, named by its HF parameter name.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    /// HF name of the weight, e.g. `model.layers.0.self_attn.q_proj.weight`.
+    pub name: String,
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    /// The checkpoint stores this weight as `[in, out]` (GPT-2's Conv1D); used when writing back.
+    pub transposed_in_checkpoint: bool,
+}
+
+impl Linear {
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let d_in = dims[dims.len() - 1];
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        let y = x.reshape((rows, d_in))?.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out = dims;
+        *out.last_mut().unwrap() = y.dim(1)?;
+        y.reshape(out)
+    }
+    pub fn out_features(&self) -> usize {
+        self.weight.dims()[0]
+    }
+    pub fn in_features(&self) -> usize {
+        self.weight.dims()[1]
+    }
+}
+
+/// LayerNorm (weight, bias) or RMSNorm (weight only).
+#[derive(Debug, Clone)]
+pub struct Norm {
+    /// HF name prefix, e.g. `transformer.h.0.ln_1`.
+    pub name: String,
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub eps: f64,
+}
+
+impl Norm {
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match &self.bias {
+            Some(b) => crate::ops::layer_norm(x, &self.weight, b, self.eps),
+            None => crate::ops::rms_norm(x, &self.weight, self.eps),
+        }
+    }
+}
+
+/// How the query/key/value projections are stored.
+#[derive(Debug, Clone)]
+pub enum QkvProj {
+    /// One matrix producing `[q | k | v]` (GPT-2's `c_attn`).
+    FusedContiguous(Linear),
+    /// One matrix producing, per head, `[q_h | k_h | v_h]` (GPT-NeoX's `query_key_value`).
+    FusedPerHead(Linear),
+    /// Separate projections (Llama).
+    Separate { q: Linear, k: Linear, v: Linear },
+}
+
+#[derive(Debug, Clone)]
+pub struct Attention {
+    pub qkv: QkvProj,
+    pub out: Linear,
+}
+
+/// The MLP: `out(act(in(x)))` or, gated, `down(act(gate(x)) * up(x))`.
+#[derive(Debug, Clone)]
+pub enum Mlp {
+    Standard { fc_in: Linear, fc_out: Linear },
+    Gated { gate: Linear, up: Linear, down: Linear },
+}
+
+#[derive(Debug, Clone)]
+pub struct Block {
+    pub ln1: Norm,
+    pub attn: Attention,
+    pub ln2: Norm,
+    pub mlp: Mlp,
+}
+
+impl Block {
+    /// The block's linear layers in forward order.
+    pub fn linears(&self) -> Vec<&Linear> {
+        let mut v = match &self.attn.qkv {
+            QkvProj::FusedContiguous(l) | QkvProj::FusedPerHead(l) => vec![l],
+            QkvProj::Separate { q, k, v } => vec![q, k, v],
+        };
+        v.push(&self.attn.out);
+        match &self.mlp {
+            Mlp::Standard { fc_in, fc_out } => v.extend([fc_in, fc_out]),
+            Mlp::Gated { gate, up, down } => v.extend([gate, up, down]),
+        }
+        v
+    }
+
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut v: Vec<&mut Linear> = match &mut self.attn.qkv {
+            QkvProj::FusedContiguous(l) | QkvProj::FusedPerHead(l) => vec![l],
+            QkvProj::Separate { q, k, v } => vec![q, k, v],
+        };
+        v.push(&mut self.attn.out);
+        match &mut self.mlp {
+            Mlp::Standard { fc_in, fc_out } => v.extend([fc_in, fc_out]),
+            Mlp::Gated { gate, up, down } => v.extend([gate, up, down]),
+        }
+        v
+    }
+}
+
+/// Where a model came from, for reports.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SourceInfo {
+    /// What the user passed (Hub id or path).
+    pub source: String,
+    /// Files the weights were read from.
+    pub files: Vec<String>,
+    /// Storage type of each tensor in the source file, by HF tensor name (e.g. `Q4_1`, `F32`, `BF16`).
+    pub tensor_types: std::collections::BTreeMap<String, String>,
+    /// The quantization applied by qi after loading, if any (a QuantSpec string).
+    pub quantization: Option<String>,
+}
+
+impl SourceInfo {
+    /// Counts of source storage types, e.g. `{"Q4_1": 210, "F32": 61}`.
+    pub fn type_counts(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut m = std::collections::BTreeMap::new();
+        for t in self.tensor_types.values() {
+            *m.entry(t.clone()).or_insert(0) += 1;
+        }
+        m
+    }
+}
+
+/// Reads `{prefix}.weight` `[out, in]` (and `{prefix}.bias` `[out]` when `bias`).
+/// `conv1d`: the checkpoint stores the weight as `[in, out]` (GPT-2), transposed here.
+pub(crate) fn load_linear(ck: &crate::loader::Checkpoint, prefix: &str, out: usize, inp: usize, bias: bool, conv1d: bool) -> Result<Linear> {
+    let name = format!("{prefix}.weight");
+    let weight = if conv1d { ck.tensor(&name, &[inp, out])?.t()?.contiguous()? } else { ck.tensor(&name, &[out, inp])? };
+    let bias = if bias { Some(ck.tensor(&format!("{prefix}.bias"), &[out])?) } else { None };
+    Ok(Linear { name, weight, bias, transposed_in_checkpoint: conv1d })
+}
+
+/// Reads `{prefix}.weight` (and `.bias` for LayerNorm) of width `d`.
+pub(crate) fn load_norm(ck: &crate::loader::Checkpoint, prefix: &str, d: usize, eps: f64, bias: bool) -> Result<Norm> {
+    let weight = ck.tensor(&format!("{prefix}.weight"), &[d])?;
+    let bias = if bias { Some(ck.tensor(&format!("{prefix}.bias"), &[d])?) } else { None };
+    Ok(Norm { name: prefix.to_string(), weight, bias, eps })
+}
+
+/// Tensors of a model in its checkpoint's own names and layouts (what `save_pretrained` would
+/// write), for exporting quantized models as HF directories.
+pub fn hf_state_dict(model: &HookedTransformer) -> Result<Vec<(String, Tensor)>> {
+    let mut out = vec![(model.embed_name.clone(), model.embed.clone())];
+    if let Some((n, t)) = &model.pos_embed {
+        out.push((n.clone(), t.clone()));
+    }
+    let push_norm = |out: &mut Vec<(String, Tensor)>, n: &Norm| {
+        out.push((format!("{}.weight", n.name), n.weight.clone()));
+        if let Some(b) = &n.bias {
+            out.push((format!("{}.bias", n.name), b.clone()));
+        }
+    };
+    let push_linear = |out: &mut Vec<(String, Tensor)>, l: &Linear| -> Result<()> {
+        let w = if l.transposed_in_checkpoint { l.weight.t()?.contiguous()? } else { l.weight.clone() };
+        out.push((l.name.clone(), w));
+        if let Some(b) = &l.bias {
+            out.push((format!("{}.bias", l.name.trim_end_matches(".weight")), b.clone()));
+        }
+        Ok(())
+    };
+    for b in &model.blocks {
+        push_norm(&mut out, &b.ln1);
+        push_norm(&mut out, &b.ln2);
+        for l in b.linears() {
+            push_linear(&mut out, l)?;
+        }
+    }
+    push_norm(&mut out, &model.ln_final);
+    if !model.cfg.tied_embeddings {
+        push_linear(&mut out, &model.unembed)?;
+    }
+    Ok(out)
+}
+
+/// What a family builder reads from a checkpoint.
+pub struct Parts {
+    pub embed: (String, Tensor),
+    pub pos_embed: Option<(String, Tensor)>,
+    pub blocks: Vec<Block>,
+    pub ln_final: Norm,
+    pub unembed: Linear,
+}
+
+/// Parses a HF config for `arch`.
+pub fn config_from_hf(arch: Architecture, c: &hf_config::HfConfig) -> Result<ModelConfig> {
+    match arch {
+        Architecture::Gpt2 => gpt2::config_from_hf(c),
+        Architecture::GptNeox => neox::config_from_hf(c),
+        Architecture::Llama => llama::config_from_hf(c),
+    }
+}
+
+/// The HF `config.json` that describes `cfg` (for exported models).
+pub fn config_to_hf(cfg: &ModelConfig) -> serde_json::Value {
+    match cfg.architecture {
+        Architecture::Gpt2 => gpt2::config_to_hf(cfg),
+        Architecture::GptNeox => neox::config_to_hf(cfg),
+        Architecture::Llama => llama::config_to_hf(cfg),
+    }
+}
+
+/// Builds the model parts for `cfg` from a checkpoint.
+pub fn build_parts(cfg: &ModelConfig, ck: &crate::loader::Checkpoint) -> Result<Parts> {
+    match cfg.architecture {
+        Architecture::Gpt2 => gpt2::build(cfg, ck),
+        Architecture::GptNeox => neox::build(cfg, ck),
+        Architecture::Llama => llama::build(cfg, ck),
+    }
+}

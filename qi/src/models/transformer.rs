@@ -1,0 +1,406 @@
+//! The hooked forward pass shared by every family.
+use super::{Block, Linear, Mlp, ModelConfig, Norm, Positional, QkvProj, SourceInfo};
+use crate::batch::Batch;
+use crate::hooks::{names, ActivationCache, HookFilter, Hooks};
+use crate::tokenizer::Tokenizer;
+use crate::QiError;
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{DType, Device, Tensor, Var, D};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+/// A transformer language model with TransformerLens-style hook points (see [`crate::hooks`]).
+#[derive(Debug, Clone)]
+pub struct HookedTransformer {
+    pub cfg: ModelConfig,
+    /// Token embedding `[d_vocab, d_model]` and its HF name.
+    pub embed: Tensor,
+    pub embed_name: String,
+    /// Learned position embedding `[n_ctx, d_model]` and its HF name (GPT-2).
+    pub pos_embed: Option<(String, Tensor)>,
+    pub blocks: Vec<Block>,
+    pub ln_final: Norm,
+    /// Unembedding `[d_vocab, d_model]`; for tied models its weight is the embedding tensor.
+    pub unembed: Linear,
+    pub tokenizer: Option<Tokenizer>,
+    pub source: SourceInfo,
+    /// cos/sin tables `[n_ctx, rot_dim / 2]` for rotary models.
+    rope: Option<(Tensor, Tensor)>,
+}
+
+/// Receives every hook point: runs the user's hooks, then records what the cache filter selects.
+struct Sink<'h, 'a> {
+    hooks: Option<&'h mut Hooks<'a>>,
+    cache: Option<(&'h HookFilter, ActivationCache)>,
+}
+
+impl Sink<'_, '_> {
+    fn point(&mut self, name: &str, x: Tensor) -> Result<Tensor> {
+        let x = match self.hooks.as_deref_mut() {
+            Some(h) => h.run(name, x)?,
+            None => x,
+        };
+        if let Some((filter, cache)) = self.cache.as_mut() {
+            if filter.matches(name) {
+                cache.insert(name, &x);
+            }
+        }
+        Ok(x)
+    }
+}
+
+impl HookedTransformer {
+    /// Assembles a model from its parts (used by the family builders and by quantizers).
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_parts(
+        cfg: ModelConfig,
+        embed: (String, Tensor),
+        pos_embed: Option<(String, Tensor)>,
+        blocks: Vec<Block>,
+        ln_final: Norm,
+        unembed: Linear,
+        tokenizer: Option<Tokenizer>,
+        source: SourceInfo,
+    ) -> Result<Self> {
+        let rope = match cfg.positional {
+            Positional::Rotary { dim, theta } => Some(rope_tables(cfg.n_ctx, dim, theta)?),
+            Positional::Learned => None,
+        };
+        Ok(HookedTransformer { cfg, embed: embed.1, embed_name: embed.0, pos_embed, blocks, ln_final, unembed, tokenizer, source, rope })
+    }
+
+    /// Every hook point name of this model, in forward order.
+    pub fn hook_names(&self) -> Vec<String> {
+        self.cfg.hook_names()
+    }
+
+    /// Logits `[batch, pos, d_vocab]`.
+    pub fn forward(&self, batch: &Batch) -> Result<Tensor> {
+        Ok(self.run(batch, None, None, None)?.0.expect("full forward returns logits"))
+    }
+
+    /// Logits and the activations selected by `filter` (e.g. `"blocks.*.attn.hook_pattern"`).
+    pub fn run_with_cache(&self, batch: &Batch, filter: impl Into<HookFilter>) -> Result<(Tensor, ActivationCache)> {
+        let filter = filter.into();
+        let (logits, cache) = self.run(batch, None, Some(&filter), None)?;
+        Ok((logits.expect("full forward returns logits"), cache.expect("cache requested")))
+    }
+
+    /// Activations selected by `filter`, stopping after block `stop_after_layer` (no logits):
+    /// cheaper when only early layers are needed (e.g. collecting SAE training data).
+    pub fn run_with_cache_until(&self, batch: &Batch, filter: impl Into<HookFilter>, stop_after_layer: usize) -> Result<ActivationCache> {
+        let filter = filter.into();
+        if stop_after_layer >= self.cfg.n_layers {
+            return Err(QiError::invalid("layer", stop_after_layer, format!("model has {} layers", self.cfg.n_layers)).into());
+        }
+        Ok(self.run(batch, None, Some(&filter), Some(stop_after_layer))?.1.expect("cache requested"))
+    }
+
+    /// Logits with the given hooks applied (reading or replacing activations).
+    pub fn run_with_hooks(&self, batch: &Batch, hooks: &mut Hooks) -> Result<Tensor> {
+        Ok(self.run(batch, Some(hooks), None, None)?.0.expect("full forward returns logits"))
+    }
+
+    /// Both: hooks applied, then the (possibly modified) activations selected by `filter` cached.
+    pub fn run_with_hooks_and_cache(&self, batch: &Batch, hooks: &mut Hooks, filter: impl Into<HookFilter>) -> Result<(Tensor, ActivationCache)> {
+        let filter = filter.into();
+        let (logits, cache) = self.run(batch, Some(hooks), Some(&filter), None)?;
+        Ok((logits.expect("full forward returns logits"), cache.expect("cache requested")))
+    }
+
+    /// Gradient of a scalar `metric(logits)` with respect to the activations at `hook_names`.
+    /// Returns the metric value and, per hook, (activation, d metric / d activation).
+    pub fn gradients_at(
+        &self,
+        batch: &Batch,
+        hook_names: &[&str],
+        metric: impl Fn(&Tensor) -> Result<Tensor>,
+    ) -> Result<(f64, BTreeMap<String, (Tensor, Tensor)>)> {
+        let vars: RefCell<BTreeMap<String, Var>> = RefCell::new(BTreeMap::new());
+        let names: Vec<String> = hook_names.iter().map(|s| s.to_string()).collect();
+        let logits = {
+            let mut hooks = Hooks::new();
+            hooks.add(names.clone(), |name, x| {
+                let v = Var::from_tensor(&x.detach())?;
+                let t = v.as_tensor().clone();
+                vars.borrow_mut().insert(name.to_string(), v);
+                Ok(Some(t))
+            });
+            self.run_with_hooks(batch, &mut hooks)?
+        };
+        let m = metric(&logits)?;
+        if m.elem_count() != 1 {
+            bail!("metric must be a scalar, got shape {:?}", m.dims());
+        }
+        let value = m.to_dtype(DType::F64)?.flatten_all()?.get(0)?.to_scalar::<f64>()?;
+        let grads = m.backward()?;
+        let mut out = BTreeMap::new();
+        for (name, v) in vars.into_inner() {
+            let g = match grads.get(v.as_tensor()) {
+                Some(g) => g.clone(),
+                None => v.as_tensor().zeros_like()?,
+            };
+            out.insert(name, (v.as_tensor().detach(), g));
+        }
+        Ok((value, out))
+    }
+
+    /// The tokenizer, or an error saying the model was loaded without one.
+    pub fn tokenizer(&self) -> Result<&Tokenizer> {
+        self.tokenizer.as_ref().ok_or_else(|| anyhow!("model '{}' has no tokenizer (pass token ids instead of text)", self.source.source))
+    }
+
+    /// Token ids of `text`, optionally with the model's BOS token first.
+    pub fn to_tokens(&self, text: &str, prepend_bos: bool) -> Result<Vec<u32>> {
+        let tok = self.tokenizer()?;
+        let mut ids = tok.encode(text, false)?;
+        if prepend_bos {
+            let bos = tok.bos_id().or(self.cfg.bos_token_id).ok_or_else(|| anyhow!("model has no BOS token"))?;
+            ids.insert(0, bos);
+        }
+        Ok(ids)
+    }
+
+    /// Greedy continuation of `ids` by `n_new` tokens (recomputes the full prefix each step).
+    pub fn generate_greedy(&self, ids: &[u32], n_new: usize) -> Result<Vec<u32>> {
+        let mut ids = ids.to_vec();
+        for _ in 0..n_new {
+            let logits = self.forward(&Batch::from_ids(&ids)?)?;
+            let last = logits.get(0)?.get(ids.len() - 1)?;
+            ids.push(last.argmax(D::Minus1)?.to_scalar::<u32>()?);
+        }
+        Ok(ids)
+    }
+
+    /// Number of parameters (tied embeddings counted once).
+    pub fn n_params(&self) -> usize {
+        let mut n = self.embed.elem_count() + self.pos_embed.as_ref().map_or(0, |p| p.1.elem_count());
+        for b in &self.blocks {
+            for l in b.linears() {
+                n += l.weight.elem_count() + l.bias.as_ref().map_or(0, |b| b.elem_count());
+            }
+            for norm in [&b.ln1, &b.ln2] {
+                n += norm.weight.elem_count() + norm.bias.as_ref().map_or(0, |b| b.elem_count());
+            }
+        }
+        n += self.ln_final.weight.elem_count() + self.ln_final.bias.as_ref().map_or(0, |b| b.elem_count());
+        if !self.cfg.tied_embeddings {
+            n += self.unembed.weight.elem_count();
+        }
+        n + self.unembed.bias.as_ref().map_or(0, |b| b.elem_count())
+    }
+
+    /// All block linear layers, in forward order.
+    pub fn linears(&self) -> Vec<&Linear> {
+        self.blocks.iter().flat_map(|b| b.linears()).collect()
+    }
+
+    fn check_tokens(&self, batch: &Batch) -> Result<()> {
+        let rows = batch.rows()?;
+        let vocab = self.cfg.d_vocab;
+        for (bi, row) in rows.iter().enumerate() {
+            if let Some((pos, &id)) = row.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
+                return Err(QiError::TokenOutOfVocab { id, batch: bi, pos, vocab }.into());
+            }
+        }
+        let longest = match &batch.mask {
+            None => batch.seq_len(),
+            Some(m) => m.to_dtype(DType::U32)?.sum(1)?.max(0)?.to_scalar::<u32>()? as usize,
+        };
+        if longest > self.cfg.n_ctx {
+            return Err(QiError::invalid("sequence length", longest, format!("the model's context is {} tokens", self.cfg.n_ctx)).into());
+        }
+        Ok(())
+    }
+
+    /// The forward pass. Returns logits unless stopped early, and the cache if a filter was given.
+    fn run(
+        &self,
+        batch: &Batch,
+        hooks: Option<&mut Hooks>,
+        cache_filter: Option<&HookFilter>,
+        stop_after_layer: Option<usize>,
+    ) -> Result<(Option<Tensor>, Option<ActivationCache>)> {
+        let valid = self.hook_names();
+        if let Some(f) = cache_filter {
+            f.validate(&valid)?;
+        }
+        if let Some(h) = hooks.as_deref() {
+            for f in h.filters() {
+                f.validate(&valid)?;
+            }
+        }
+        self.check_tokens(batch)?;
+        let cfg = &self.cfg;
+        let (b, p) = batch.tokens.dims2()?;
+        let mut sink = Sink { hooks, cache: cache_filter.map(|f| Ok::<_, anyhow::Error>((f, ActivationCache::new(batch.valid_mask()?)))).transpose()? };
+
+        let positions = batch.positions()?.clamp(0u32, (cfg.n_ctx - 1) as u32)?.flatten_all()?;
+        let mut x = self.embed.index_select(&batch.tokens.flatten_all()?, 0)?.reshape((b, p, cfg.d_model))?;
+        x = sink.point(names::EMBED, x)?;
+        if let Some((_, w_pos)) = &self.pos_embed {
+            let pe = w_pos.index_select(&positions, 0)?.reshape((b, p, cfg.d_model))?;
+            x = (x + sink.point(names::POS_EMBED, pe)?)?;
+        }
+        let mask = attention_mask(batch)?;
+        let rope = match &self.rope {
+            Some((cos, sin)) => {
+                let half = cos.dim(1)?;
+                Some((cos.index_select(&positions, 0)?.reshape((b, p, half))?, sin.index_select(&positions, 0)?.reshape((b, p, half))?))
+            }
+            None => None,
+        };
+
+        let last = stop_after_layer.unwrap_or(cfg.n_layers - 1);
+        for (l, block) in self.blocks.iter().enumerate().take(last + 1) {
+            x = self.block_forward(l, block, x, &mask, rope.as_ref(), &mut sink).with_context(|| format!("block {l}"))?;
+        }
+        let logits = if stop_after_layer.is_none() {
+            let normed = sink.point(names::LN_FINAL, self.ln_final.forward(&x)?)?;
+            Some(self.unembed.forward(&normed)?)
+        } else {
+            None
+        };
+        Ok((logits, sink.cache.map(|(_, c)| c)))
+    }
+
+    fn block_forward(&self, l: usize, block: &Block, x: Tensor, mask: &Tensor, rope: Option<&(Tensor, Tensor)>, sink: &mut Sink) -> Result<Tensor> {
+        let resid_pre = sink.point(&names::resid_pre(l), x)?;
+        let normed = sink.point(&names::ln1(l), block.ln1.forward(&resid_pre)?)?;
+        let attn_out = self.attention(l, block, &normed, mask, rope, sink)?;
+        let attn_out = sink.point(&names::attn_out(l), attn_out)?;
+        let (mlp_in_resid, base) = if self.cfg.parallel_residual {
+            (resid_pre.clone(), (resid_pre + &attn_out)?)
+        } else {
+            let mid = sink.point(&names::resid_mid(l), (resid_pre + &attn_out)?)?;
+            (mid.clone(), mid)
+        };
+        let normed2 = sink.point(&names::ln2(l), block.ln2.forward(&mlp_in_resid)?)?;
+        let mlp_out = self.mlp(l, block, &normed2, sink)?;
+        let mlp_out = sink.point(&names::mlp_out(l), mlp_out)?;
+        sink.point(&names::resid_post(l), (base + mlp_out)?)
+    }
+
+    fn attention(&self, l: usize, block: &Block, x: &Tensor, mask: &Tensor, rope: Option<&(Tensor, Tensor)>, sink: &mut Sink) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let (b, p, _) = x.dims3()?;
+        let (nh, nkv, dh) = (cfg.n_heads, cfg.n_kv_heads, cfg.d_head);
+        let (q, k, v) = match &block.attn.qkv {
+            QkvProj::FusedContiguous(lin) => {
+                let y = lin.forward(x)?;
+                (y.narrow(2, 0, nh * dh)?, y.narrow(2, nh * dh, nkv * dh)?, y.narrow(2, (nh + nkv) * dh, nkv * dh)?)
+            }
+            QkvProj::FusedPerHead(lin) => {
+                let y = lin.forward(x)?.reshape((b, p, nh, 3 * dh))?;
+                (y.narrow(3, 0, dh)?, y.narrow(3, dh, dh)?, y.narrow(3, 2 * dh, dh)?)
+            }
+            QkvProj::Separate { q, k, v } => (q.forward(x)?, k.forward(x)?, v.forward(x)?),
+        };
+        let q = sink.point(&names::q(l), q.reshape((b, p, nh, dh))?)?;
+        let k = sink.point(&names::k(l), k.reshape((b, p, nkv, dh))?)?;
+        let v = sink.point(&names::v(l), v.reshape((b, p, nkv, dh))?)?;
+        // [b, heads, pos, d_head]
+        let mut q = q.transpose(1, 2)?.contiguous()?;
+        let mut k = k.transpose(1, 2)?.contiguous()?;
+        let v = v.transpose(1, 2)?.contiguous()?;
+        if let (Some((cos, sin)), Positional::Rotary { dim, .. }) = (rope, cfg.positional) {
+            q = apply_rotary(&q, cos, sin, dim)?;
+            k = apply_rotary(&k, cos, sin, dim)?;
+            q = sink.point(&names::rot_q(l), q.transpose(1, 2)?)?.transpose(1, 2)?.contiguous()?;
+            k = sink.point(&names::rot_k(l), k.transpose(1, 2)?)?.transpose(1, 2)?.contiguous()?;
+        }
+        // Grouped-query attention without copying K/V: queries of the heads sharing one KV head are
+        // stacked along the position axis and multiplied by that KV head once.
+        let rep = nh / nkv;
+        let qg = q.reshape((b, nkv, rep * p, dh))?;
+        let scores = (qg.matmul(&k.t()?)? * (1.0 / (dh as f64).sqrt()))?.reshape((b, nh, p, p))?;
+        let scores = sink.point(&names::attn_scores(l), scores.broadcast_add(mask)?)?;
+        let pattern = sink.point(&names::pattern(l), crate::ops::softmax_last(&scores)?)?;
+        let z = pattern.reshape((b, nkv, rep * p, p))?.matmul(&v)?.reshape((b, nh, p, dh))?;
+        let z = sink.point(&names::z(l), z.transpose(1, 2)?)?;
+        Ok(block.attn.out.forward(&z.reshape((b, p, nh * dh))?)?)
+    }
+
+    fn mlp(&self, l: usize, block: &Block, x: &Tensor, sink: &mut Sink) -> Result<Tensor> {
+        let act = self.cfg.activation;
+        let post = match &block.mlp {
+            Mlp::Standard { fc_in, .. } => {
+                let pre = sink.point(&names::mlp_pre(l), fc_in.forward(x)?)?;
+                act.apply(&pre)?
+            }
+            Mlp::Gated { gate, up, .. } => {
+                let pre = sink.point(&names::mlp_pre(l), gate.forward(x)?)?;
+                let lin = sink.point(&names::mlp_pre_linear(l), up.forward(x)?)?;
+                (act.apply(&pre)? * lin)?
+            }
+        };
+        let post = sink.point(&names::mlp_post(l), post)?;
+        let out = match &block.mlp {
+            Mlp::Standard { fc_out, .. } => fc_out,
+            Mlp::Gated { down, .. } => down,
+        };
+        Ok(out.forward(&post)?)
+    }
+}
+
+/// Rotary on the first `dim` features of each head; the rest pass through.
+fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor, dim: usize) -> Result<Tensor> {
+    let dh = x.dim(D::Minus1)?;
+    if dim == dh {
+        return Ok(crate::ops::rope(x, cos, sin)?);
+    }
+    let rot = crate::ops::rope(&x.narrow(D::Minus1, 0, dim)?.contiguous()?, cos, sin)?;
+    Ok(Tensor::cat(&[&rot, &x.narrow(D::Minus1, dim, dh - dim)?], D::Minus1)?)
+}
+
+/// cos/sin tables `[n_ctx, dim / 2]`, computed in f32 as Hugging Face does.
+fn rope_tables(n_ctx: usize, dim: usize, theta: f64) -> Result<(Tensor, Tensor)> {
+    if dim == 0 || dim % 2 != 0 {
+        bail!("rotary dimension must be even and positive, got {dim}");
+    }
+    let inv: Vec<f32> = (0..dim / 2).map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / dim as f32)).collect();
+    let mut cos = Vec::with_capacity(n_ctx * dim / 2);
+    let mut sin = Vec::with_capacity(n_ctx * dim / 2);
+    for pos in 0..n_ctx {
+        for f in &inv {
+            let a = pos as f32 * f;
+            cos.push(a.cos());
+            sin.push(a.sin());
+        }
+    }
+    let dev = Device::Cpu;
+    Ok((Tensor::from_vec(cos, (n_ctx, dim / 2), &dev)?, Tensor::from_vec(sin, (n_ctx, dim / 2), &dev)?))
+}
+
+/// Additive mask `[b or 1, 1, pos, pos]`: 0 where a query may attend, -inf elsewhere. Real queries
+/// see real keys at or before them; padding queries see only themselves.
+fn attention_mask(batch: &Batch) -> Result<Tensor> {
+    let (b, p) = batch.tokens.dims2()?;
+    let ninf = f32::NEG_INFINITY;
+    let dev = batch.tokens.device();
+    match &batch.mask {
+        None => {
+            let m: Vec<f32> = (0..p * p).map(|i| if i % p <= i / p { 0.0 } else { ninf }).collect();
+            Ok(Tensor::from_vec(m, (1, 1, p, p), dev)?)
+        }
+        Some(mask) => {
+            let mask = mask.to_vec2::<u8>()?;
+            let mut m = vec![ninf; b * p * p];
+            for (bi, row) in mask.iter().enumerate() {
+                for qi in 0..p {
+                    let base = (bi * p + qi) * p;
+                    if row[qi] == 0 {
+                        m[base + qi] = 0.0;
+                        continue;
+                    }
+                    for ki in 0..=qi {
+                        if row[ki] != 0 {
+                            m[base + ki] = 0.0;
+                        }
+                    }
+                }
+            }
+            Ok(Tensor::from_vec(m, (b, 1, p, p), dev)?)
+        }
+    }
+}
