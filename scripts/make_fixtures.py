@@ -1,0 +1,599 @@
+#!/usr/bin/env python3
+"""Write the Hugging Face reference fixtures that qi's tests compare against.
+
+Run by developers only (torch is not a CI dependency); the outputs under data/fixtures/ are
+committed. See data/fixtures/README.md for the layout and conventions.
+
+    /path/to/venv/bin/python scripts/make_fixtures.py            # everything
+    /path/to/venv/bin/python scripts/make_fixtures.py --only llama,smollm2
+
+Needs: torch, transformers (5.x), safetensors, numpy, gguf, and accelerate (for the SmolLM2
+part, which loads a GGUF file through transformers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import sys
+from collections import Counter
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+import gguf
+import transformers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2Config,
+    GPTNeoXConfig,
+    LlamaConfig,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "data" / "fixtures"
+SHARED = Path(os.environ.get("QI_SHARED", ROOT.parent / "shared"))
+SMOLLM2_DIR = SHARED / "models" / "smollm2-135m-instruct"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+BATCH, SEQ = 2, 16
+VOCAB = 320
+
+# Re-initialisation (instead of HF's tiny-std init, which makes attention near-uniform).
+WEIGHT_STD = 0.25  # target std of matrix weights and embeddings ...
+WEIGHT_GAIN = 2.0  # ... capped at WEIGHT_GAIN / sqrt(fan_in) so activations stay bounded
+NORM_STD = 0.1  # norm weights: 1 + NORM_STD * N(0, 1)
+BIAS_STD = 0.1  # biases: BIAS_STD * N(0, 1)
+
+# Files save_pretrained may write that a loader does not need.
+KEEP_FILES = {"config.json", "model.safetensors", "generation_config.json"}
+
+
+# --------------------------------------------------------------------------------------------
+# tiny random models
+
+
+def tiny_configs() -> dict[str, tuple[transformers.PretrainedConfig, int]]:
+    """name -> (config, seed). Seeds are fixed so each fixture is independent of the others."""
+    common_neox = dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=256,
+        max_position_embeddings=64,
+        vocab_size=VOCAB,
+        hidden_act="gelu",
+        tie_word_embeddings=False,
+        attention_bias=True,
+    )
+    common_llama = dict(
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rope_theta=100000.0,
+        rms_norm_eps=1e-5,
+        max_position_embeddings=64,
+        vocab_size=VOCAB,
+        tie_word_embeddings=False,
+    )
+    return {
+        # bos/eos default to 50256, outside this vocabulary; 0 keeps the config valid.
+        "gpt2": (
+            GPT2Config(
+                n_embd=64, n_layer=2, n_head=4, n_positions=64, vocab_size=VOCAB,
+                bos_token_id=0, eos_token_id=0,
+            ),
+            1001,
+        ),
+        "neox": (
+            GPTNeoXConfig(**common_neox, rotary_pct=0.25, use_parallel_residual=True),
+            1002,
+        ),
+        "neox-sequential": (
+            GPTNeoXConfig(
+                **common_neox, rotary_pct=0.5, rotary_emb_base=5000, use_parallel_residual=False
+            ),
+            1003,
+        ),
+        "llama": (LlamaConfig(**common_llama), 1004),
+        "llama-tied": (
+            LlamaConfig(
+                **{**common_llama, "num_key_value_heads": 1, "num_hidden_layers": 3,
+                   "tie_word_embeddings": True}
+            ),
+            1005,
+        ),
+    }
+
+
+def expected_config_values(name: str) -> dict:
+    """Values the saved config.json must express (checked after saving)."""
+    if name == "gpt2":
+        return {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 64, "vocab_size": VOCAB,
+                "activation_function": "gelu_new", "tie_word_embeddings": True}
+    if name.startswith("neox"):
+        seq = name == "neox-sequential"
+        return {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                "intermediate_size": 256, "max_position_embeddings": 64, "vocab_size": VOCAB,
+                "hidden_act": "gelu", "tie_word_embeddings": False, "attention_bias": True,
+                "use_parallel_residual": not seq,
+                "rope_parameters.partial_rotary_factor": 0.5 if seq else 0.25,
+                "rope_parameters.rope_theta": 5000 if seq else 10000}
+    tied = name == "llama-tied"
+    return {"hidden_size": 64, "intermediate_size": 160,
+            "num_hidden_layers": 3 if tied else 2, "num_attention_heads": 4,
+            "num_key_value_heads": 1 if tied else 2, "head_dim": 16,
+            "rope_parameters.rope_theta": 100000.0, "rms_norm_eps": 1e-5,
+            "max_position_embeddings": 64, "vocab_size": VOCAB, "hidden_act": "silu",
+            "tie_word_embeddings": tied}
+
+
+def check_config_json(path: Path, expected: dict) -> None:
+    cfg = json.loads(path.read_text())
+    for key, want in expected.items():
+        got = cfg
+        for part in key.split("."):
+            got = got[part]
+        if isinstance(want, float):
+            ok = math.isclose(got, want, rel_tol=1e-9)
+        else:
+            ok = got == want
+        if not ok:
+            raise SystemExit(f"{path}: {key} = {got!r}, expected {want!r}")
+
+
+def reinit_(model: torch.nn.Module, seed: int) -> None:
+    """Seeded re-initialisation of every parameter (tied parameters are visited once)."""
+    gen = torch.Generator().manual_seed(seed)
+    conv1d = transformers.pytorch_utils.Conv1D
+    fan_in_dim = {}
+    for mod_name, mod in model.named_modules():
+        if isinstance(mod, conv1d):
+            fan_in_dim[f"{mod_name}.weight"] = 0  # GPT-2 Conv1D stores [in, out]
+        elif isinstance(mod, torch.nn.Linear):
+            fan_in_dim[f"{mod_name}.weight"] = 1  # nn.Linear stores [out, in]
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
+            if name.endswith("bias"):
+                p.copy_(BIAS_STD * noise)
+            elif p.ndim == 1:  # LayerNorm / RMSNorm weight
+                p.copy_(1.0 + NORM_STD * noise)
+            elif name in fan_in_dim:
+                fan_in = p.shape[fan_in_dim[name]]
+                p.copy_(min(WEIGHT_STD, WEIGHT_GAIN / math.sqrt(fan_in)) * noise)
+            else:  # embeddings (token, position)
+                p.copy_(WEIGHT_STD * noise)
+
+
+def make_input_ids(seed: int, vocab: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (BATCH, SEQ), generator=gen, dtype=torch.int64)
+    assert not torch.equal(ids[0], ids[1])
+    return ids
+
+
+def final_norm(model) -> torch.nn.Module:
+    base = model.base_model
+    for attr in ("ln_f", "final_layer_norm", "norm"):
+        if hasattr(base, attr):
+            return getattr(base, attr)
+    raise AssertionError("no final norm")
+
+
+def decoder_layers(model):
+    base = model.base_model
+    for attr in ("h", "layers"):
+        if hasattr(base, attr):
+            return getattr(base, attr)
+    raise AssertionError("no layer list")
+
+
+@torch.no_grad()
+def run_reference(model, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """input_ids, logits, hidden_states.{i}, attentions.{l} as in HF (float32, no mask)."""
+    n_layers = model.config.num_hidden_layers
+    # Capture the raw output of the last decoder layer to check HF's hidden_states[-1] semantics.
+    raw = {}
+
+    def hook(_mod, _args, out):
+        raw["last"] = out[0] if isinstance(out, tuple) else out
+
+    handle = decoder_layers(model)[-1].register_forward_hook(hook)
+    try:
+        out = model(input_ids=input_ids, output_hidden_states=True, output_attentions=True,
+                    use_cache=False, return_dict=True)
+    finally:
+        handle.remove()
+    hs, att = out.hidden_states, out.attentions
+    assert len(hs) == n_layers + 1, len(hs)
+    assert len(att) == n_layers, len(att)
+    # HF semantics: hidden_states[-1] is the final-norm output, not the last layer's output.
+    torch.testing.assert_close(hs[-1], final_norm(model)(raw["last"]), rtol=0, atol=0)
+    ref = {"input_ids": input_ids.to(torch.int64).contiguous(),
+           "logits": out.logits.float().contiguous()}
+    for i, h in enumerate(hs):
+        ref[f"hidden_states.{i}"] = h.float().contiguous()
+    for l, a in enumerate(att):
+        ref[f"attentions.{l}"] = a.float().contiguous()
+    return ref
+
+
+def describe(name: str, ref: dict[str, torch.Tensor]) -> str:
+    logits = ref["logits"]
+    n_att = sum(1 for k in ref if k.startswith("attentions."))
+    maxp = torch.stack([ref[f"attentions.{l}"].amax(-1).mean() for l in range(n_att)])
+    n_hs = sum(1 for k in ref if k.startswith("hidden_states."))
+    hs_max = max(ref[f"hidden_states.{i}"].abs().max().item() for i in range(n_hs))
+    return (f"{name}: |logit| max {logits.abs().max():.2f}, std {logits.std():.2f}; "
+            f"mean max-attention-prob per layer {[round(x, 2) for x in maxp.tolist()]}; "
+            f"|hidden| max {hs_max:.1f}")
+
+
+def clean_dir(path: Path) -> None:
+    for f in path.iterdir():
+        if f.name not in KEEP_FILES:
+            if f.is_dir():
+                shutil.rmtree(f)
+            else:
+                f.unlink()
+
+
+def make_tiny(name: str, config, seed: int):
+    out = FIXTURES / name
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager",
+                                             dtype=torch.float32)
+    reinit_(model, seed)
+    model.eval()
+    model.save_pretrained(out, safe_serialization=True)
+    clean_dir(out)
+    check_config_json(out / "config.json", expected_config_values(name))
+
+    # Reload from disk so the reference is exactly what a loader of this folder sees.
+    loaded = AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager",
+                                                  dtype=torch.float32).eval()
+    for (n1, p1), (n2, p2) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert n1 == n2 and torch.equal(p1, p2), (n1, n2)
+    input_ids = make_input_ids(seed + 100, config.vocab_size)
+    ref = run_reference(loaded, input_ids)
+    torch.testing.assert_close(ref["logits"], run_reference(model, input_ids)["logits"],
+                               rtol=0, atol=0)
+    assert ref["logits"].abs().max() < 30
+    save_file(ref, str(out / "reference.safetensors"))
+    print(describe(name, ref))
+    return loaded, input_ids
+
+
+# --------------------------------------------------------------------------------------------
+# GGUF (llama.cpp layout) for the tiny llama
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable unicode char table."""
+    bs = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+          + list(range(ord("®"), ord("ÿ") + 1)))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {b: chr(c) for b, c in zip(bs, cs)}
+
+
+BPE_TEXT = (
+    "The quick brown fox jumps over the lazy dog. In the beginning there was the word, and the "
+    "word was with the model, and the model was a transformer. Attention is all you need; the "
+    "residual stream carries the information from one layer to the next, and the heads read "
+    "from it and write to it. There are induction heads that attend to the token after the "
+    "previous occurrence of the current token, and there are other heads that attend to the "
+    "beginning of the sentence. The tokenizer splits the text into tokens, then the embedding "
+    "turns them into vectors, and the unembedding turns the last vectors into logits."
+)
+
+
+def tiny_bpe(n_merges: int) -> tuple[list[str], list[str]]:
+    """256 byte tokens (id == byte value) then n_merges merged tokens learned on BPE_TEXT."""
+    b2u = bytes_to_unicode()
+    tokens = [b2u[b] for b in range(256)]
+    words = Counter(
+        tuple(b2u[b] for b in w.encode("utf-8"))
+        for w in re.findall(r" ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+", BPE_TEXT)
+    )
+    merges: list[str] = []
+    known = set(tokens)
+    while len(merges) < n_merges:
+        pairs: Counter = Counter()
+        for w, c in words.items():
+            for a, b in zip(w, w[1:]):
+                if a + b not in known:
+                    pairs[(a, b)] += c
+        assert pairs, "BPE_TEXT too short for the requested merges"
+        (a, b), _ = min(pairs.items(), key=lambda kv: (-kv[1], kv[0]))
+        merges.append(f"{a} {b}")
+        tokens.append(a + b)
+        known.add(a + b)
+        new_words: Counter = Counter()
+        for w, c in words.items():
+            out, i = [], 0
+            while i < len(w):
+                if i + 1 < len(w) and w[i] == a and w[i + 1] == b:
+                    out.append(a + b)
+                    i += 2
+                else:
+                    out.append(w[i])
+                    i += 1
+            new_words[tuple(out)] += c
+        words = new_words
+    assert len(set(tokens)) == len(tokens)
+    return tokens, merges
+
+
+def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """convert_hf_to_gguf.py's LlamaModel.permute (HF rotate-half -> llama.cpp rotary rows)."""
+    return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+            .swapaxes(1, 2).reshape(w.shape))
+
+
+Q8_TENSOR = "blk.1.ffn_down.weight"
+
+
+def write_llama_gguf(model, path: Path) -> np.ndarray:
+    """Write `model` (HF Llama) as llama.cpp would; returns the dequantized Q8_0 tensor."""
+    cfg = model.config
+    n_head, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
+    head_dim = cfg.hidden_size // n_head
+    assert cfg.vocab_size == 256 + 64
+    sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+
+    tensors: list[tuple[str, np.ndarray]] = [("token_embd.weight", sd["model.embed_tokens.weight"])]
+    for i in range(cfg.num_hidden_layers):
+        p = f"model.layers.{i}."
+        tensors += [
+            (f"blk.{i}.attn_norm.weight", sd[p + "input_layernorm.weight"]),
+            (f"blk.{i}.attn_q.weight", llama_cpp_permute(sd[p + "self_attn.q_proj.weight"], n_head)),
+            (f"blk.{i}.attn_k.weight", llama_cpp_permute(sd[p + "self_attn.k_proj.weight"], n_kv)),
+            (f"blk.{i}.attn_v.weight", sd[p + "self_attn.v_proj.weight"]),
+            (f"blk.{i}.attn_output.weight", sd[p + "self_attn.o_proj.weight"]),
+            (f"blk.{i}.ffn_norm.weight", sd[p + "post_attention_layernorm.weight"]),
+            (f"blk.{i}.ffn_gate.weight", sd[p + "mlp.gate_proj.weight"]),
+            (f"blk.{i}.ffn_up.weight", sd[p + "mlp.up_proj.weight"]),
+            (f"blk.{i}.ffn_down.weight", sd[p + "mlp.down_proj.weight"]),
+        ]
+    tensors += [("output_norm.weight", sd["model.norm.weight"]),
+                ("output.weight", sd["lm_head.weight"])]
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name("qi tiny llama fixture")
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_kv)
+    w.add_rope_freq_base(float(cfg.rope_parameters["rope_theta"]))
+    w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
+    w.add_rope_dimension_count(head_dim)
+    w.add_vocab_size(cfg.vocab_size)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    tokens, merges = tiny_bpe(cfg.vocab_size - 256)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt2")
+    w.add_token_list(tokens)
+    w.add_token_types([gguf.TokenType.NORMAL] * len(tokens))
+    w.add_token_merges(merges)
+    w.add_bos_token_id(0)
+    w.add_eos_token_id(0)
+
+    deq = None
+    for name, t in tensors:
+        t = np.ascontiguousarray(t, dtype=np.float32)
+        if name == Q8_TENSOR:
+            q = gguf.quants.quantize(t, gguf.GGMLQuantizationType.Q8_0)
+            deq = gguf.quants.dequantize(q, gguf.GGMLQuantizationType.Q8_0).astype(np.float32)
+            assert deq.shape == t.shape
+            w.add_tensor(name, q, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        else:
+            w.add_tensor(name, t)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    assert deq is not None
+    return deq
+
+
+def check_gguf(path: Path, model, deq: np.ndarray) -> None:
+    """Read the file back: shapes, types, values, and undo the permutation."""
+    r = gguf.GGUFReader(str(path))
+    cfg = model.config
+    f = r.fields
+    assert f["general.architecture"].contents() == "llama"
+    assert f["llama.attention.head_count_kv"].contents() == cfg.num_key_value_heads
+    assert len(f["tokenizer.ggml.tokens"].contents()) == cfg.vocab_size
+    by_name = {t.name: t for t in r.tensors}
+    for t in r.tensors:
+        want = (gguf.GGMLQuantizationType.Q8_0 if t.name == Q8_TENSOR
+                else gguf.GGMLQuantizationType.F32)
+        assert t.tensor_type == want, (t.name, t.tensor_type)
+    n_head, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
+    q = np.array(by_name["blk.0.attn_q.weight"].data)
+    k = np.array(by_name["blk.0.attn_k.weight"].data)
+
+    def unpermute(w, n):  # transformers' reverse_permute_weights
+        dim = w.shape[0] // n // 2
+        return w.reshape(n, dim, 2, *w.shape[1:]).swapaxes(2, 1).reshape(w.shape)
+
+    attn = model.model.layers[0].self_attn
+    assert np.array_equal(unpermute(q, n_head), attn.q_proj.weight.detach().numpy())
+    assert np.array_equal(unpermute(k, n_kv), attn.k_proj.weight.detach().numpy())
+    qd = gguf.quants.dequantize(np.array(by_name[Q8_TENSOR].data), by_name[Q8_TENSOR].tensor_type)
+    assert np.array_equal(qd, deq)
+    err = np.abs(deq - model.model.layers[1].mlp.down_proj.weight.detach().numpy()).max()
+    print(f"llama/model.gguf: {len(r.tensors)} tensors; {Q8_TENSOR} Q8_0 max |err| {err:.2e}")
+
+
+def make_llama_gguf(model, input_ids: torch.Tensor) -> None:
+    out = FIXTURES / "llama"
+    path = out / "model.gguf"
+    deq = write_llama_gguf(model, path)
+    check_gguf(path, model, deq)
+    # Reference for the GGUF: same model with blk.1 down_proj replaced by the Q8_0 values.
+    config = model.config
+    qmodel = AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager",
+                                                  dtype=torch.float32).eval()
+    with torch.no_grad():
+        qmodel.model.layers[1].mlp.down_proj.weight.copy_(torch.from_numpy(deq))
+    ref = run_reference(qmodel, input_ids)
+    save_file(ref, str(out / "reference_gguf.safetensors"))
+    print(describe("llama (gguf, Q8_0 blk.1.ffn_down)", ref))
+
+    # Independent check: transformers' own GGUF loader must reproduce that reference.
+    try:
+        gmodel = AutoModelForCausalLM.from_pretrained(
+            out, gguf_file="model.gguf", attn_implementation="eager", dtype=torch.float32
+        ).eval()
+    except Exception as e:  # pragma: no cover - depends on the transformers version
+        print(f"  (skipped transformers GGUF cross-check: {type(e).__name__}: {e})")
+        return
+    gref = run_reference(gmodel, input_ids)
+    for key, val in ref.items():
+        torch.testing.assert_close(gref[key], val, rtol=1e-5, atol=1e-5)
+    assert config.num_key_value_heads == gmodel.config.num_key_value_heads
+    print("  transformers' GGUF loader reproduces reference_gguf.safetensors")
+
+
+# --------------------------------------------------------------------------------------------
+# SmolLM2-135M-Instruct (real model, dequantized Q4_1 GGUF)
+
+SMOLLM2_TEXT = "The capital of France is"
+SMOLLM2_HIDDEN = [0, 1, 15, 29, 30]
+SMOLLM2_ATTN = [0, 20]
+SMOLLM2_NEW_TOKENS = 8
+
+
+def check_smollm2_dequant(model, gguf_path: Path) -> None:
+    """The model transformers loaded must be the GGUF's weights, dequantized exactly."""
+    r = gguf.GGUFReader(str(gguf_path))
+    by_name = {t.name: t for t in r.tensors}
+
+    def deq(name):
+        t = by_name[name]
+        return torch.from_numpy(
+            gguf.quants.dequantize(np.array(t.data), t.tensor_type).astype(np.float32)
+        )
+
+    cfg = model.config
+    emb = deq("token_embd.weight")
+    assert torch.equal(model.model.embed_tokens.weight, emb)
+    assert torch.equal(model.lm_head.weight, emb)  # tied
+    v = deq("blk.7.attn_v.weight")
+    assert torch.equal(model.model.layers[7].self_attn.v_proj.weight, v)
+    k = llama_cpp_permute(
+        model.model.layers[7].self_attn.k_proj.weight.detach().numpy(), cfg.num_key_value_heads
+    )
+    assert np.array_equal(k, deq("blk.7.attn_k.weight").numpy())
+
+
+@torch.no_grad()
+def make_smollm2() -> None:
+    gguf_path = SMOLLM2_DIR / SMOLLM2_FILE
+    if not gguf_path.exists():
+        print(f"smollm2: {gguf_path} not found; skipped")
+        return
+    out = FIXTURES / "smollm2"
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    tok = AutoTokenizer.from_pretrained(SMOLLM2_DIR, gguf_file=SMOLLM2_FILE)
+    model = AutoModelForCausalLM.from_pretrained(
+        SMOLLM2_DIR, gguf_file=SMOLLM2_FILE, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+    check_smollm2_dequant(model, gguf_path)
+
+    ids = tok(SMOLLM2_TEXT, add_special_tokens=False)["input_ids"]
+    bos_added = bool(ids) and ids[0] == tok.bos_token_id
+    assert not bos_added
+    input_ids = torch.tensor([ids], dtype=torch.int64)
+    out_ = model(input_ids=input_ids, output_hidden_states=True, output_attentions=True,
+                 use_cache=False, return_dict=True)
+    assert len(out_.hidden_states) == model.config.num_hidden_layers + 1
+    ref = {"input_ids": input_ids, "last_logits": out_.logits[0, -1].float().contiguous()}
+    for i in SMOLLM2_HIDDEN:
+        ref[f"hidden_states.{i}"] = out_.hidden_states[i].float().contiguous()
+    for l in SMOLLM2_ATTN:
+        ref[f"attentions.{l}"] = out_.attentions[l].float().contiguous()
+    save_file(ref, str(out / "reference.safetensors"))
+
+    # Greedy continuation by full recomputation (no cache, no generation config involved).
+    seq = list(ids)
+    for _ in range(SMOLLM2_NEW_TOKENS):
+        logits = model(input_ids=torch.tensor([seq]), use_cache=False).logits
+        seq.append(int(logits[0, -1].argmax()))
+    new = seq[len(ids):]
+    meta = {
+        "model": f"shared/models/smollm2-135m-instruct/{SMOLLM2_FILE}",
+        "loaded_with": f"transformers {transformers.__version__} "
+                       "AutoModelForCausalLM.from_pretrained(gguf_file=..., dtype=float32), "
+                       "weights dequantized to float32; eager attention",
+        "text": SMOLLM2_TEXT,
+        "bos_added": bos_added,
+        "input_ids": ids,
+        "tokens": tok.convert_ids_to_tokens(ids),
+        "hidden_states": SMOLLM2_HIDDEN,
+        "attentions": SMOLLM2_ATTN,
+        "greedy_new_ids": new,
+        "greedy_new_text": tok.decode(new),
+        "greedy_full_text": tok.decode(seq),
+    }
+    (out / "reference.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+    print(f"smollm2: ids {ids}, |last logit| max {ref['last_logits'].abs().max():.2f}, "
+          f"greedy {new} {tok.decode(new)!r}")
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    names = list(tiny_configs()) + ["smollm2"]
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--only", help=f"comma-separated subset of {','.join(names)}")
+    args = ap.parse_args()
+    only = set(args.only.split(",")) if args.only else set(names)
+    unknown = only - set(names)
+    if unknown:
+        ap.error(f"unknown fixture(s): {sorted(unknown)}")
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)  # bitwise-stable reductions across machines as far as torch allows
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
+          f"gguf {version('gguf')}, safetensors {version('safetensors')}, numpy {np.__version__}")
+    FIXTURES.mkdir(parents=True, exist_ok=True)
+    for name, (config, seed) in tiny_configs().items():
+        if name not in only:
+            continue
+        model, input_ids = make_tiny(name, config, seed)
+        if name == "llama":
+            make_llama_gguf(model, input_ids)
+    if "smollm2" in only:
+        make_smollm2()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
