@@ -1,1 +1,132 @@
-fn main(){}
+//! The `qi` command-line program.
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Tensor};
+use clap::{Parser, Subcommand};
+use qi::{load_model, Batch, HookFilter};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "qi", version, about = "Does quantization kill interpretability? Hooked transformers, quantizers and analyses.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Architecture, sizes, parameter count and source quantization types of a model.
+    Info {
+        /// Hub id (gpt2, EleutherAI/pythia-70m), HF directory, .safetensors or .gguf file.
+        #[arg(long)]
+        model: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One forward pass; writes logits, tokens and the requested activations to a safetensors file.
+    Trace {
+        #[arg(long)]
+        model: String,
+        /// Text to tokenize.
+        #[arg(long, conflicts_with = "tokens", required_unless_present = "tokens")]
+        text: Option<String>,
+        /// Comma-separated token ids.
+        #[arg(long, value_delimiter = ',')]
+        tokens: Option<Vec<u32>>,
+        /// Prepend the model's BOS token to --text.
+        #[arg(long)]
+        prepend_bos: bool,
+        /// Hook names or patterns (`*` wildcard), comma-separated, e.g. 'blocks.3.attn.hook_pattern,*hook_resid_post'.
+        #[arg(long, value_delimiter = ',')]
+        hooks: Vec<String>,
+        /// Output .safetensors file (tensors named by hook name, plus `logits` and `tokens`).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// List the hook points of a model with their shapes for a given sequence length.
+    Hooks {
+        #[arg(long)]
+        model: String,
+    },
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Info { model, json } => info(&model, json),
+        Command::Trace { model, text, tokens, prepend_bos, hooks, out } => trace(&model, text, tokens, prepend_bos, &hooks, &out),
+        Command::Hooks { model } => {
+            let m = load_model(&model)?;
+            for n in m.hook_names() {
+                println!("{n}");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn info(src: &str, json: bool) -> Result<()> {
+    let m = load_model(src)?;
+    let c = &m.cfg;
+    let types = m.source.type_counts();
+    let v = serde_json::json!({
+        "source": m.source.source,
+        "architecture": c.architecture.name(),
+        "layers": c.n_layers, "heads": c.n_heads, "kv_heads": c.n_kv_heads, "d_model": c.d_model,
+        "d_head": c.d_head, "d_mlp": c.d_mlp, "vocab": c.d_vocab, "context": c.n_ctx,
+        "parameters": m.n_params(), "positional": c.positional, "parallel_residual": c.parallel_residual,
+        "tied_embeddings": c.tied_embeddings, "source_tensor_types": types,
+        "tokenizer": m.tokenizer.is_some(), "quantization": m.source.quantization,
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("source        {}", m.source.source);
+    println!("architecture  {}", c.architecture.name());
+    println!("layers        {}", c.n_layers);
+    println!("heads         {} (kv heads {}, d_head {})", c.n_heads, c.n_kv_heads, c.d_head);
+    println!("d_model       {}", c.d_model);
+    println!("d_mlp         {}", c.d_mlp);
+    println!("vocab         {}", c.d_vocab);
+    println!("context       {}", c.n_ctx);
+    println!("parameters    {} ({:.1} M)", m.n_params(), m.n_params() as f64 / 1e6);
+    println!("positional    {:?}", c.positional);
+    println!("tied          {}", c.tied_embeddings);
+    println!("source types  {}", types.iter().map(|(k, v)| format!("{k}×{v}")).collect::<Vec<_>>().join(", "));
+    if let Some(q) = &m.source.quantization {
+        println!("quantized by qi  {q}");
+    }
+    Ok(())
+}
+
+fn trace(src: &str, text: Option<String>, tokens: Option<Vec<u32>>, prepend_bos: bool, hooks: &[String], out: &std::path::Path) -> Result<()> {
+    if out.extension().and_then(|e| e.to_str()) != Some("safetensors") {
+        bail!("--out {}: expected a path ending in .safetensors", out.display());
+    }
+    let m = load_model(src)?;
+    let ids = match (text, tokens) {
+        (Some(t), _) => m.to_tokens(&t, prepend_bos)?,
+        (None, Some(ids)) => ids,
+        (None, None) => bail!("give --text or --tokens"),
+    };
+    if ids.is_empty() {
+        bail!("no tokens to run (empty --text or --tokens)");
+    }
+    let batch = Batch::from_ids(&ids)?;
+    let filter = HookFilter::new(hooks);
+    let (logits, cache) = m.run_with_cache(&batch, filter)?;
+    let mut tensors: HashMap<String, Tensor> = cache.into_map().into_iter().map(|(k, v)| (k, v.contiguous().unwrap_or(v))).collect();
+    tensors.insert("logits".into(), logits);
+    tensors.insert("tokens".into(), batch.tokens.to_dtype(DType::I64)?);
+    qi::io::save_safetensors(&tensors, out).with_context(|| format!("writing {}", out.display()))?;
+    eprintln!("wrote {} ({} tensors, {} tokens)", out.display(), tensors.len(), ids.len());
+    Ok(())
+}

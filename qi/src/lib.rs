@@ -6,6 +6,7 @@
 pub mod batch;
 pub mod error;
 pub mod hooks;
+pub mod io;
 pub mod loader;
 pub mod models;
 pub mod ops;
