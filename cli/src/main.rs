@@ -44,10 +44,24 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// List the hook points of a model with their shapes for a given sequence length.
+    /// List the hook points of a model.
     Hooks {
         #[arg(long)]
         model: String,
+    },
+    /// Forward-pass benchmark: a cache of every hook_resid_post and hook_pattern on a batch of
+    /// random tokens; prints one JSON line (compare with scripts/bench_forward_torch.py).
+    BenchForward {
+        #[arg(long)]
+        model: String,
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        #[arg(long, default_value_t = 128)]
+        seq: usize,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
 }
 
@@ -62,6 +76,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Info { model, json } => info(&model, json),
         Command::Trace { model, text, tokens, prepend_bos, hooks, out } => trace(&model, text, tokens, prepend_bos, &hooks, &out),
+        Command::BenchForward { model, batch, seq, runs, seed } => bench_forward(&model, batch, seq, runs, seed),
         Command::Hooks { model } => {
             let m = load_model(&model)?;
             for n in m.hook_names() {
@@ -128,5 +143,29 @@ fn trace(src: &str, text: Option<String>, tokens: Option<Vec<u32>>, prepend_bos:
     tensors.insert("tokens".into(), batch.tokens.to_dtype(DType::I64)?);
     qi::io::save_safetensors(&tensors, out).with_context(|| format!("writing {}", out.display()))?;
     eprintln!("wrote {} ({} tensors, {} tokens)", out.display(), tensors.len(), ids.len());
+    Ok(())
+}
+
+fn bench_forward(src: &str, batch: usize, seq: usize, runs: usize, seed: u64) -> Result<()> {
+    let m = load_model(src)?;
+    let exclude = m.tokenizer.as_ref().map(|t| t.special_ids()).unwrap_or_default();
+    let mut rng = qi::rng::Rng::new(seed);
+    let rows: Vec<Vec<u32>> = (0..batch).map(|_| rng.tokens(seq, m.cfg.d_vocab, &exclude)).collect();
+    let b = Batch::from_rows(&rows, qi::Padding::Right, 0)?;
+    let filter = HookFilter::from("*hook_resid_post,*hook_pattern");
+    m.run_with_cache(&b, filter.clone())?; // warm-up
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        let t = std::time::Instant::now();
+        let (logits, cache) = m.run_with_cache(&b, filter.clone())?;
+        std::hint::black_box((logits, cache));
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    let v = serde_json::json!({
+        "impl": "qi", "median_s": times[times.len() / 2], "min_s": times[0], "runs": times.len(),
+        "threads": candle_core::utils::get_num_threads(), "batch": batch, "seq": seq,
+    });
+    println!("{v}");
     Ok(())
 }

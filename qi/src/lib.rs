@@ -10,6 +10,7 @@ pub mod io;
 pub mod loader;
 pub mod models;
 pub mod ops;
+pub mod rng;
 pub mod shared;
 pub mod tokenizer;
 

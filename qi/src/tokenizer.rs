@@ -25,6 +25,9 @@ impl Tokenizer {
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
         self.inner.decode(ids, skip_special).map_err(|e| anyhow::anyhow!("{e}"))
     }
+    pub fn special_ids(&self) -> Vec<u32> {
+        vec![]
+    }
     pub fn bos_id(&self) -> Option<u32> {
         None
     }
