@@ -4,12 +4,16 @@
 //! TransformerLens-style hook names, an activation cache and interventions; quantizers applied to
 //! the same raw weights; analyses of what quantization does to circuits and features.
 pub mod batch;
+pub mod data;
 pub mod error;
 pub mod hooks;
 pub mod io;
 pub mod loader;
+pub mod metrics;
 pub mod models;
 pub mod ops;
+pub mod perplexity;
+pub mod progress;
 pub mod rng;
 pub mod shared;
 pub mod tokenizer;

@@ -228,7 +228,7 @@ mod tests {
         // 2 heads of dim 4, 1 column: HF rows [a0 a1 | b0 b1] per head (halves a, b).
         let hf: Vec<f32> = (0..8).map(|x| x as f32).collect();
         // llama.cpp: reshape(h, 2, d/2).swapaxes(1, 2) → per head [a0 b0 a1 b1]
-        let gguf = vec![0., 2., 1., 3., 4., 6., 5., 7.];
+        let gguf: Vec<f32> = vec![0., 2., 1., 3., 4., 6., 5., 7.];
         let t = Tensor::from_vec(gguf, (8, 1), &Device::Cpu).unwrap();
         let back = unpermute_rotary_rows(&t, 2).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(back, hf);

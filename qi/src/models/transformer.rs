@@ -235,21 +235,13 @@ impl HookedTransformer {
         let (b, p) = batch.tokens.dims2()?;
         let mut sink = Sink { hooks, cache: cache_filter.map(|f| Ok::<_, anyhow::Error>((f, ActivationCache::new(batch.valid_mask()?)))).transpose()? };
 
-        let positions = batch.positions()?.clamp(0u32, (cfg.n_ctx - 1) as u32)?.flatten_all()?;
         let mut x = self.embed.index_select(&batch.tokens.flatten_all()?, 0)?.reshape((b, p, cfg.d_model))?;
         x = sink.point(names::EMBED, x)?;
         if let Some((_, w_pos)) = &self.pos_embed {
-            let pe = w_pos.index_select(&positions, 0)?.reshape((b, p, cfg.d_model))?;
+            let pe = w_pos.index_select(&self.clamped_positions(batch)?, 0)?.reshape((b, p, cfg.d_model))?;
             x = (x + sink.point(names::POS_EMBED, pe)?)?;
         }
-        let mask = attention_mask(batch)?;
-        let rope = match &self.rope {
-            Some((cos, sin)) => {
-                let half = cos.dim(1)?;
-                Some((cos.index_select(&positions, 0)?.reshape((b, p, half))?, sin.index_select(&positions, 0)?.reshape((b, p, half))?))
-            }
-            None => None,
-        };
+        let (mask, rope) = self.attention_inputs(batch)?;
 
         let last = stop_after_layer.unwrap_or(cfg.n_layers - 1);
         for (l, block) in self.blocks.iter().enumerate().take(last + 1) {
@@ -262,6 +254,53 @@ impl HookedTransformer {
             None
         };
         Ok((logits, sink.cache.map(|(_, c)| c)))
+    }
+
+    /// The additive attention mask and the rotary cos/sin rows for a batch's positions.
+    fn attention_inputs(&self, batch: &Batch) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
+        let (b, p) = batch.tokens.dims2()?;
+        let mask = attention_mask(batch)?;
+        let rope = match &self.rope {
+            Some((cos, sin)) => {
+                let positions = self.clamped_positions(batch)?;
+                let half = cos.dim(1)?;
+                Some((cos.index_select(&positions, 0)?.reshape((b, p, half))?, sin.index_select(&positions, 0)?.reshape((b, p, half))?))
+            }
+            None => None,
+        };
+        Ok((mask, rope))
+    }
+
+    /// Runs block `l` alone on its input `resid_pre` `[batch, pos, d_model]` for the tokens of
+    /// `batch` (which supplies the mask and positions), with optional hooks on that block's hook
+    /// points. Layer-by-layer calibration (GPTQ, AWQ) uses this.
+    pub fn run_block(&self, l: usize, resid_pre: &Tensor, batch: &Batch, hooks: Option<&mut Hooks>) -> Result<Tensor> {
+        let block = self.blocks.get(l).ok_or_else(|| QiError::invalid("layer", l, format!("model has {} layers", self.cfg.n_layers)))?;
+        if let Some(h) = hooks.as_deref() {
+            let valid = self.hook_names();
+            for f in h.filters() {
+                f.validate(&valid)?;
+            }
+        }
+        let (mask, rope) = self.attention_inputs(batch)?;
+        let mut sink = Sink { hooks, cache: None };
+        self.block_forward(l, block, resid_pre.clone(), &mask, rope.as_ref(), &mut sink)
+    }
+
+    /// The block-0 input (`hook_resid_pre` of layer 0) for a batch: embeddings plus learned positions.
+    pub fn embed_tokens(&self, batch: &Batch) -> Result<Tensor> {
+        self.check_tokens(batch)?;
+        let (b, p) = batch.tokens.dims2()?;
+        let x = self.embed.index_select(&batch.tokens.flatten_all()?, 0)?.reshape((b, p, self.cfg.d_model))?;
+        Ok(match &self.pos_embed {
+            Some((_, w_pos)) => (x + w_pos.index_select(&self.clamped_positions(batch)?, 0)?.reshape((b, p, self.cfg.d_model))?)?,
+            None => x,
+        })
+    }
+
+    /// Flattened position ids, clamped into the context (padding positions may point past it).
+    fn clamped_positions(&self, batch: &Batch) -> Result<Tensor> {
+        Ok(batch.positions()?.clamp(0u32, (self.cfg.n_ctx - 1) as u32)?.flatten_all()?)
     }
 
     fn block_forward(&self, l: usize, block: &Block, x: Tensor, mask: &Tensor, rope: Option<&(Tensor, Tensor)>, sink: &mut Sink) -> Result<Tensor> {
