@@ -14,6 +14,8 @@ pub mod models;
 pub mod ops;
 pub mod perplexity;
 pub mod progress;
+pub mod quant;
+pub mod quantize;
 pub mod rng;
 pub mod shared;
 pub mod tokenizer;

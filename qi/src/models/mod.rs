@@ -151,14 +151,62 @@ pub struct Linear {
     pub bias: Option<Tensor>,
     /// The checkpoint stores this weight as `[in, out]` (GPT-2's Conv1D); used when writing back.
     pub transposed_in_checkpoint: bool,
+    /// Fake quantization of this layer's input (W8A8, LLM.int8); None = f32 input.
+    pub act_quant: Option<ActQuant>,
+}
+
+/// Activation-side fake quantization at a linear layer's input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum ActQuant {
+    /// Dynamic per-token symmetric int8 (absmax / 127 per row).
+    PerTokenInt8,
+    /// LLM.int8: the listed input columns (outlier features) stay in f16; the rest is per-token int8.
+    Int8Outliers { outliers: Vec<usize> },
+}
+
+impl ActQuant {
+    /// Applies the fake quantization to `x` `[rows, in]`.
+    pub fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let q = |t: &Tensor| crate::quant::quantize_activations_per_token_int8(t).map_err(candle_core::Error::wrap);
+        match self {
+            ActQuant::PerTokenInt8 => q(x),
+            ActQuant::Int8Outliers { outliers } => {
+                if outliers.is_empty() {
+                    return q(x);
+                }
+                let d = x.dim(1)?;
+                let mut keep = vec![1f32; d];
+                for &c in outliers {
+                    if c < d {
+                        keep[c] = 0.0;
+                    }
+                }
+                let keep = Tensor::from_vec(keep, (1, d), x.device())?;
+                let regular = q(&x.broadcast_mul(&keep)?)?;
+                let outlier = x.broadcast_mul(&(1.0 - &keep)?)?.to_dtype(candle_core::DType::F16)?.to_dtype(x.dtype())?;
+                regular + outlier
+            }
+        }
+    }
 }
 
 impl Linear {
+    /// A linear layer without activation quantization.
+    pub fn new(name: impl Into<String>, weight: Tensor, bias: Option<Tensor>, transposed_in_checkpoint: bool) -> Self {
+        Linear { name: name.into(), weight, bias, transposed_in_checkpoint, act_quant: None }
+    }
+
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let dims = x.dims().to_vec();
         let d_in = dims[dims.len() - 1];
         let rows: usize = dims[..dims.len() - 1].iter().product();
-        let y = x.reshape((rows, d_in))?.matmul(&self.weight.t()?)?;
+        let x2 = x.reshape((rows, d_in))?;
+        let x2 = match &self.act_quant {
+            Some(q) => q.apply(&x2)?,
+            None => x2,
+        };
+        let y = x2.matmul(&self.weight.t()?)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -173,6 +221,23 @@ impl Linear {
     pub fn in_features(&self) -> usize {
         self.weight.dims()[1]
     }
+}
+
+/// The hook whose activation is a linear layer's input, by role (`hook_z` is `[b, p, heads,
+/// d_head]`, flattened to `[b, p, heads·d_head]` as the input of `o`).
+pub fn linear_input_hook(role: &str, layer: usize) -> String {
+    use crate::hooks::names;
+    match role {
+        "qkv" | "q" | "k" | "v" => names::ln1(layer),
+        "o" => names::z(layer),
+        "fc_in" | "gate" | "up" => names::ln2(layer),
+        _ => names::mlp_post(layer),
+    }
+}
+
+/// Whether a role is part of attention (else the MLP).
+pub fn is_attention_role(role: &str) -> bool {
+    matches!(role, "qkv" | "q" | "k" | "v" | "o")
 }
 
 /// LayerNorm (weight, bias) or RMSNorm (weight only).
@@ -241,6 +306,18 @@ impl Block {
         v
     }
 
+    /// The block's linear layers with their role: `qkv` (fused), `q`, `k`, `v`, `o`, `fc_in`,
+    /// `fc_out`, `gate`, `up`, `down`.
+    pub fn linears_labeled(&self) -> Vec<(&'static str, &Linear)> {
+        let roles: &[&str] = match (&self.attn.qkv, &self.mlp) {
+            (QkvProj::Separate { .. }, Mlp::Gated { .. }) => &["q", "k", "v", "o", "gate", "up", "down"],
+            (QkvProj::Separate { .. }, Mlp::Standard { .. }) => &["q", "k", "v", "o", "fc_in", "fc_out"],
+            (_, Mlp::Gated { .. }) => &["qkv", "o", "gate", "up", "down"],
+            (_, Mlp::Standard { .. }) => &["qkv", "o", "fc_in", "fc_out"],
+        };
+        roles.iter().copied().zip(self.linears()).collect()
+    }
+
     pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
         let mut v: Vec<&mut Linear> = match &mut self.attn.qkv {
             QkvProj::FusedContiguous(l) | QkvProj::FusedPerHead(l) => vec![l],
@@ -285,7 +362,7 @@ pub(crate) fn load_linear(ck: &crate::loader::Checkpoint, prefix: &str, out: usi
     let name = format!("{prefix}.weight");
     let weight = if conv1d { ck.tensor(&name, &[inp, out])?.t()?.contiguous()? } else { ck.tensor(&name, &[out, inp])? };
     let bias = if bias { Some(ck.tensor(&format!("{prefix}.bias"), &[out])?) } else { None };
-    Ok(Linear { name, weight, bias, transposed_in_checkpoint: conv1d })
+    Ok(Linear::new(name, weight, bias, conv1d))
 }
 
 /// Reads `{prefix}.weight` (and `.bias` for LayerNorm) of width `d`.

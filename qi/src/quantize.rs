@@ -1,0 +1,490 @@
+//! Quantizing a whole model: one entry point for every [`QuantSpec`] method, applied to the raw
+//! (unfolded) weights of the reference model, returning a new model of the same type whose
+//! weights are the dequantized values (fake quantization, so every hook still works) and a report.
+//! The reference model is never mutated.
+//!
+//! By default every linear weight in the blocks is quantized (attention q/k/v/o or fused qkv, and
+//! the MLP); embeddings, unembedding, norms and biases stay f32. Each choice is configurable.
+//!
+//! Calibrated methods:
+//! - **GPTQ** runs block by block: the calibration inputs of block `l` are the outputs of the
+//!   already-quantized blocks `0..l` (as the reference implementation), each linear's Hessian
+//!   H = 2/n Σ x xᵀ is accumulated from its inputs, and with `true_sequential` the sub-layers are
+//!   quantized in order (qkv → o → up/gate → down) with inputs recomputed after each.
+//! - **AWQ** searches per-input-channel scales s = mean|x|^α (normalised) for each group of
+//!   linears sharing an input, α ∈ {0, 0.05, …, 0.95}, minimising the group's output error, then
+//!   quantizes W·diag(s) with grouped RTN. The scale is folded back into the weight
+//!   (W_eff = Q(W·diag(s))·diag(s)⁻¹), which computes exactly what folding 1/s into the preceding
+//!   norm or linear computes, while keeping every hooked activation in the reference's basis.
+//! - **LLM.int8** finds outlier input features (|x| ≥ threshold on calibration activations) per
+//!   linear; those columns stay f16 in weights and activations, the rest is int8.
+//! - **W8A8** quantizes weights per row to int8 and every linear input per token to int8.
+use crate::data::Corpus;
+use crate::models::{is_attention_role, linear_input_hook, ActQuant, Linear};
+use crate::quant::{self, CalibData, GptqOptions, HessianAccumulator, QuantSpec};
+use crate::{Batch, HookedTransformer, Hooks};
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+
+/// Which weights to quantize, and calibration settings not carried by the spec.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct QuantizeOptions {
+    /// Quantize attention projections.
+    pub attention: bool,
+    /// Quantize MLP projections.
+    pub mlp: bool,
+    /// Also quantize the token embedding (off by default, as GPTQ/AWQ do).
+    pub embeddings: bool,
+    /// Also quantize the unembedding (off by default; for tied models this is the embedding).
+    pub unembedding: bool,
+    /// Calibration windows per forward pass.
+    pub calibration_batch: usize,
+    /// LLM.int8 outlier search: windows and their length (C4, seed 0).
+    pub int8_samples: usize,
+    pub int8_seqlen: usize,
+}
+
+impl Default for QuantizeOptions {
+    fn default() -> Self {
+        QuantizeOptions { attention: true, mlp: true, embeddings: false, unembedding: false, calibration_batch: 8, int8_samples: 32, int8_seqlen: 512 }
+    }
+}
+
+/// Reconstruction error of one matrix.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MatrixReport {
+    pub layer: Option<usize>,
+    /// `q`, `k`, `v`, `qkv`, `o`, `fc_in`, `fc_out`, `gate`, `up`, `down`, `embed`, `unembed`.
+    pub role: String,
+    /// HF parameter name.
+    pub name: String,
+    pub rows: usize,
+    pub cols: usize,
+    /// ‖W − Ŵ‖_F / ‖W‖_F.
+    pub rel_error: f64,
+    pub max_abs_error: f64,
+    /// Storage estimate in bits per weight, scales and zero points included.
+    pub bits_per_weight: f64,
+    /// GPTQ's accumulated loss Σ (w − q)² / d² (the reference's `Losses`), when applicable.
+    pub gptq_loss: Option<f64>,
+}
+
+/// What quantization did to a model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QuantReport {
+    pub spec: String,
+    pub matrices: Vec<MatrixReport>,
+    /// Calibration tokens used (0 for data-free methods).
+    pub calibration_tokens: usize,
+    pub seconds: f64,
+    /// Parameters in quantized matrices / in the whole model.
+    pub quantized_params: usize,
+    pub total_params: usize,
+    /// Mean bits per weight over the quantized matrices.
+    pub bits_per_weight: f64,
+    /// Estimated model size: quantized matrices at their bits, everything else f32.
+    pub model_bytes: f64,
+    /// Activation quantization per linear (W8A8, LLM.int8), by HF weight name.
+    pub activation_quant: BTreeMap<String, ActQuant>,
+}
+
+impl QuantReport {
+    /// One row per matrix: layer, role, name, rows, cols, rel_error, max_abs_error, bits_per_weight, gptq_loss.
+    pub fn table(&self) -> Result<polars::prelude::DataFrame> {
+        use polars::prelude::*;
+        let m = &self.matrices;
+        let df = DataFrame::new_infer_height(vec![
+            Column::new("method".into(), vec![self.spec.clone(); m.len()]),
+            Column::new("layer".into(), m.iter().map(|r| r.layer.map(|l| l as i64)).collect::<Vec<_>>()),
+            Column::new("role".into(), m.iter().map(|r| r.role.clone()).collect::<Vec<_>>()),
+            Column::new("name".into(), m.iter().map(|r| r.name.clone()).collect::<Vec<_>>()),
+            Column::new("rows".into(), m.iter().map(|r| r.rows as u64).collect::<Vec<_>>()),
+            Column::new("cols".into(), m.iter().map(|r| r.cols as u64).collect::<Vec<_>>()),
+            Column::new("rel_error".into(), m.iter().map(|r| r.rel_error).collect::<Vec<_>>()),
+            Column::new("max_abs_error".into(), m.iter().map(|r| r.max_abs_error).collect::<Vec<_>>()),
+            Column::new("bits_per_weight".into(), m.iter().map(|r| r.bits_per_weight).collect::<Vec<_>>()),
+            Column::new("gptq_loss".into(), m.iter().map(|r| r.gptq_loss).collect::<Vec<_>>()),
+        ])?;
+        Ok(df)
+    }
+}
+
+/// Storage estimate in bits per weight for a `[rows, cols]` matrix: the codes plus per-group
+/// scales (f16) and zero points (at the code width), as packed formats store them.
+pub fn bits_per_weight(spec: &QuantSpec, rows: usize, cols: usize) -> f64 {
+    let grid = |bits: u8, sym: bool, per: f64| bits as f64 + (16.0 + if sym { 0.0 } else { bits as f64 }) / per;
+    match spec {
+        QuantSpec::None => 32.0,
+        QuantSpec::Fp16 | QuantSpec::Bf16 => 16.0,
+        QuantSpec::Rtn(r) => match r.granularity {
+            quant::Granularity::Tensor => grid(r.bits, r.sym, (rows * cols) as f64),
+            quant::Granularity::Row => grid(r.bits, r.sym, cols as f64),
+            quant::Granularity::Group(g) => grid(r.bits, r.sym, g as f64),
+        },
+        QuantSpec::Gptq(g) => {
+            let base = grid(g.bits, g.sym, g.group.unwrap_or(cols) as f64);
+            // act-order with groups stores a group index per input column
+            base + if g.act_order && g.group.is_some() { 32.0 / rows as f64 } else { 0.0 }
+        }
+        QuantSpec::Awq(a) => grid(a.bits, a.sym, a.group.unwrap_or(cols) as f64),
+        QuantSpec::Nf4(b) | QuantSpec::Fp4(b) => {
+            if b.double_quant {
+                4.0 + 8.0 / b.block as f64 + 32.0 / (b.block as f64 * 256.0)
+            } else {
+                4.0 + 32.0 / b.block as f64
+            }
+        }
+        QuantSpec::Int8(_) | QuantSpec::W8a8 => 8.0 + 32.0 / cols as f64,
+        QuantSpec::Ggml(k) => k.bits_per_weight() as f64,
+        QuantSpec::Prune(p) => 32.0 * (1.0 - p.sparsity) + 1.0,
+    }
+}
+
+fn corpus(d: CalibData) -> Corpus {
+    match d {
+        CalibData::C4 => Corpus::C4,
+        CalibData::Wikitext2 => Corpus::Wikitext2,
+    }
+}
+
+/// Quantizes `model` by `spec`. Returns the quantized twin and a report.
+pub fn quantize_model(model: &HookedTransformer, spec: &QuantSpec, opts: &QuantizeOptions) -> Result<(HookedTransformer, QuantReport)> {
+    let start = std::time::Instant::now();
+    let mut q = model.clone();
+    q.source.quantization = Some(spec.to_string());
+    let mut state = State::default();
+    match spec {
+        QuantSpec::None => {}
+        QuantSpec::Gptq(g) => gptq_model(model, &mut q, spec, g, opts, &mut state)?,
+        QuantSpec::Awq(a) => awq_model(model, &mut q, spec, a, opts, &mut state)?,
+        QuantSpec::Int8(s) => {
+            let windows = crate::data::calibration_windows(model, Corpus::C4, opts.int8_samples, opts.int8_seqlen.min(model.cfg.n_ctx), 0)?;
+            state.calibration_tokens = windows.iter().map(Vec::len).sum();
+            let outliers = outlier_columns(model, &windows, opts, s.threshold)?;
+            for_each_selected(&mut q, opts, |l, role, lin| {
+                let cols = outliers.get(&(l, role)).cloned().unwrap_or_default();
+                let w = quant::llm_int8_quantize(&lin.weight, &cols).with_context(|| format!("quantizing '{}'", lin.name))?.weight;
+                lin.act_quant = Some(ActQuant::Int8Outliers { outliers: cols });
+                state.record(Some(l), role, lin, w, spec, None)
+            })?;
+        }
+        QuantSpec::W8a8 => for_each_selected(&mut q, opts, |l, role, lin| {
+            let w = quant::int8_rowwise_quantize(&lin.weight).with_context(|| format!("quantizing '{}'", lin.name))?.weight;
+            lin.act_quant = Some(ActQuant::PerTokenInt8);
+            state.record(Some(l), role, lin, w, spec, None)
+        })?,
+        _ => for_each_selected(&mut q, opts, |l, role, lin| {
+            let w = quant::quantize_weight(&lin.weight, spec, &lin.name, None, None)?;
+            state.record(Some(l), role, lin, w, spec, None)
+        })?,
+    }
+    if !matches!(spec, QuantSpec::None) {
+        quantize_embeddings(&mut q, spec, opts, &mut state)?;
+    }
+    let total_params = model.n_params();
+    let quantized_params: usize = state.matrices.iter().map(|m| m.rows * m.cols).sum();
+    let qbits: f64 = state.matrices.iter().map(|m| m.bits_per_weight * (m.rows * m.cols) as f64).sum();
+    let report = QuantReport {
+        spec: spec.to_string(),
+        bits_per_weight: if quantized_params > 0 { qbits / quantized_params as f64 } else { 32.0 },
+        model_bytes: (qbits + 32.0 * (total_params.saturating_sub(quantized_params)) as f64) / 8.0,
+        matrices: state.matrices,
+        calibration_tokens: state.calibration_tokens,
+        seconds: start.elapsed().as_secs_f64(),
+        quantized_params,
+        total_params,
+        activation_quant: q
+            .blocks
+            .iter()
+            .flat_map(|b| b.linears())
+            .filter_map(|l| l.act_quant.clone().map(|a| (l.name.clone(), a)))
+            .collect(),
+    };
+    Ok((q, report))
+}
+
+#[derive(Default)]
+struct State {
+    matrices: Vec<MatrixReport>,
+    calibration_tokens: usize,
+}
+
+impl State {
+    /// Stores `new` as the layer's weight and records its error against the old one.
+    fn record(&mut self, layer: Option<usize>, role: &str, lin: &mut Linear, new: Tensor, spec: &QuantSpec, gptq_loss: Option<f64>) -> Result<()> {
+        let (rows, cols) = lin.weight.dims2()?;
+        let diff = (&lin.weight - &new)?;
+        let num = diff.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?.sqrt();
+        let den = lin.weight.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?.sqrt();
+        let max_abs = diff.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? as f64;
+        if !num.is_finite() {
+            bail!("quantizing '{}' with {spec} produced non-finite weights", lin.name);
+        }
+        self.matrices.push(MatrixReport {
+            layer,
+            role: role.to_string(),
+            name: lin.name.clone(),
+            rows,
+            cols,
+            rel_error: if den > 0.0 { num / den } else { 0.0 },
+            max_abs_error: max_abs,
+            bits_per_weight: bits_per_weight(spec, rows, cols),
+            gptq_loss,
+        });
+        lin.weight = new;
+        Ok(())
+    }
+}
+
+fn selected(opts: &QuantizeOptions, role: &str) -> bool {
+    if is_attention_role(role) {
+        opts.attention
+    } else {
+        opts.mlp
+    }
+}
+
+/// Calls `f(layer, role, linear)` for every selected block linear, in forward order.
+fn for_each_selected(q: &mut HookedTransformer, opts: &QuantizeOptions, mut f: impl FnMut(usize, &'static str, &mut Linear) -> Result<()>) -> Result<()> {
+    for (l, block) in q.blocks.iter_mut().enumerate() {
+        let roles: Vec<&'static str> = block.linears_labeled().into_iter().map(|(r, _)| r).collect();
+        for (role, lin) in roles.into_iter().zip(block.linears_mut()) {
+            if selected(opts, role) {
+                f(l, role, lin)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Embedding / unembedding quantization (data-free methods only: they have no calibration inputs).
+fn quantize_embeddings(q: &mut HookedTransformer, spec: &QuantSpec, opts: &QuantizeOptions, state: &mut State) -> Result<()> {
+    if !opts.embeddings && !opts.unembedding {
+        return Ok(());
+    }
+    let data_free = |what: &str| -> Result<QuantSpec> {
+        match spec {
+            QuantSpec::Gptq(g) => Ok(QuantSpec::Rtn(quant::RtnSpec {
+                bits: g.bits,
+                granularity: g.group.map_or(quant::Granularity::Row, quant::Granularity::Group),
+                sym: g.sym,
+            })),
+            QuantSpec::Awq(a) => Ok(QuantSpec::Rtn(quant::RtnSpec { bits: a.bits, granularity: a.group.map_or(quant::Granularity::Row, quant::Granularity::Group), sym: a.sym })),
+            QuantSpec::Int8(_) | QuantSpec::W8a8 => Ok(QuantSpec::Rtn(quant::RtnSpec { bits: 8, granularity: quant::Granularity::Row, sym: true })),
+            s => {
+                let _ = what;
+                Ok(s.clone())
+            }
+        }
+    };
+    if opts.embeddings {
+        let s = data_free("embedding")?;
+        let mut lin = Linear::new(q.embed_name.clone(), q.embed.clone(), None, false);
+        let w = quant::quantize_weight(&lin.weight, &s, &lin.name, None, None)?;
+        state.record(None, "embed", &mut lin, w, &s, None)?;
+        q.embed = lin.weight.clone();
+        if q.cfg.tied_embeddings {
+            q.unembed.weight = lin.weight;
+        }
+    }
+    if opts.unembedding && !(q.cfg.tied_embeddings && opts.embeddings) {
+        let s = data_free("unembedding")?;
+        let mut lin = q.unembed.clone();
+        let w = quant::quantize_weight(&lin.weight, &s, &lin.name, None, None)?;
+        state.record(None, "unembed", &mut lin, w, &s, None)?;
+        q.unembed.weight = lin.weight;
+    }
+    Ok(())
+}
+
+/// Calibration batches from the spec's data source.
+fn calibration_batches(model: &HookedTransformer, data: CalibData, samples: usize, seqlen: usize, seed: u64, batch: usize) -> Result<Vec<Batch>> {
+    let seqlen = seqlen.min(model.cfg.n_ctx);
+    if samples == 0 {
+        bail!("calibration needs at least one sample");
+    }
+    let windows = crate::data::calibration_windows(model, corpus(data), samples, seqlen, seed)
+        .with_context(|| format!("drawing {samples} calibration windows of {seqlen} tokens from {}", data.name()))?;
+    if windows.len() < samples {
+        bail!("calibration set has {} windows, fewer than the {samples} asked for", windows.len());
+    }
+    windows.chunks(batch.max(1)).map(|c| Batch::from_rows(c, crate::Padding::Right, 0)).collect()
+}
+
+/// Runs block `l` of `model` on each batch's input, calling `visit(hook, x [tokens, features])`
+/// for each requested linear-input hook; returns the block outputs when `want_output`.
+fn visit_block_inputs(
+    model: &HookedTransformer,
+    l: usize,
+    batches: &[Batch],
+    inputs: &[Tensor],
+    hooks_wanted: &[String],
+    mut visit: impl FnMut(&str, &Tensor) -> Result<()>,
+) -> Result<Vec<Tensor>> {
+    let mut outs = Vec::with_capacity(batches.len());
+    for (b, x) in batches.iter().zip(inputs) {
+        let seen: RefCell<Vec<(String, Tensor)>> = RefCell::new(Vec::new());
+        let mut hooks = Hooks::new();
+        if !hooks_wanted.is_empty() {
+            hooks.add(hooks_wanted.to_vec(), |name, t| {
+                let d = t.dims();
+                let feats: usize = d[2..].iter().product();
+                seen.borrow_mut().push((name.to_string(), t.reshape((d[0] * d[1], feats))?));
+                Ok(None)
+            });
+        }
+        outs.push(model.run_block(l, x, b, Some(&mut hooks))?);
+        drop(hooks);
+        for (name, t) in seen.into_inner() {
+            visit(&name, &t)?;
+        }
+    }
+    Ok(outs)
+}
+
+fn gptq_model(model: &HookedTransformer, q: &mut HookedTransformer, spec: &QuantSpec, g: &quant::GptqSpec, opts: &QuantizeOptions, state: &mut State) -> Result<()> {
+    let batches = calibration_batches(model, g.data, g.samples, g.seqlen, g.seed, opts.calibration_batch)?;
+    state.calibration_tokens = batches.iter().map(|b| b.batch_size() * b.seq_len()).sum();
+    let mut inputs: Vec<Tensor> = batches.iter().map(|b| model.embed_tokens(b)).collect::<Result<_>>()?;
+    let gopts = GptqOptions::from(g);
+    let pb = crate::progress::bar(q.cfg.n_layers as u64, "gptq");
+    for l in 0..q.cfg.n_layers {
+        let roles: Vec<&'static str> = q.blocks[l].linears_labeled().into_iter().map(|(r, _)| r).filter(|r| selected(opts, r)).collect();
+        // Sub-layer order: the reference's true-sequential groups, or everything at once.
+        let groups: Vec<Vec<&'static str>> = if g.true_sequential {
+            let order: [&[&str]; 4] = [&["qkv", "q", "k", "v"], &["o"], &["fc_in", "gate", "up"], &["fc_out", "down"]];
+            order.iter().map(|grp| roles.iter().copied().filter(|r| grp.contains(r)).collect::<Vec<_>>()).filter(|v| !v.is_empty()).collect()
+        } else {
+            vec![roles.clone()]
+        };
+        for group in groups {
+            let wanted: Vec<String> = {
+                let mut v: Vec<String> = group.iter().map(|r| linear_input_hook(r, l)).collect();
+                v.dedup();
+                v
+            };
+            let mut acc: HashMap<String, HessianAccumulator> = HashMap::new();
+            visit_block_inputs(q, l, &batches, &inputs, &wanted, |name, x| {
+                let a = acc.entry(name.to_string()).or_insert_with(|| HessianAccumulator::new(x.dim(1).unwrap_or(0)));
+                a.add_batch(x)
+            })?;
+            let block = &mut q.blocks[l];
+            let all_roles: Vec<&'static str> = block.linears_labeled().into_iter().map(|(r, _)| r).collect();
+            for (role, lin) in all_roles.into_iter().zip(block.linears_mut()) {
+                if !group.contains(&role) {
+                    continue;
+                }
+                let hook = linear_input_hook(role, l);
+                let h = acc.get(&hook).with_context(|| format!("no calibration inputs reached '{hook}'"))?.hessian()?;
+                let out = quant::gptq_quantize(&lin.weight, &h, &gopts, &lin.name)?;
+                state.record(Some(l), role, lin, out.weight, spec, Some(out.loss))?;
+            }
+        }
+        // Inputs of the next block come from this block with its weights quantized.
+        inputs = visit_block_inputs(q, l, &batches, &inputs, &[], |_, _| Ok(()))?;
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    Ok(())
+}
+
+/// Per (layer, role): input columns whose calibration activations reach `threshold` in magnitude.
+fn outlier_columns(model: &HookedTransformer, windows: &[Vec<u32>], opts: &QuantizeOptions, threshold: f64) -> Result<HashMap<(usize, &'static str), Vec<usize>>> {
+    let mut col_max: HashMap<String, Vec<f32>> = HashMap::new();
+    for chunk in windows.chunks(opts.calibration_batch.max(1)) {
+        let batch = Batch::from_rows(chunk, crate::Padding::Right, 0)?;
+        let names: Vec<String> = (0..model.cfg.n_layers)
+            .flat_map(|l| ["q", "o", "up", "down"].iter().map(move |r| linear_input_hook(r, l)))
+            .collect();
+        let (_, cache) = model.run_with_cache(&batch, names.clone())?;
+        for n in names {
+            let t = cache.get(&n)?;
+            let d = t.dims();
+            let feats: usize = d[2..].iter().product();
+            let m = t.reshape((d[0] * d[1], feats))?.abs()?.max(0)?.to_vec1::<f32>()?;
+            let e = col_max.entry(n).or_insert_with(|| vec![0.0; feats]);
+            for (a, b) in e.iter_mut().zip(m) {
+                *a = a.max(b);
+            }
+        }
+    }
+    let mut out = HashMap::new();
+    for (l, block) in model.blocks.iter().enumerate() {
+        for (role, _) in block.linears_labeled() {
+            let cols = col_max.get(&linear_input_hook(role, l)).map(|m| m.iter().enumerate().filter(|(_, &v)| v as f64 >= threshold).map(|(i, _)| i).collect()).unwrap_or_default();
+            out.insert((l, role), cols);
+        }
+    }
+    Ok(out)
+}
+
+/// AWQ α grid.
+const AWQ_GRID: usize = 20;
+
+fn awq_model(model: &HookedTransformer, q: &mut HookedTransformer, spec: &QuantSpec, a: &quant::AwqSpec, opts: &QuantizeOptions, state: &mut State) -> Result<()> {
+    let batches = calibration_batches(model, a.data, a.samples, a.seqlen, a.seed, opts.calibration_batch)?;
+    state.calibration_tokens = batches.iter().map(|b| b.batch_size() * b.seq_len()).sum();
+    let granularity = a.group.map_or(quant::Granularity::Row, quant::Granularity::Group);
+    let rtn = |w: &Tensor| -> Result<Tensor> { Ok(quant::rtn_quantize(w, a.bits, granularity, a.sym)?.weight) };
+    // AWQ (like llm-awq) calibrates every block on the full-precision model's activations.
+    let mut inputs: Vec<Tensor> = batches.iter().map(|b| model.embed_tokens(b)).collect::<Result<_>>()?;
+    let pb = crate::progress::bar(q.cfg.n_layers as u64, "awq");
+    for l in 0..q.cfg.n_layers {
+        let labeled: Vec<(&'static str, Linear)> = model.blocks[l].linears_labeled().into_iter().map(|(r, lin)| (r, lin.clone())).collect();
+        let hooks: Vec<String> = {
+            let mut v: Vec<String> = labeled.iter().filter(|(r, _)| selected(opts, r)).map(|(r, _)| linear_input_hook(r, l)).collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        // Linear inputs of this block (concatenated over batches), for the scale search.
+        let mut xs: HashMap<String, Vec<Tensor>> = HashMap::new();
+        let outputs = visit_block_inputs(model, l, &batches, &inputs, &hooks, |name, x| {
+            xs.entry(name.to_string()).or_default().push(x.clone());
+            Ok(())
+        })?;
+        let mut new_weights: HashMap<&'static str, Tensor> = HashMap::new();
+        for hook in &hooks {
+            let x = Tensor::cat(&xs[hook], 0)?;
+            let group: Vec<&(&'static str, Linear)> = labeled.iter().filter(|(r, _)| selected(opts, r) && &linear_input_hook(r, l) == hook).collect();
+            let x_mean = x.abs()?.mean(0)?;
+            let w_cat = Tensor::cat(&group.iter().map(|(_, lin)| lin.weight.clone()).collect::<Vec<_>>(), 0)?;
+            let reference = x.matmul(&w_cat.t()?)?;
+            let mut best: Option<(f64, Tensor)> = None;
+            for step in 0..AWQ_GRID {
+                let alpha = step as f64 / AWQ_GRID as f64;
+                let s = x_mean.clamp(1e-4f32, f32::MAX)?.powf(alpha)?;
+                let norm = (s.max(0)?.to_scalar::<f32>()? as f64 * s.min(0)?.to_scalar::<f32>()? as f64).sqrt();
+                let s = (s / norm)?;
+                let sr = s.unsqueeze(0)?;
+                let wq = rtn(&w_cat.broadcast_mul(&sr)?)?.broadcast_div(&sr)?;
+                let err = (x.matmul(&wq.t()?)? - &reference)?.sqr()?.mean_all()?.to_scalar::<f32>()? as f64;
+                if best.as_ref().is_none_or(|(e, _)| err < *e) {
+                    best = Some((err, wq));
+                }
+            }
+            let (_, wq) = best.expect("non-empty grid");
+            let mut row = 0;
+            for (role, lin) in &group {
+                let rows = lin.weight.dim(0)?;
+                new_weights.insert(role, wq.narrow(0, row, rows)?);
+                row += rows;
+            }
+        }
+        let block = &mut q.blocks[l];
+        let roles: Vec<&'static str> = block.linears_labeled().into_iter().map(|(r, _)| r).collect();
+        for (role, lin) in roles.into_iter().zip(block.linears_mut()) {
+            if let Some(w) = new_weights.remove(role) {
+                state.record(Some(l), role, lin, w, spec, None)?;
+            }
+        }
+        inputs = outputs;
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    Ok(())
+}
