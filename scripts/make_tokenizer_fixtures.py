@@ -2,7 +2,9 @@
 """Reference token ids from Hugging Face for qi's tokenizer tests (developer-only, never run in CI).
 
 Writes data/fixtures/tokenizers/{smollm2,gpt2,neox,gguf-pre-variants}.json as
-[{"text": ..., "ids": [...]}, ...], every encoding WITHOUT BOS or any other added special token.
+[{"text": ..., "ids": [...]}, ...], every encoding WITHOUT BOS or any other added special token,
+and wikitext2-test.json: token count, first ids and an FNV-1a checksum of the ids of the whole
+WikiText-2 test split for each tokenizer.
 
     /work/venv/py/bin/python scripts/make_tokenizer_fixtures.py [--shared DIR]
 
@@ -44,6 +46,8 @@ TEXTS = [
     "don't we'll they're I'M it's You'VE",
     "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
     "<|endoftext|>Then, Mary and John went to the store.<|endoftext|>",
+    # SmolLM2's vocabulary lacks the bytes 0x04, 0x1d and 0xf1: HF drops them, and so must we.
+    "control \x04 and \x1d chars, plane-1 \U00040000 ok",
     " = Robert Boulter = \n Robert Boulter is an English film , television and theatre actor . He had a guest @-@ starring role in 2000 .\n",
 ]
 
@@ -65,6 +69,25 @@ QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+
+
+def fnv1a64(ids):
+    """FNV-1a (64-bit) over the ids as little-endian u32 bytes: a dependency-free checksum Rust can repeat."""
+    h = 0xCBF29CE484222325
+    for i in ids:
+        for b in int(i).to_bytes(4, "little"):
+            h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return f"{h:016x}"
+
+
+def wikitext_summary(tok, shared):
+    """Token count and checksum of the whole WikiText-2 test split, too big to store as ids."""
+    text = (shared / "data" / "wikitext-2-raw" / "wiki.test.raw").read_text(encoding="utf-8")
+    got = ids(tok, text)
+    return {"n_tokens": len(got), "first_ids": got[:16], "fnv1a64": fnv1a64(got)}
+
+
+WIKITEXT = {}
 
 
 def ids(tok, text):
@@ -94,6 +117,10 @@ def smollm2(shared):
             row["hf_gguf_ids"] = ids(gguf_loader, text)
         rows.append(row)
     write("smollm2", rows)
+    WIKITEXT["smollm2"] = wikitext_summary(real, shared)
+    hf_gguf = wikitext_summary(gguf_loader, shared)
+    if hf_gguf != WIKITEXT["smollm2"]:
+        WIKITEXT["smollm2"]["hf_gguf"] = hf_gguf
 
     variants = []
     for pre, split, normalizer, ignore_merges in [
@@ -130,11 +157,13 @@ def gpt2(shared):
         assert got == ids(plain, text), text
         rows.append({"text": text, "ids": got})
     write("gpt2", rows)
+    WIKITEXT["gpt2"] = wikitext_summary(plain, shared)
 
 
 def neox(shared):
     tok = Tokenizer.from_file(str(shared / "tokenizers" / "gpt-neox-20b" / "20B_tokenizer.json"))
     write("neox", [{"text": t, "ids": ids(tok, t)} for t in TEXTS])
+    WIKITEXT["neox"] = wikitext_summary(tok, shared)
 
 
 def main():
@@ -147,6 +176,8 @@ def main():
     smollm2(shared)
     gpt2(shared)
     neox(shared)
+    OUT.joinpath("wikitext2-test.json").write_text(json.dumps(WIKITEXT, indent=1) + "\n")
+    print(f"wrote data/fixtures/tokenizers/wikitext2-test.json {WIKITEXT}")
 
 
 if __name__ == "__main__":
