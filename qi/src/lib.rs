@@ -5,5 +5,6 @@
 //! the same raw weights; analyses of what quantization does to circuits and features.
 pub mod error;
 pub mod shared;
+pub mod tokenizer;
 
 pub use error::QiError;
