@@ -541,8 +541,6 @@ mod algorithm_tests {
     use crate::quant::rtn::rtn_quantize;
     use crate::quant::spec::Granularity;
     use crate::quant::testutil::{correlated_inputs, max_abs_diff, output_error, randn};
-    #[allow(unused_imports)]
-    use crate::quant::testutil::Rng;
     use std::collections::HashMap;
 
     fn hessian_of(x: &Tensor) -> Tensor {
@@ -731,6 +729,47 @@ mod algorithm_tests {
             eprintln!("fixture {name}: max |diff| {d:e}, loss {} vs {want_loss}", q.loss);
             assert!(d <= 1e-5, "{name}: max |diff| {d}");
             assert!((q.loss - want_loss).abs() <= 1e-9 * want_loss, "{name}: loss {} vs {want_loss}", q.loss);
+        }
+    }
+}
+
+#[cfg(test)]
+mod bench {
+    use super::*;
+    use crate::quant::testutil::randn;
+
+    /// qi's side of scripts/bench_gptq.py: one 576×1536 layer, H from 16×256 correlated tokens.
+    /// `cargo test ... -p qi quant_gptq_bench -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn quant_gptq_bench() {
+        let (rows, cols, samples, tokens) = (576, 1536, 16, 256);
+        let w = randn(rows, cols, 0.02, 1);
+        let z = randn(samples * tokens, cols, 1.0, 2);
+        let mix = randn(cols, cols, 1.0 / (cols as f64).sqrt(), 3);
+        let x = (z.matmul(&mix).unwrap() + (&z * 0.3).unwrap()).unwrap();
+        let x = x.reshape((samples, tokens, cols)).unwrap();
+        let mut acc = HessianAccumulator::new(cols);
+        for s in 0..samples {
+            acc.add_batch(&x.get(s).unwrap()).unwrap();
+        }
+        let h = acc.hessian().unwrap();
+        let reps = std::env::var("QI_BENCH_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+        let mut configs = vec![("4bit per-row", GptqOptions::new(4))];
+        let mut o = GptqOptions::new(4);
+        o.group = Some(128);
+        o.act_order = true;
+        configs.push(("4bit g128 act_order", o));
+        for (name, o) in configs {
+            let mut times = vec![];
+            for _ in 0..reps {
+                let t = std::time::Instant::now();
+                gptq_quantize(&w, &h, &o, "bench").unwrap();
+                times.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            let mut s = times.clone();
+            s.sort_by(f64::total_cmp);
+            eprintln!("{name:24} median {:.0} ms  (runs: {:?})", s[s.len() / 2], times.iter().map(|t| t.round()).collect::<Vec<_>>());
         }
     }
 }

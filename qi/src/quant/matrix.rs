@@ -77,4 +77,31 @@ mod tests {
         let e = quantize_weight(&w, &spec, "blk.0.w", None, None).unwrap_err().to_string();
         assert!(e.contains("Hessian") && e.contains("blk.0.w"), "{e}");
     }
+
+    #[test]
+    fn quant_matrix_bad_inputs_are_errors() {
+        let specs = ["none", "fp16", "bf16", "rtn:bits=4", "gptq:bits=4", "nf4", "fp4", "int8", "q8_0", "prune:sparsity=0.5"];
+        let mut v = vec![0.01f32; 4 * 32];
+        v[37] = f32::NAN;
+        let nan = Tensor::from_vec(v.clone(), (4, 32), &Device::Cpu).unwrap();
+        v[37] = f32::INFINITY;
+        let inf = Tensor::from_vec(v, (4, 32), &Device::Cpu).unwrap();
+        let cube = Tensor::zeros((2, 4, 32), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let vec1 = Tensor::zeros(32, candle_core::DType::F32, &Device::Cpu).unwrap();
+        let eye = Tensor::eye(32, candle_core::DType::F32, &Device::Cpu).unwrap();
+        for s in specs {
+            let spec: QuantSpec = s.parse().unwrap();
+            for (what, w, needle) in [("nan", &nan, "[1, 5]"), ("inf", &inf, "[1, 5]"), ("3-D", &cube, "2-D"), ("1-D", &vec1, "2-D")] {
+                let e = quantize_weight(w, &spec, "blk.2.ffn", Some(&eye), None);
+                let msg = format!("{:#}", e.expect_err(&format!("{s} on {what} must fail")));
+                assert!(msg.contains(needle) && msg.contains("blk.2.ffn"), "{s} {what}: {msg}");
+            }
+        }
+        let spec: QuantSpec = "rtn:bits=4,group=24".parse().unwrap();
+        let w = Tensor::zeros((4, 32), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let msg = format!("{:#}", quantize_weight(&w, &spec, "x", None, None).unwrap_err());
+        assert!(msg.contains("in_features = 32"), "{msg}");
+        let x = Tensor::from_slice(&[1.0f32, f32::NAN], (1, 2), &Device::Cpu).unwrap();
+        assert!(crate::quant::quantize_activations_per_token_int8(&x).is_err());
+    }
 }
