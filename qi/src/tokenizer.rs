@@ -188,7 +188,7 @@ impl Tokenizer {
         let mut inner = byte_level_tokenizer(bpe, gpt2_pre_tokenizer());
         let eot = inner.token_to_id("<|endoftext|>");
         if eot.is_some() {
-            inner.add_special_tokens(&[AddedToken::from("<|endoftext|>", true)]);
+            inner.add_special_tokens([AddedToken::from("<|endoftext|>", true)]);
         }
         Ok(Self::finish(
             inner,
@@ -355,8 +355,8 @@ impl Tokenizer {
                 user_tokens.push(AddedToken::from(token.to_string(), false).normalized(false));
             }
         }
-        inner.add_special_tokens(&special_tokens);
-        inner.add_tokens(&user_tokens);
+        inner.add_special_tokens(special_tokens.clone());
+        inner.add_tokens(user_tokens.clone());
         let mut tok = Self::finish(inner, bos, eos, pad, special, warnings);
         tok.vocab_size = tok.vocab_size.max(n);
         Ok(tok)
