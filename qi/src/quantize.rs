@@ -167,18 +167,18 @@ pub fn quantize_model(model: &HookedTransformer, spec: &QuantSpec, opts: &Quanti
             let outliers = outlier_columns(model, &windows, opts, s.threshold)?;
             for_each_selected(&mut q, opts, |l, role, lin| {
                 let cols = outliers.get(&(l, role)).cloned().unwrap_or_default();
-                let w = quant::llm_int8_quantize(&lin.weight, &cols).with_context(|| format!("quantizing '{}'", lin.name))?.weight;
+                let w = quant::llm_int8_quantize(&lin.weight(), &cols).with_context(|| format!("quantizing '{}'", lin.name))?.weight;
                 lin.act_quant = Some(ActQuant::Int8Outliers { outliers: cols });
                 state.record(Some(l), role, lin, w, spec, None)
             })?;
         }
         QuantSpec::W8a8 => for_each_selected(&mut q, opts, |l, role, lin| {
-            let w = quant::int8_rowwise_quantize(&lin.weight).with_context(|| format!("quantizing '{}'", lin.name))?.weight;
+            let w = quant::int8_rowwise_quantize(&lin.weight()).with_context(|| format!("quantizing '{}'", lin.name))?.weight;
             lin.act_quant = Some(ActQuant::PerTokenInt8);
             state.record(Some(l), role, lin, w, spec, None)
         })?,
         _ => for_each_selected(&mut q, opts, |l, role, lin| {
-            let w = quant::quantize_weight(&lin.weight, spec, &lin.name, None, None)?;
+            let w = quant::quantize_weight(&lin.weight(), spec, &lin.name, None, None)?;
             state.record(Some(l), role, lin, w, spec, None)
         })?,
     }
@@ -216,10 +216,11 @@ struct State {
 impl State {
     /// Stores `new` as the layer's weight and records its error against the old one.
     fn record(&mut self, layer: Option<usize>, role: &str, lin: &mut Linear, new: Tensor, spec: &QuantSpec, gptq_loss: Option<f64>) -> Result<()> {
-        let (rows, cols) = lin.weight.dims2()?;
-        let diff = (&lin.weight - &new)?;
+        let old = lin.weight();
+        let (rows, cols) = old.dims2()?;
+        let diff = (&old - &new)?;
         let num = diff.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?.sqrt();
-        let den = lin.weight.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?.sqrt();
+        let den = old.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?.sqrt();
         let max_abs = diff.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? as f64;
         if !num.is_finite() {
             bail!("quantizing '{}' with {spec} produced non-finite weights", lin.name);
@@ -235,7 +236,7 @@ impl State {
             bits_per_weight: bits_per_weight(spec, rows, cols),
             gptq_loss,
         });
-        lin.weight = new;
+        lin.set_weight(&new)?;
         Ok(())
     }
 }
@@ -283,20 +284,18 @@ fn quantize_embeddings(q: &mut HookedTransformer, spec: &QuantSpec, opts: &Quant
     };
     if opts.embeddings {
         let s = data_free("embedding")?;
-        let mut lin = Linear::new(q.embed_name.clone(), q.embed.clone(), None, false);
-        let w = quant::quantize_weight(&lin.weight, &s, &lin.name, None, None)?;
-        state.record(None, "embed", &mut lin, w, &s, None)?;
-        q.embed = lin.weight.clone();
+        let mut lin = Linear::new(q.embed_name.clone(), q.embed.clone(), None, false)?;
+        let w = quant::quantize_weight(&q.embed, &s, &lin.name, None, None)?;
+        state.record(None, "embed", &mut lin, w.clone(), &s, None)?;
+        q.embed = w.clone();
         if q.cfg.tied_embeddings {
-            q.unembed.weight = lin.weight;
+            q.unembed.set_weight(&w)?;
         }
     }
     if opts.unembedding && !(q.cfg.tied_embeddings && opts.embeddings) {
         let s = data_free("unembedding")?;
-        let mut lin = q.unembed.clone();
-        let w = quant::quantize_weight(&lin.weight, &s, &lin.name, None, None)?;
-        state.record(None, "unembed", &mut lin, w, &s, None)?;
-        q.unembed.weight = lin.weight;
+        let w = quant::quantize_weight(&q.unembed.weight(), &s, &q.unembed.name, None, None)?;
+        state.record(None, "unembed", &mut q.unembed, w, &s, None)?;
     }
     Ok(())
 }
@@ -380,7 +379,7 @@ fn gptq_model(model: &HookedTransformer, q: &mut HookedTransformer, spec: &Quant
                 }
                 let hook = linear_input_hook(role, l);
                 let h = acc.get(&hook).with_context(|| format!("no calibration inputs reached '{hook}'"))?.hessian()?;
-                let out = quant::gptq_quantize(&lin.weight, &h, &gopts, &lin.name)?;
+                let out = quant::gptq_quantize(&lin.weight(), &h, &gopts, &lin.name)?;
                 state.record(Some(l), role, lin, out.weight, spec, Some(out.loss))?;
             }
         }
@@ -452,7 +451,7 @@ fn awq_model(model: &HookedTransformer, q: &mut HookedTransformer, spec: &QuantS
             let x = Tensor::cat(&xs[hook], 0)?;
             let group: Vec<&(&'static str, Linear)> = labeled.iter().filter(|(r, _)| selected(opts, r) && &linear_input_hook(r, l) == hook).collect();
             let x_mean = x.abs()?.mean(0)?;
-            let w_cat = Tensor::cat(&group.iter().map(|(_, lin)| lin.weight.clone()).collect::<Vec<_>>(), 0)?;
+            let w_cat = Tensor::cat(&group.iter().map(|(_, lin)| lin.weight()).collect::<Vec<_>>(), 0)?;
             let reference = x.matmul(&w_cat.t()?)?;
             let mut best: Option<(f64, Tensor)> = None;
             for step in 0..AWQ_GRID {
@@ -470,7 +469,7 @@ fn awq_model(model: &HookedTransformer, q: &mut HookedTransformer, spec: &QuantS
             let (_, wq) = best.expect("non-empty grid");
             let mut row = 0;
             for (role, lin) in &group {
-                let rows = lin.weight.dim(0)?;
+                let rows = lin.out_features();
                 new_weights.insert(role, wq.narrow(0, row, rows)?);
                 row += rows;
             }

@@ -188,7 +188,7 @@ impl Tokenizer {
         let mut inner = byte_level_tokenizer(bpe, gpt2_pre_tokenizer());
         let eot = inner.token_to_id("<|endoftext|>");
         if eot.is_some() {
-            inner.add_special_tokens([AddedToken::from("<|endoftext|>", true)]);
+            inner.add_special_tokens([AddedToken::from("<|endoftext|>", true)]).map_err(|e| anyhow!("{}: cannot add <|endoftext|>: {e}", vocab_path.display()))?;
         }
         Ok(Self::finish(
             inner,
@@ -326,7 +326,7 @@ impl Tokenizer {
             .map_err(|e| anyhow!("tokenizer.ggml.tokens/merges: cannot build BPE: {e}"))?;
         let mut inner = byte_level_tokenizer(bpe, pre);
         if nfc {
-            inner.with_normalizer(Some(NFC));
+            inner.with_normalizer(Some(NFC)).map_err(|e| anyhow!("cannot set the NFC normalizer: {e}"))?;
         }
 
         // Tokens that must encode whole. Only ones spelled in the byte alphabet can be: any other
@@ -355,8 +355,8 @@ impl Tokenizer {
                 user_tokens.push(AddedToken::from(token.to_string(), false).normalized(false));
             }
         }
-        inner.add_special_tokens(special_tokens.clone());
-        inner.add_tokens(user_tokens.clone());
+        inner.add_special_tokens(special_tokens).map_err(|e| anyhow!("tokenizer.ggml.tokens: cannot add special tokens: {e}"))?;
+        inner.add_tokens(user_tokens).map_err(|e| anyhow!("tokenizer.ggml.tokens: cannot add user-defined tokens: {e}"))?;
         let mut tok = Self::finish(inner, bos, eos, pad, special, warnings);
         tok.vocab_size = tok.vocab_size.max(n);
         Ok(tok)

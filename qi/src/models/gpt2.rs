@@ -67,6 +67,6 @@ pub fn build(cfg: &ModelConfig, ck: &Checkpoint) -> Result<super::Parts> {
         });
     }
     let ln_final = load_norm(ck, &format!("{p}ln_f"), d, cfg.norm_eps, true)?;
-    let unembed = Linear::new(wte.clone(), embed.clone(), None, false);
+    let unembed = Linear::new(wte.clone(), embed.clone(), None, false)?;
     Ok(super::Parts { embed: (wte, embed), pos_embed: Some((wpe, pos)), blocks, ln_final, unembed })
 }

@@ -77,7 +77,7 @@ pub fn build(cfg: &ModelConfig, ck: &Checkpoint) -> Result<super::Parts> {
     }
     let ln_final = load_norm(ck, "model.norm", d, cfg.norm_eps, false)?;
     let unembed = if cfg.tied_embeddings {
-        Linear::new(wte.clone(), embed.clone(), None, false)
+        Linear::new(wte.clone(), embed.clone(), None, false)?
     } else {
         load_linear(ck, "lm_head", cfg.d_vocab, d, false, false)?
     };

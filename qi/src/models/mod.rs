@@ -142,12 +142,15 @@ impl ModelConfig {
     }
 }
 
-/// A linear layer `y = x Wᵀ + b` with `W` in `[out, in]` layout, named by its HF parameter name.
+/// A linear layer `y = x Wᵀ + b`, named by its HF parameter name. `W` is presented in `[out, in]`
+/// layout ([`Linear::weight`]) but stored transposed and contiguous, `[in, out]`, because candle's
+/// CPU matmul is ~35% faster with a row-major right-hand side than with a transposed view.
 #[derive(Debug, Clone)]
 pub struct Linear {
     /// HF name of the weight, e.g. `model.layers.0.self_attn.q_proj.weight`.
     pub name: String,
-    pub weight: Tensor,
+    /// `Wᵀ`, `[in, out]`, contiguous.
+    weight_t: Tensor,
     pub bias: Option<Tensor>,
     /// The checkpoint stores this weight as `[in, out]` (GPT-2's Conv1D); used when writing back.
     pub transposed_in_checkpoint: bool,
@@ -192,9 +195,29 @@ impl ActQuant {
 }
 
 impl Linear {
-    /// A linear layer without activation quantization.
-    pub fn new(name: impl Into<String>, weight: Tensor, bias: Option<Tensor>, transposed_in_checkpoint: bool) -> Self {
-        Linear { name: name.into(), weight, bias, transposed_in_checkpoint, act_quant: None }
+    /// A linear layer from its `[out, in]` weight, without activation quantization.
+    pub fn new(name: impl Into<String>, weight: Tensor, bias: Option<Tensor>, transposed_in_checkpoint: bool) -> candle_core::Result<Self> {
+        Ok(Linear { name: name.into(), weight_t: weight.t()?.contiguous()?, bias, transposed_in_checkpoint, act_quant: None })
+    }
+
+    /// The weight `[out, in]` (a transposed view of the stored `[in, out]` tensor).
+    pub fn weight(&self) -> Tensor {
+        self.weight_t.t().expect("a 2-D weight transposes")
+    }
+
+    /// The stored `[in, out]` transpose of the weight.
+    pub fn weight_t(&self) -> &Tensor {
+        &self.weight_t
+    }
+
+    /// Replaces the weight (given `[out, in]`, same shape as before).
+    pub fn set_weight(&mut self, weight: &Tensor) -> candle_core::Result<()> {
+        let t = weight.t()?.contiguous()?;
+        if t.dims() != self.weight_t.dims() {
+            candle_core::bail!("new weight for '{}' has shape {:?}, expected {:?}", self.name, weight.dims(), self.weight().dims());
+        }
+        self.weight_t = t;
+        Ok(())
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -206,7 +229,7 @@ impl Linear {
             Some(q) => q.apply(&x2)?,
             None => x2,
         };
-        let y = x2.matmul(&self.weight.t()?)?;
+        let y = x2.matmul(&self.weight_t)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -216,10 +239,10 @@ impl Linear {
         y.reshape(out)
     }
     pub fn out_features(&self) -> usize {
-        self.weight.dims()[0]
+        self.weight_t.dims()[1]
     }
     pub fn in_features(&self) -> usize {
-        self.weight.dims()[1]
+        self.weight_t.dims()[0]
     }
 }
 
@@ -360,9 +383,9 @@ impl SourceInfo {
 /// `conv1d`: the checkpoint stores the weight as `[in, out]` (GPT-2), transposed here.
 pub(crate) fn load_linear(ck: &crate::loader::Checkpoint, prefix: &str, out: usize, inp: usize, bias: bool, conv1d: bool) -> Result<Linear> {
     let name = format!("{prefix}.weight");
-    let weight = if conv1d { ck.tensor(&name, &[inp, out])?.t()?.contiguous()? } else { ck.tensor(&name, &[out, inp])? };
+    let weight = if conv1d { ck.tensor(&name, &[inp, out])?.t()? } else { ck.tensor(&name, &[out, inp])? };
     let bias = if bias { Some(ck.tensor(&format!("{prefix}.bias"), &[out])?) } else { None };
-    Ok(Linear::new(name, weight, bias, conv1d))
+    Ok(Linear::new(name, weight, bias, conv1d)?)
 }
 
 /// Reads `{prefix}.weight` (and `.bias` for LayerNorm) of width `d`.
@@ -386,7 +409,7 @@ pub fn hf_state_dict(model: &HookedTransformer) -> Result<Vec<(String, Tensor)>>
         }
     };
     let push_linear = |out: &mut Vec<(String, Tensor)>, l: &Linear| -> Result<()> {
-        let w = if l.transposed_in_checkpoint { l.weight.t()?.contiguous()? } else { l.weight.clone() };
+        let w = if l.transposed_in_checkpoint { l.weight_t().clone() } else { l.weight().contiguous()? };
         out.push((l.name.clone(), w));
         if let Some(b) = &l.bias {
             out.push((format!("{}.bias", l.name.trim_end_matches(".weight")), b.clone()));

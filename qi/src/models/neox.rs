@@ -75,7 +75,7 @@ pub fn build(cfg: &ModelConfig, ck: &Checkpoint) -> Result<super::Parts> {
     }
     let ln_final = load_norm(ck, "gpt_neox.final_layer_norm", d, cfg.norm_eps, true)?;
     let unembed = if cfg.tied_embeddings {
-        Linear::new(wte.clone(), embed.clone(), None, false)
+        Linear::new(wte.clone(), embed.clone(), None, false)?
     } else {
         load_linear(ck, "embed_out", cfg.d_vocab, d, false, false)?
     };

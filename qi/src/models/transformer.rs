@@ -177,7 +177,7 @@ impl HookedTransformer {
         let mut n = self.embed.elem_count() + self.pos_embed.as_ref().map_or(0, |p| p.1.elem_count());
         for b in &self.blocks {
             for l in b.linears() {
-                n += l.weight.elem_count() + l.bias.as_ref().map_or(0, |b| b.elem_count());
+                n += l.weight_t().elem_count() + l.bias.as_ref().map_or(0, |b| b.elem_count());
             }
             for norm in [&b.ln1, &b.ln2] {
                 n += norm.weight.elem_count() + norm.bias.as_ref().map_or(0, |b| b.elem_count());
@@ -185,7 +185,7 @@ impl HookedTransformer {
         }
         n += self.ln_final.weight.elem_count() + self.ln_final.bias.as_ref().map_or(0, |b| b.elem_count());
         if !self.cfg.tied_embeddings {
-            n += self.unembed.weight.elem_count();
+            n += self.unembed.weight_t().elem_count();
         }
         n + self.unembed.bias.as_ref().map_or(0, |b| b.elem_count())
     }

@@ -1,0 +1,36 @@
+//! Where the forward pass spends its time (developer tool): `cargo run --example profile_forward -- MODEL`.
+use candle_core::{DType, Device, Tensor};
+use std::time::Instant;
+
+fn main() -> anyhow::Result<()> {
+    let src = std::env::args().nth(1).expect("usage: profile_forward MODEL");
+    let m = qi::load_model(&src)?;
+    let mut rng = qi::rng::Rng::new(0);
+    let rows: Vec<Vec<u32>> = (0..8).map(|_| rng.tokens(128, m.cfg.d_vocab, &[])).collect();
+    let b = qi::Batch::from_rows(&rows, qi::Padding::Right, 0)?;
+    let time = |what: &str, f: &mut dyn FnMut() -> anyhow::Result<()>| -> anyhow::Result<()> {
+        f()?;
+        let t = Instant::now();
+        for _ in 0..3 {
+            f()?;
+        }
+        println!("{what:40} {:8.1} ms", t.elapsed().as_secs_f64() * 1000.0 / 3.0);
+        Ok(())
+    };
+    time("forward (no cache)", &mut || { m.forward(&b)?; Ok(()) })?;
+    time("forward + cache resid_post,pattern", &mut || { m.run_with_cache(&b, "*hook_resid_post,*hook_pattern")?; Ok(()) })?;
+    let x = m.embed_tokens(&b)?;
+    time("one block", &mut || { m.run_block(10, &x, &b, None)?; Ok(()) })?;
+    let lin = &m.blocks[0].linears()[4];
+    let xx = Tensor::randn(0f32, 1., (8, 128, lin.in_features()), &Device::Cpu)?;
+    time(&format!("linear {}x{}", lin.out_features(), lin.in_features()), &mut || { lin.forward(&xx)?; Ok(()) })?;
+    let w = lin.weight_t().clone();
+    let x2 = xx.reshape((1024, lin.in_features()))?;
+    time("matmul with pre-transposed weight", &mut || { x2.matmul(&w)?; Ok(()) })?;
+    let xn = m.ln_final.forward(&x)?;
+    time("unembed", &mut || { m.unembed.forward(&xn)?; Ok(()) })?;
+    let s = Tensor::randn(0f32, 1., (8, 9, 128, 128), &Device::Cpu)?;
+    time("softmax 8x9x128x128", &mut || { qi::ops::softmax_last(&s)?; Ok(()) })?;
+    let _ = DType::F32;
+    Ok(())
+}
