@@ -46,11 +46,15 @@ pub struct QuantizeOptions {
     /// LLM.int8 outlier search: windows and their length (C4, seed 0).
     pub int8_samples: usize,
     pub int8_seqlen: usize,
+    /// Explicit calibration token windows; when set they replace the spec's data source, sample
+    /// count and length (e.g. for models without a tokenizer, or for tests).
+    #[serde(skip)]
+    pub calibration: Option<Vec<Vec<u32>>>,
 }
 
 impl Default for QuantizeOptions {
     fn default() -> Self {
-        QuantizeOptions { attention: true, mlp: true, embeddings: false, unembedding: false, calibration_batch: 8, int8_samples: 32, int8_seqlen: 512 }
+        QuantizeOptions { attention: true, mlp: true, embeddings: false, unembedding: false, calibration_batch: 8, int8_samples: 32, int8_seqlen: 512, calibration: None }
     }
 }
 
@@ -162,7 +166,10 @@ pub fn quantize_model(model: &HookedTransformer, spec: &QuantSpec, opts: &Quanti
         QuantSpec::Gptq(g) => gptq_model(model, &mut q, spec, g, opts, &mut state)?,
         QuantSpec::Awq(a) => awq_model(model, &mut q, spec, a, opts, &mut state)?,
         QuantSpec::Int8(s) => {
-            let windows = crate::data::calibration_windows(model, Corpus::C4, opts.int8_samples, opts.int8_seqlen.min(model.cfg.n_ctx), 0)?;
+            let windows = match &opts.calibration {
+                Some(w) => w.clone(),
+                None => crate::data::calibration_windows(model, Corpus::C4, opts.int8_samples, opts.int8_seqlen.min(model.cfg.n_ctx), 0)?,
+            };
             state.calibration_tokens = windows.iter().map(Vec::len).sum();
             let outliers = outlier_columns(model, &windows, opts, s.threshold)?;
             for_each_selected(&mut q, opts, |l, role, lin| {
@@ -300,8 +307,15 @@ fn quantize_embeddings(q: &mut HookedTransformer, spec: &QuantSpec, opts: &Quant
     Ok(())
 }
 
-/// Calibration batches from the spec's data source.
-fn calibration_batches(model: &HookedTransformer, data: CalibData, samples: usize, seqlen: usize, seed: u64, batch: usize) -> Result<Vec<Batch>> {
+/// Calibration batches from the spec's data source (or the explicit windows in the options).
+fn calibration_batches(model: &HookedTransformer, data: CalibData, samples: usize, seqlen: usize, seed: u64, opts: &QuantizeOptions) -> Result<Vec<Batch>> {
+    let batch = opts.calibration_batch;
+    if let Some(w) = &opts.calibration {
+        if w.is_empty() {
+            bail!("explicit calibration windows are empty");
+        }
+        return w.chunks(batch.max(1)).map(|c| Batch::from_rows(c, crate::Padding::Right, 0)).collect();
+    }
     let seqlen = seqlen.min(model.cfg.n_ctx);
     if samples == 0 {
         bail!("calibration needs at least one sample");
@@ -346,7 +360,7 @@ fn visit_block_inputs(
 }
 
 fn gptq_model(model: &HookedTransformer, q: &mut HookedTransformer, spec: &QuantSpec, g: &quant::GptqSpec, opts: &QuantizeOptions, state: &mut State) -> Result<()> {
-    let batches = calibration_batches(model, g.data, g.samples, g.seqlen, g.seed, opts.calibration_batch)?;
+    let batches = calibration_batches(model, g.data, g.samples, g.seqlen, g.seed, opts)?;
     state.calibration_tokens = batches.iter().map(|b| b.batch_size() * b.seq_len()).sum();
     let mut inputs: Vec<Tensor> = batches.iter().map(|b| model.embed_tokens(b)).collect::<Result<_>>()?;
     let gopts = GptqOptions::from(g);
@@ -425,7 +439,7 @@ fn outlier_columns(model: &HookedTransformer, windows: &[Vec<u32>], opts: &Quant
 const AWQ_GRID: usize = 20;
 
 fn awq_model(model: &HookedTransformer, q: &mut HookedTransformer, spec: &QuantSpec, a: &quant::AwqSpec, opts: &QuantizeOptions, state: &mut State) -> Result<()> {
-    let batches = calibration_batches(model, a.data, a.samples, a.seqlen, a.seed, opts.calibration_batch)?;
+    let batches = calibration_batches(model, a.data, a.samples, a.seqlen, a.seed, opts)?;
     state.calibration_tokens = batches.iter().map(|b| b.batch_size() * b.seq_len()).sum();
     let granularity = a.group.map_or(quant::Granularity::Row, quant::Granularity::Group);
     let rtn = |w: &Tensor| -> Result<Tensor> { Ok(quant::rtn_quantize(w, a.bits, granularity, a.sym)?.weight) };
