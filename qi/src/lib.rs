@@ -6,6 +6,7 @@
 pub mod batch;
 pub mod data;
 pub mod error;
+pub mod export;
 pub mod hooks;
 pub mod io;
 pub mod loader;

@@ -96,20 +96,41 @@ pub fn load_hf_dir(dir: &Path, files: Option<Vec<PathBuf>>) -> Result<HookedTran
     let ck = Checkpoint::from_safetensors(&files, &display)?;
     let parts = models::build_parts(&cfg, &ck)?;
     let tokenizer = load_dir_tokenizer(dir)?;
+    let note = QuantizationNote::read(dir)?;
     let source = SourceInfo {
         source: dir.display().to_string(),
         files: files.iter().map(|f| f.display().to_string()).collect(),
         tensor_types: ck.tensor_types.clone(),
-        quantization: read_quantization_note(dir),
+        quantization: note.as_ref().and_then(|n| n.spec.clone()),
     };
-    HookedTransformer::from_parts(cfg, parts.embed, parts.pos_embed, parts.blocks, parts.ln_final, parts.unembed, tokenizer, source)
+    let mut model = HookedTransformer::from_parts(cfg, parts.embed, parts.pos_embed, parts.blocks, parts.ln_final, parts.unembed, tokenizer, source)?;
+    // Activation quantization (W8A8, LLM.int8) is not in the weights; restore it from the note.
+    if let Some(aq) = note.and_then(|n| n.report).map(|r| r.activation_quant) {
+        for block in model.blocks.iter_mut() {
+            for lin in block.linears_mut() {
+                lin.act_quant = aq.get(&lin.name).cloned();
+            }
+        }
+    }
+    Ok(model)
 }
 
-/// A quantized model written by qi records its spec in `qi_quantization.json`.
-fn read_quantization_note(dir: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(dir.join("qi_quantization.json")).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v.get("spec")?.as_str().map(str::to_string)
+/// `qi_quantization.json`, written by [`crate::export::save_hf_dir`] beside a quantized model.
+#[derive(serde::Deserialize)]
+struct QuantizationNote {
+    spec: Option<String>,
+    report: Option<crate::quantize::QuantReport>,
+}
+
+impl QuantizationNote {
+    fn read(dir: &Path) -> Result<Option<Self>> {
+        let p = dir.join("qi_quantization.json");
+        if !p.is_file() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read", p.display()))?;
+        Ok(Some(serde_json::from_str(&text).with_context(|| format!("{}: not a valid qi quantization note", p.display()))?))
+    }
 }
 
 fn weight_files(dir: &Path) -> Result<(Vec<PathBuf>, PathBuf)> {
