@@ -2,6 +2,8 @@
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use clap::{Parser, Subcommand};
+use qi::quant::QuantSpec;
+use qi::quantize::{quantize_model, QuantizeOptions};
 use qi::{load_model, Batch, HookFilter};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -43,6 +45,44 @@ enum Command {
         /// Output .safetensors file (tensors named by hook name, plus `logits` and `tokens`).
         #[arg(long)]
         out: PathBuf,
+        /// Trace the quantized twin (a QuantSpec, e.g. 'rtn:bits=4').
+        #[arg(long)]
+        quant: Option<String>,
+    },
+    /// Quantize a model and write it as an HF directory (dequantized weights + report).
+    Quantize {
+        #[arg(long)]
+        model: String,
+        /// QuantSpec, e.g. 'rtn:bits=4', 'gptq:bits=4,group=128,samples=128,seqlen=512', 'nf4', 'q4_k'.
+        #[arg(long)]
+        quant: String,
+        /// Output directory (must not exist or be empty).
+        #[arg(long)]
+        out: PathBuf,
+        /// Also quantize the token embedding / unembedding.
+        #[arg(long)]
+        embeddings: bool,
+        #[arg(long)]
+        unembedding: bool,
+    },
+    /// Perplexity with the GPTQ protocol (non-overlapping windows, remainder dropped).
+    Perplexity {
+        #[arg(long)]
+        model: String,
+        /// Evaluate the quantized twin.
+        #[arg(long)]
+        quant: Option<String>,
+        #[arg(long, default_value_t = 512)]
+        seqlen: usize,
+        /// Use only the first N windows.
+        #[arg(long)]
+        windows: Option<usize>,
+        /// Text file to evaluate (default: WikiText-2 test from the shared folder).
+        #[arg(long)]
+        text: Option<PathBuf>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// List the hook points of a model.
     Hooks {
@@ -75,7 +115,9 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Info { model, json } => info(&model, json),
-        Command::Trace { model, text, tokens, prepend_bos, hooks, out } => trace(&model, text, tokens, prepend_bos, &hooks, &out),
+        Command::Trace { model, text, tokens, prepend_bos, hooks, out, quant } => trace(&model, quant.as_deref(), text, tokens, prepend_bos, &hooks, &out),
+        Command::Quantize { model, quant, out, embeddings, unembedding } => quantize(&model, &quant, &out, embeddings, unembedding),
+        Command::Perplexity { model, quant, seqlen, windows, text, json } => perplexity(&model, quant.as_deref(), seqlen, windows, text.as_deref(), json),
         Command::BenchForward { model, batch, seq, runs, seed } => bench_forward(&model, batch, seq, runs, seed),
         Command::Hooks { model } => {
             let m = load_model(&model)?;
@@ -122,11 +164,66 @@ fn info(src: &str, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn trace(src: &str, text: Option<String>, tokens: Option<Vec<u32>>, prepend_bos: bool, hooks: &[String], out: &std::path::Path) -> Result<()> {
+/// Loads a model and, when a spec is given, returns its quantized twin instead.
+fn load_maybe_quantized(src: &str, quant: Option<&str>) -> Result<qi::HookedTransformer> {
+    let spec: Option<QuantSpec> = quant.map(|q| q.parse().with_context(|| format!("--quant '{q}'"))).transpose()?;
+    let m = load_model(src)?;
+    match spec {
+        None => Ok(m),
+        Some(spec) => {
+            let (q, report) = quantize_model(&m, &spec, &QuantizeOptions::default())?;
+            eprintln!("quantized with {spec}: {:.2} bits/weight, {:.1} s", report.bits_per_weight, report.seconds);
+            Ok(q)
+        }
+    }
+}
+
+fn quantize(src: &str, quant: &str, out: &std::path::Path, embeddings: bool, unembedding: bool) -> Result<()> {
+    let spec: QuantSpec = quant.parse().with_context(|| format!("--quant '{quant}'"))?;
+    if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        bail!("--out {}: exists and is not empty", out.display());
+    }
+    let m = load_model(src)?;
+    let opts = QuantizeOptions { embeddings, unembedding, ..Default::default() };
+    let (q, report) = quantize_model(&m, &spec, &opts)?;
+    qi::export::save_hf_dir(&q, out, Some(&report))?;
+    let worst = report.matrices.iter().map(|r| r.rel_error).fold(0.0, f64::max);
+    eprintln!(
+        "wrote {} ({spec}: {} matrices, {:.2} bits/weight, {:.1} MB estimated, worst relative error {:.4}, {:.1} s)",
+        out.display(),
+        report.matrices.len(),
+        report.bits_per_weight,
+        report.model_bytes / 1e6,
+        worst,
+        report.seconds
+    );
+    Ok(())
+}
+
+fn perplexity(src: &str, quant: Option<&str>, seqlen: usize, windows: Option<usize>, text: Option<&std::path::Path>, json: bool) -> Result<()> {
+    let m = load_maybe_quantized(src, quant)?;
+    let text = match text {
+        Some(p) => std::fs::read_to_string(p).with_context(|| format!("--text {}: cannot read", p.display()))?,
+        None => qi::data::wikitext2_test(None)?,
+    };
+    let opts = qi::perplexity::PerplexityOptions { seqlen, max_windows: windows, ..Default::default() };
+    let r = qi::perplexity::perplexity_on_text(&m, &text, &opts)?;
+    if json {
+        let mut v = serde_json::to_value(&r)?;
+        v["model"] = serde_json::json!(src);
+        v["quant"] = serde_json::json!(quant.unwrap_or("none"));
+        println!("{v}");
+    } else {
+        println!("perplexity {:.4} (nll {:.4}, {} windows x {} tokens, {:.1} s)", r.perplexity, r.nll, r.windows, r.seqlen, r.seconds);
+    }
+    Ok(())
+}
+
+fn trace(src: &str, quant: Option<&str>, text: Option<String>, tokens: Option<Vec<u32>>, prepend_bos: bool, hooks: &[String], out: &std::path::Path) -> Result<()> {
     if out.extension().and_then(|e| e.to_str()) != Some("safetensors") {
         bail!("--out {}: expected a path ending in .safetensors", out.display());
     }
-    let m = load_model(src)?;
+    let m = load_maybe_quantized(src, quant)?;
     let ids = match (text, tokens) {
         (Some(t), _) => m.to_tokens(&t, prepend_bos)?,
         (None, Some(ids)) => ids,

@@ -112,3 +112,21 @@ fn bad_quantization_input_is_named() {
     let e = format!("{:#}", quantize_model(&model, &"gptq:bits=4".parse().unwrap(), &QuantizeOptions::default()).unwrap_err());
     assert!(e.contains("tokenizer"), "{e}");
 }
+
+#[test]
+fn quantized_models_round_trip_through_an_hf_directory() {
+    for (arch, spec) in [("gpt2", "rtn:bits=4"), ("neox", "w8a8"), ("llama", "int8"), ("llama-tied", "nf4")] {
+        let model = load_model(fixture(arch).to_str().unwrap()).unwrap();
+        let (q, report) = quantize_model(&model, &spec.parse().unwrap(), &opts_with_calibration()).unwrap();
+        let dir = temp_dir(&format!("export-{arch}"));
+        std::fs::remove_dir(&dir).unwrap();
+        qi::export::save_hf_dir(&q, &dir, Some(&report)).unwrap();
+        let back = load_model(dir.to_str().unwrap()).unwrap();
+        assert_eq!(back.source.quantization.as_deref(), Some(spec));
+        let b = Batch::from_ids(&[3, 1, 4, 1, 5, 9, 2, 6]).unwrap();
+        let d = max_abs_diff(&q.forward(&b).unwrap(), &back.forward(&b).unwrap());
+        assert!(d < 1e-5, "{arch} {spec}: reloaded model differs by {d}");
+        // writing into a non-empty directory is refused
+        assert!(qi::export::save_hf_dir(&q, &dir, None).is_err());
+    }
+}
