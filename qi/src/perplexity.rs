@@ -66,3 +66,42 @@ pub fn perplexity_on_text(model: &HookedTransformer, text: &str, opts: &Perplexi
     let ids = model.tokenizer()?.encode(text, false)?;
     perplexity(model, &ids, opts)
 }
+
+/// One row per (model, spec): model, method, bits, perplexity, nll, tokens, windows, seqlen, seconds.
+pub fn table(rows: &[(String, crate::quant::QuantSpec, PerplexityResult)]) -> Result<polars::prelude::DataFrame> {
+    use polars::prelude::*;
+    Ok(DataFrame::new_infer_height(vec![
+        Column::new("model".into(), rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>()),
+        Column::new("method".into(), rows.iter().map(|r| r.1.to_string()).collect::<Vec<_>>()),
+        Column::new("bits".into(), rows.iter().map(|r| r.1.bits().map(f64::from)).collect::<Vec<_>>()),
+        Column::new("perplexity".into(), rows.iter().map(|r| r.2.perplexity).collect::<Vec<_>>()),
+        Column::new("nll".into(), rows.iter().map(|r| r.2.nll).collect::<Vec<_>>()),
+        Column::new("tokens".into(), rows.iter().map(|r| r.2.tokens as u64).collect::<Vec<_>>()),
+        Column::new("windows".into(), rows.iter().map(|r| r.2.windows as u64).collect::<Vec<_>>()),
+        Column::new("seqlen".into(), rows.iter().map(|r| r.2.seqlen as u64).collect::<Vec<_>>()),
+        Column::new("seconds".into(), rows.iter().map(|r| r.2.seconds).collect::<Vec<_>>()),
+    ])?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn perplexity_of_a_uniform_model_is_the_vocabulary_size() {
+        // A model whose logits are all equal predicts uniformly: perplexity = vocab size exactly.
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/fixtures/llama");
+        let mut m = crate::load_model(dir.to_str().unwrap()).unwrap();
+        let w = m.unembed.weight().zeros_like().unwrap();
+        m.unembed.set_weight(&w).unwrap();
+        let ids: Vec<u32> = (0..100).map(|i| (i * 7 % 320) as u32).collect();
+        let r = perplexity(&m, &ids, &PerplexityOptions { seqlen: 16, max_windows: None, batch_size: 3 }).unwrap();
+        assert_eq!(r.windows, 6);
+        assert_eq!(r.tokens, 96);
+        assert!((r.perplexity - 320.0).abs() < 1e-3, "{}", r.perplexity);
+        let spec: crate::quant::QuantSpec = "none".parse().unwrap();
+        let df = table(&[("m".into(), spec, r)]).unwrap();
+        assert_eq!(df.height(), 1);
+        assert!(perplexity(&m, &ids, &PerplexityOptions { seqlen: 1000, ..Default::default() }).is_err());
+    }
+}
