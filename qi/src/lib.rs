@@ -5,7 +5,9 @@
 //! the same raw weights; analyses of what quantization does to circuits and features.
 pub mod batch;
 pub mod data;
+pub mod display;
 pub mod error;
+pub mod figures;
 pub mod hooks;
 pub mod io;
 pub mod loader;
@@ -18,7 +20,13 @@ pub mod rng;
 pub mod shared;
 pub mod tokenizer;
 
+// Notebooks need only `:dep qi`: the DataFrame and figure types come from qi's own dependencies,
+// so values carry across cells without version mismatches.
+pub use plotly;
+pub use polars;
+
 pub use batch::{Batch, Padding};
+pub use figures::{save_figure, FigurePaths};
 pub use error::QiError;
 pub use hooks::{ActivationCache, HookFilter, Hooks};
 pub use loader::{load_model, ModelSource};
