@@ -167,8 +167,12 @@ pub fn set_source(cell: &mut Value, text: &str) {
     cell["source"] = Value::Array(lines);
 }
 
+/// The first line worth showing in a progress line: not blank, and not a comment unless the
+/// cell has nothing else.
 pub fn first_line(src: &str) -> String {
-    let l = src.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+    let mut lines = src.lines().map(str::trim).filter(|l| !l.is_empty());
+    let telling = |l: &&str| !l.is_empty() && !l.starts_with("//") && l.chars().any(char::is_alphanumeric);
+    let l = src.lines().map(str::trim).find(telling).or_else(|| lines.next()).unwrap_or("");
     if l.chars().count() > 60 {
         format!("{}…", l.chars().take(59).collect::<String>())
     } else {
@@ -314,5 +318,8 @@ mod tests {
         set_source(&mut c, "x\ny");
         assert_eq!(c["source"], serde_json::json!(["x\n", "y"]));
         assert_eq!(first_line("\n  let a = 1;\nfoo"), "let a = 1;");
+        assert_eq!(first_line("// note\n/// doc\nfn f() {}"), "fn f() {}");
+        assert_eq!(first_line("// only a comment"), "// only a comment");
+        assert_eq!(first_line("{\n    let a = 1;\n}"), "let a = 1;");
     }
 }

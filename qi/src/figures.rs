@@ -18,7 +18,8 @@ use std::time::Duration;
 
 /// The repository root (parent of the `qi` crate).
 pub fn repo_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    dir.canonicalize().unwrap_or(dir)
 }
 
 /// Where figures are written: `QI_FIGURES_DIR`, else `<repo>/figures`.

@@ -20,8 +20,9 @@ pub mod rng;
 pub mod shared;
 pub mod tokenizer;
 
-// Notebooks need only `:dep qi`: the DataFrame and figure types come from qi's own dependencies,
-// so values carry across cells without version mismatches.
+// Notebooks need only `:dep qi`: tensors, DataFrames and figures come from qi's own dependencies,
+// so values carry across cells and versions always match.
+pub use candle_core;
 pub use plotly;
 pub use polars;
 
