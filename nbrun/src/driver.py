@@ -117,8 +117,14 @@ def finish(code):
     sys.exit(code)
 
 
+def stderr_text(cell):
+    return "".join(o.get("text", "") for o in cell.get("outputs", [])
+                   if o.get("output_type") == "stream" and o.get("name") == "stderr").strip()
+
+
 code_cells = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
 started = False
+previous = None  # (index, stderr text) of the previous code cell
 try:
     with client.setup_kernel(stdout=kernel_log, stderr=kernel_log):
         started = True
@@ -149,11 +155,20 @@ try:
             except CellExecutionError:
                 result = "error"
                 error = error_text(cell) or "cell failed"
+                if previous and previous[1] and not panic_text(cell):
+                    # evcxr prints an error returned with `?` at the top level of a cell on stderr
+                    # and reports the cell as successful, dropping its new variables; the next
+                    # cell then fails to compile. Point at the likely cause.
+                    error += ("\n(note: the previous code cell %d wrote to stderr:\n  %s\n"
+                              " evcxr reports an error returned with `?` only there and goes on without that"
+                              " cell's variables; use .expect(\"…\") so such failures stop the cell)"
+                              % (previous[0], previous[1][-500:].replace("\n", "\n  ")))
             except DeadKernelError as e:
                 result = "error"
                 error = "the kernel died: %s" % e
                 cell.outputs.append(nbformat.v4.new_output("error", ename="DeadKernelError", evalue=str(e), traceback=[str(e)]))
             dt = time.time() - t0
+            previous = (i, stderr_text(cell))
             cell.metadata["qi_nb"] = {"seconds": round(dt, 2), "status": result}
             write()
             emit(event="end", index=i, n=n + 1, total=len(code_cells), seconds=round(dt, 2), status=result, error=error)
