@@ -48,6 +48,7 @@ pub struct RunArgs {
     pub kernel: Option<String>,
 }
 
+#[derive(Debug)]
 struct Prepared {
     nb: Notebook,
     kernel: String,
@@ -215,6 +216,15 @@ pub fn run(args: RunArgs) -> Result<i32> {
         );
         std::env::set_var("EVCXR_TMPDIR", &dir);
     }
+    // One kernel at a time per EVCXR_TMPDIR: evcxr rewrites the crate there on every cell.
+    let tmpdir = PathBuf::from(std::env::var_os("EVCXR_TMPDIR").expect("set above"));
+    std::fs::create_dir_all(&tmpdir).with_context(|| format!("cannot create {}", tmpdir.display()))?;
+    let lock_path = tmpdir.join("qi-nb.lock");
+    let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).with_context(|| format!("cannot open {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        eprintln!("qi-nb: another qi-nb run is using EVCXR_TMPDIR={}; waiting for it to finish", tmpdir.display());
+        lock.lock().with_context(|| format!("cannot lock {}", lock_path.display()))?;
+    }
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     let mut summary: Vec<(String, String, f64)> = Vec::new();
     let mut any_failed = false;
@@ -315,4 +325,76 @@ pub fn run(args: RunArgs) -> Result<i32> {
         }
     }
     Ok(if any_failed { 1 } else { 0 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn nb(params: Option<&str>) -> String {
+        let mut cells = vec![serde_json::json!({"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": null, "source": ":dep qi = { path = \"../qi\" }"})];
+        if let Some(p) = params {
+            cells.push(serde_json::json!({"cell_type": "code", "metadata": {"tags": ["parameters"]}, "outputs": [], "execution_count": null, "source": p}));
+        }
+        serde_json::json!({"cells": cells, "metadata": {"kernelspec": {"name": "rust"}}, "nbformat": 4, "nbformat_minor": 5}).to_string()
+    }
+
+    fn folder(files: &[(&str, String)]) -> PathBuf {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!("qi-nb-test-{}-{}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        dir
+    }
+
+    fn args(path: &Path, extra: &[&str]) -> RunArgs {
+        let mut v = vec!["t".to_string(), path.display().to_string()];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        T::parse_from(v).run
+    }
+
+    #[test]
+    fn folder_parameters_apply_where_declared() {
+        let dir = folder(&[("a.ipynb", nb(Some("let n: usize = 1;\nlet s: String = String::new();"))), ("b.ipynb", nb(Some("let n: usize = 2;"))), ("c.ipynb", nb(None))]);
+        let p = prepare(&args(&dir, &["-p", "n=7", "-p", "s=hi"])).unwrap();
+        assert_eq!(p.len(), 3);
+        let src = |k: usize| notebook::source(&p[k].nb.cells()[1]);
+        assert_eq!(src(0), "let n: usize = 7;\nlet s: String = String::from(\"hi\");");
+        assert_eq!(src(1), "let n: usize = 7;");
+        assert_eq!(p[0].applied.len(), 2);
+        assert_eq!(p[2].applied.len(), 0);
+        // a name declared nowhere is an error, as is a bad value anywhere it applies
+        let e = prepare(&args(&dir, &["-p", "m=1"])).unwrap_err().to_string();
+        assert!(e.contains("unknown parameter `m`") && e.contains("a.ipynb: n, s"), "{e}");
+        let e = format!("{:#}", prepare(&args(&dir, &["-p", "n=-1"])).unwrap_err());
+        assert!(e.contains("a.ipynb") && e.contains("out of range for usize"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn single_notebook_errors() {
+        let dir = folder(&[("plain.ipynb", nb(None)), ("bad.ipynb", "{\"cells\": 3".into())]);
+        let e = prepare(&args(&dir.join("plain.ipynb"), &["-p", "n=1"])).unwrap_err().to_string();
+        assert!(e.contains("plain.ipynb: -p was given but the notebook has no cell tagged `parameters`"), "{e}");
+        assert!(prepare(&args(&dir.join("plain.ipynb"), &[])).is_ok());
+        let e = prepare(&args(&dir.join("bad.ipynb"), &[])).unwrap_err().to_string();
+        assert!(e.contains("bad.ipynb: not a valid notebook"), "{e}");
+        // in a folder, a malformed notebook stops everything before any kernel starts
+        assert!(prepare(&args(&dir, &[])).unwrap_err().to_string().contains("bad.ipynb"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn ansi_is_stripped_from_errors() {
+        assert_eq!(strip_ansi("\u{1b}[31mError\u{1b}[0m: x"), "Error: x");
+    }
 }
