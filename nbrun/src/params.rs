@@ -227,7 +227,7 @@ fn find_statement_end(src: &str, from: usize) -> Option<usize> {
                     continue;
                 }
                 let close: Vec<u8> = std::iter::once(b'"').chain(std::iter::repeat_n(b'#', hashes)).collect();
-                let pos = src[j + 1..].as_bytes().windows(close.len()).position(|w| w == close.as_slice())?;
+                let pos = b[j + 1..].windows(close.len()).position(|w| w == close.as_slice())?;
                 i = j + 1 + pos + close.len();
             }
             b'\'' => {
