@@ -5,8 +5,10 @@
 //! the same raw weights; analyses of what quantization does to circuits and features.
 pub mod batch;
 pub mod data;
+pub mod display;
 pub mod error;
 pub mod export;
+pub mod figures;
 pub mod hooks;
 pub mod io;
 pub mod loader;
@@ -21,7 +23,14 @@ pub mod rng;
 pub mod shared;
 pub mod tokenizer;
 
+// Notebooks need only `:dep qi`: tensors, DataFrames and figures come from qi's own dependencies,
+// so values carry across cells and versions always match.
+pub use candle_core;
+pub use plotly;
+pub use polars;
+
 pub use batch::{Batch, Padding};
+pub use figures::{save_figure, FigurePaths};
 pub use error::QiError;
 pub use hooks::{ActivationCache, HookFilter, Hooks};
 pub use loader::{load_model, ModelSource};
