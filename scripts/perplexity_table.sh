@@ -3,24 +3,30 @@
 # JSON-lines file plus a markdown table. Usage:
 #   scripts/perplexity_table.sh QI_BINARY OUT.jsonl [MODEL] [WINDOWS] [GPTQ_SAMPLES]
 # Rows already in OUT.jsonl are skipped, so an interrupted run resumes.
-set -euo pipefail
+set -uo pipefail
 QI="$1"; OUT="$2"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MODEL="${3:-${QI_SHARED:-$ROOT/../shared}/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf}"
 WINDOWS="${4:-20}"
 NS="${5:-64}"
 SPECS=(
-  none fp16 "rtn:bits=8" "rtn:bits=4" "rtn:bits=3" "rtn:bits=4,group=128" "rtn:bits=3,group=128"
+  none fp16 "rtn:bits=8" "rtn:bits=4" "rtn:bits=3" "rtn:bits=4,group=64" "rtn:bits=3,group=64"
   "gptq:bits=4,samples=$NS,seqlen=512" "gptq:bits=3,samples=$NS,seqlen=512"
-  "gptq:bits=4,group=128,samples=$NS,seqlen=512" "gptq:bits=3,group=128,samples=$NS,seqlen=512"
-  "awq:bits=4,group=128,samples=32,seqlen=512" nf4 q4_k q8_0
+  "gptq:bits=4,group=64,samples=$NS,seqlen=512" "gptq:bits=3,group=64,samples=$NS,seqlen=512"
+  "awq:bits=4,group=64,samples=32,seqlen=512" nf4 q4_k q8_0
 )
 mkdir -p "$(dirname "$OUT")"; touch "$OUT"
+status=0
+# Groups of 64: SmolLM2's width 576 is not a multiple of 128, and qi's RTN requires groups to
+# divide the input dimension.
 for s in "${SPECS[@]}"; do
   if grep -qF "\"quant\":\"$s\"" "$OUT"; then echo "skip $s (done)"; continue; fi
   echo "== $s"
-  line=$("$QI" perplexity --model "$MODEL" --quant "$s" --seqlen 512 --windows "$WINDOWS" --json)
-  echo "$line" >> "$OUT"; echo "$line"
+  if line=$("$QI" perplexity --model "$MODEL" --quant "$s" --seqlen 512 --windows "$WINDOWS" --json); then
+    echo "$line" >> "$OUT"; echo "$line"
+  else
+    echo "FAILED: $s" >&2; status=1
+  fi
 done
 python3 - "$OUT" <<'PY'
 import json, sys
@@ -32,3 +38,4 @@ for r in rows:
     d = f"{r['perplexity'] - base:+.2f}" if base else ""
     print(f"| `{r['quant']}` | {r['perplexity']:.2f} | {d} |")
 PY
+exit $status
