@@ -15,6 +15,7 @@ SPECS=(
   "gptq:bits=4,group=64,samples=$NS,seqlen=512" "gptq:bits=3,group=64,samples=$NS,seqlen=512"
   "awq:bits=4,group=64,samples=32,seqlen=512" nf4 q4_k q8_0
 )
+if [ -n "${QI_SPECS:-}" ]; then read -r -a SPECS <<< "$QI_SPECS"; fi
 mkdir -p "$(dirname "$OUT")"; touch "$OUT"
 status=0
 # Groups of 64: SmolLM2's width 576 is not a multiple of 128, and qi's RTN requires groups to
