@@ -259,8 +259,7 @@ fn selected(opts: &QuantizeOptions, role: &str) -> bool {
 /// Calls `f(layer, role, linear)` for every selected block linear, in forward order.
 fn for_each_selected(q: &mut HookedTransformer, opts: &QuantizeOptions, mut f: impl FnMut(usize, &'static str, &mut Linear) -> Result<()>) -> Result<()> {
     for (l, block) in q.blocks.iter_mut().enumerate() {
-        let roles: Vec<&'static str> = block.linears_labeled().into_iter().map(|(r, _)| r).collect();
-        for (role, lin) in roles.into_iter().zip(block.linears_mut()) {
+        for (role, lin) in block.linears_labeled_mut() {
             if selected(opts, role) {
                 f(l, role, lin)?;
             }
@@ -274,23 +273,15 @@ fn quantize_embeddings(q: &mut HookedTransformer, spec: &QuantSpec, opts: &Quant
     if !opts.embeddings && !opts.unembedding {
         return Ok(());
     }
-    let data_free = |what: &str| -> Result<QuantSpec> {
-        match spec {
-            QuantSpec::Gptq(g) => Ok(QuantSpec::Rtn(quant::RtnSpec {
-                bits: g.bits,
-                granularity: g.group.map_or(quant::Granularity::Row, quant::Granularity::Group),
-                sym: g.sym,
-            })),
-            QuantSpec::Awq(a) => Ok(QuantSpec::Rtn(quant::RtnSpec { bits: a.bits, granularity: a.group.map_or(quant::Granularity::Row, quant::Granularity::Group), sym: a.sym })),
-            QuantSpec::Int8(_) | QuantSpec::W8a8 => Ok(QuantSpec::Rtn(quant::RtnSpec { bits: 8, granularity: quant::Granularity::Row, sym: true })),
-            s => {
-                let _ = what;
-                Ok(s.clone())
-            }
-        }
+    // Embeddings have no calibration inputs: calibrated methods fall back to RTN at their bits.
+    let grid = |g: Option<usize>| g.map_or(quant::Granularity::Row, quant::Granularity::Group);
+    let s = match spec {
+        QuantSpec::Gptq(g) => QuantSpec::Rtn(quant::RtnSpec { bits: g.bits, granularity: grid(g.group), sym: g.sym }),
+        QuantSpec::Awq(a) => QuantSpec::Rtn(quant::RtnSpec { bits: a.bits, granularity: grid(a.group), sym: a.sym }),
+        QuantSpec::Int8(_) | QuantSpec::W8a8 => QuantSpec::Rtn(quant::RtnSpec { bits: 8, granularity: quant::Granularity::Row, sym: true }),
+        other => other.clone(),
     };
     if opts.embeddings {
-        let s = data_free("embedding")?;
         let mut lin = Linear::new(q.embed_name.clone(), q.embed.clone(), None, false)?;
         let w = quant::quantize_weight(&q.embed, &s, &lin.name, None, None)?;
         state.record(None, "embed", &mut lin, w.clone(), &s, None)?;
@@ -300,7 +291,6 @@ fn quantize_embeddings(q: &mut HookedTransformer, spec: &QuantSpec, opts: &Quant
         }
     }
     if opts.unembedding && !(q.cfg.tied_embeddings && opts.embeddings) {
-        let s = data_free("unembedding")?;
         let w = quant::quantize_weight(&q.unembed.weight(), &s, &q.unembed.name, None, None)?;
         state.record(None, "unembed", &mut q.unembed, w, &s, None)?;
     }
@@ -385,9 +375,7 @@ fn gptq_model(model: &HookedTransformer, q: &mut HookedTransformer, spec: &Quant
                 let a = acc.entry(name.to_string()).or_insert_with(|| HessianAccumulator::new(x.dim(1).unwrap_or(0)));
                 a.add_batch(x)
             })?;
-            let block = &mut q.blocks[l];
-            let all_roles: Vec<&'static str> = block.linears_labeled().into_iter().map(|(r, _)| r).collect();
-            for (role, lin) in all_roles.into_iter().zip(block.linears_mut()) {
+            for (role, lin) in q.blocks[l].linears_labeled_mut() {
                 if !group.contains(&role) {
                     continue;
                 }
@@ -488,9 +476,7 @@ fn awq_model(model: &HookedTransformer, q: &mut HookedTransformer, spec: &QuantS
                 row += rows;
             }
         }
-        let block = &mut q.blocks[l];
-        let roles: Vec<&'static str> = block.linears_labeled().into_iter().map(|(r, _)| r).collect();
-        for (role, lin) in roles.into_iter().zip(block.linears_mut()) {
+        for (role, lin) in q.blocks[l].linears_labeled_mut() {
             if let Some(w) = new_weights.remove(role) {
                 state.record(Some(l), role, lin, w, spec, None)?;
             }

@@ -341,6 +341,12 @@ impl Block {
         roles.iter().copied().zip(self.linears()).collect()
     }
 
+    /// [`Block::linears_labeled`], mutable.
+    pub fn linears_labeled_mut(&mut self) -> Vec<(&'static str, &mut Linear)> {
+        let roles: Vec<&'static str> = self.linears_labeled().into_iter().map(|(r, _)| r).collect();
+        roles.into_iter().zip(self.linears_mut()).collect()
+    }
+
     pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
         let mut v: Vec<&mut Linear> = match &mut self.attn.qkv {
             QkvProj::FusedContiguous(l) | QkvProj::FusedPerHead(l) => vec![l],
