@@ -1,6 +1,5 @@
 //! Developer check: per-layer output error of GPTQ vs RTN on a real model, measured on held-out
 //! calibration-style inputs. `cargo run --example gptq_layer_check -- MODEL [samples] [seqlen]`.
-use qi::hooks::names;
 use qi::quant::{gptq_quantize, rtn_quantize, GptqOptions, Granularity, HessianAccumulator};
 use qi::{Batch, Padding};
 
@@ -38,7 +37,6 @@ fn main() -> anyhow::Result<()> {
                 err(&r, &xtr)?, err(&g, &xtr)?, err(&r, &xte)?, err(&g, &xte)?
             );
         }
-        let _ = names::EMBED;
     }
     Ok(())
 }

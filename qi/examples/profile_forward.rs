@@ -1,5 +1,5 @@
 //! Where the forward pass spends its time (developer tool): `cargo run --example profile_forward -- MODEL`.
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use std::time::Instant;
 
 fn main() -> anyhow::Result<()> {
@@ -31,6 +31,5 @@ fn main() -> anyhow::Result<()> {
     time("unembed", &mut || { m.unembed.forward(&xn)?; Ok(()) })?;
     let s = Tensor::randn(0f32, 1., (8, 9, 128, 128), &Device::Cpu)?;
     time("softmax 8x9x128x128", &mut || { qi::ops::softmax_last(&s)?; Ok(()) })?;
-    let _ = DType::F32;
     Ok(())
 }
