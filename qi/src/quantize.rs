@@ -12,7 +12,8 @@
 //!   H = 2/n Σ x xᵀ is accumulated from its inputs, and with `true_sequential` the sub-layers are
 //!   quantized in order (qkv → o → up/gate → down) with inputs recomputed after each.
 //! - **AWQ** searches per-input-channel scales s = mean|x|^α (normalised) for each group of
-//!   linears sharing an input, α ∈ {0, 0.05, …, 0.95}, minimising the group's output error, then
+//!   linears sharing an input, α ∈ {0, 0.05, …, 0.95}, minimising the group's output error
+//!   ‖XWᵀ − XŴᵀ‖ on the first `awq_search_tokens` calibration tokens, then
 //!   quantizes W·diag(s) with grouped RTN. The scale is folded back into the weight
 //!   (W_eff = Q(W·diag(s))·diag(s)⁻¹), which computes exactly what folding 1/s into the preceding
 //!   norm or linear computes, while keeping every hooked activation in the reference's basis.
@@ -46,6 +47,9 @@ pub struct QuantizeOptions {
     /// LLM.int8 outlier search: windows and their length (C4, seed 0).
     pub int8_samples: usize,
     pub int8_seqlen: usize,
+    /// AWQ: calibration tokens used in the α grid search (the first ones; the channel statistics
+    /// mean|x| use all calibration tokens). Bounds the search cost on CPU.
+    pub awq_search_tokens: usize,
     /// Explicit calibration token windows; when set they replace the spec's data source, sample
     /// count and length (e.g. for models without a tokenizer, or for tests).
     #[serde(skip)]
@@ -54,7 +58,7 @@ pub struct QuantizeOptions {
 
 impl Default for QuantizeOptions {
     fn default() -> Self {
-        QuantizeOptions { attention: true, mlp: true, embeddings: false, unembedding: false, calibration_batch: 8, int8_samples: 32, int8_seqlen: 512, calibration: None }
+        QuantizeOptions { attention: true, mlp: true, embeddings: false, unembedding: false, calibration_batch: 8, int8_samples: 32, int8_seqlen: 512, awq_search_tokens: 4096, calibration: None }
     }
 }
 
@@ -453,6 +457,7 @@ fn awq_model(model: &HookedTransformer, q: &mut HookedTransformer, spec: &QuantS
             let x = Tensor::cat(&xs[hook], 0)?;
             let group: Vec<&(&'static str, Linear)> = labeled.iter().filter(|(r, _)| selected(opts, r) && &linear_input_hook(r, l) == hook).collect();
             let x_mean = x.abs()?.mean(0)?;
+            let x = x.narrow(0, 0, x.dim(0)?.min(opts.awq_search_tokens.max(1)))?;
             let w_cat = Tensor::cat(&group.iter().map(|(_, lin)| lin.weight()).collect::<Vec<_>>(), 0)?;
             let reference = x.matmul(&w_cat.t()?)?;
             let mut best: Option<(f64, Tensor)> = None;
