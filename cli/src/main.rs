@@ -180,9 +180,7 @@ fn load_maybe_quantized(src: &str, quant: Option<&str>) -> Result<qi::HookedTran
 
 fn quantize(src: &str, quant: &str, out: &std::path::Path, embeddings: bool, unembedding: bool) -> Result<()> {
     let spec: QuantSpec = quant.parse().with_context(|| format!("--quant '{quant}'"))?;
-    if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
-        bail!("--out {}: exists and is not empty", out.display());
-    }
+    qi::export::ensure_empty_output_dir(out).context("--out")?;
     let m = load_model(src)?;
     let opts = QuantizeOptions { embeddings, unembedding, ..Default::default() };
     let (q, report) = quantize_model(&m, &spec, &opts)?;

@@ -12,9 +12,7 @@ use std::path::Path;
 /// Writes `model` to `dir` (which must not exist or be empty). The directory appears complete or
 /// not at all: files are written into a temporary sibling that is renamed at the end.
 pub fn save_hf_dir(model: &HookedTransformer, dir: &Path, report: Option<&QuantReport>) -> Result<()> {
-    if dir.exists() && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
-        bail!("{}: output directory exists and is not empty", dir.display());
-    }
+    ensure_empty_output_dir(dir)?;
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
     let name = dir.file_name().ok_or_else(|| anyhow!("{}: not a directory path", dir.display()))?.to_string_lossy().to_string();
@@ -31,6 +29,14 @@ pub fn save_hf_dir(model: &HookedTransformer, dir: &Path, report: Option<&QuantR
         let _ = std::fs::remove_dir_all(&tmp);
     }
     result
+}
+
+/// Errors unless `dir` is absent or an empty directory (callers check before long work).
+pub fn ensure_empty_output_dir(dir: &Path) -> Result<()> {
+    if dir.exists() && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        bail!("{}: output directory exists and is not empty", dir.display());
+    }
+    Ok(())
 }
 
 fn write_files(model: &HookedTransformer, dir: &Path, report: Option<&QuantReport>) -> Result<()> {

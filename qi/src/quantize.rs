@@ -308,7 +308,7 @@ fn calibration_batches(model: &HookedTransformer, data: CalibData, samples: usiz
         if w.is_empty() {
             bail!("explicit calibration windows are empty");
         }
-        return w.chunks(batch.max(1)).map(|c| Batch::from_rows(c, crate::Padding::Right, 0)).collect();
+        return window_batches(w, batch);
     }
     let seqlen = seqlen.min(model.cfg.n_ctx);
     if samples == 0 {
@@ -319,6 +319,11 @@ fn calibration_batches(model: &HookedTransformer, data: CalibData, samples: usiz
     if windows.len() < samples {
         bail!("calibration set has {} windows, fewer than the {samples} asked for", windows.len());
     }
+    window_batches(&windows, batch)
+}
+
+/// Equal-length token windows grouped into batches of `batch` rows.
+fn window_batches(windows: &[Vec<u32>], batch: usize) -> Result<Vec<Batch>> {
     windows.chunks(batch.max(1)).map(|c| Batch::from_rows(c, crate::Padding::Right, 0)).collect()
 }
 
@@ -400,18 +405,16 @@ fn gptq_model(model: &HookedTransformer, q: &mut HookedTransformer, spec: &Quant
 /// Per (layer, role): input columns whose calibration activations reach `threshold` in magnitude.
 fn outlier_columns(model: &HookedTransformer, windows: &[Vec<u32>], opts: &QuantizeOptions, threshold: f64) -> Result<HashMap<(usize, &'static str), Vec<usize>>> {
     let mut col_max: HashMap<String, Vec<f32>> = HashMap::new();
-    for chunk in windows.chunks(opts.calibration_batch.max(1)) {
-        let batch = Batch::from_rows(chunk, crate::Padding::Right, 0)?;
-        let names: Vec<String> = (0..model.cfg.n_layers)
-            .flat_map(|l| ["q", "o", "up", "down"].iter().map(move |r| linear_input_hook(r, l)))
-            .collect();
+    // one representative role per distinct linear input (q ~ k, v, qkv; up ~ gate, fc_in; down ~ fc_out)
+    let names: Vec<String> = (0..model.cfg.n_layers).flat_map(|l| ["q", "o", "up", "down"].iter().map(move |r| linear_input_hook(r, l))).collect();
+    for batch in window_batches(windows, opts.calibration_batch)? {
         let (_, cache) = model.run_with_cache(&batch, names.clone())?;
-        for n in names {
-            let t = cache.get(&n)?;
+        for n in &names {
+            let t = cache.get(n)?;
             let d = t.dims();
             let feats: usize = d[2..].iter().product();
             let m = t.reshape((d[0] * d[1], feats))?.abs()?.max(0)?.to_vec1::<f32>()?;
-            let e = col_max.entry(n).or_insert_with(|| vec![0.0; feats]);
+            let e = col_max.entry(n.clone()).or_insert_with(|| vec![0.0; feats]);
             for (a, b) in e.iter_mut().zip(m) {
                 *a = a.max(b);
             }

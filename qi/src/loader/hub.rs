@@ -28,13 +28,8 @@ pub fn download(id: &str, revision: Option<&str>) -> Result<PathBuf> {
     if fetch("model.safetensors").is_err() {
         let index = fetch("model.safetensors.index.json")
             .with_context(|| format!("Hub model '{id}': neither model.safetensors nor model.safetensors.index.json could be fetched"))?;
-        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&index)?)?;
-        let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| anyhow!("{}: missing weight_map", index.display()))?;
-        let mut shards: Vec<&str> = map.values().filter_map(|s| s.as_str()).collect();
-        shards.sort();
-        shards.dedup();
-        for s in shards {
-            fetch(s).with_context(|| format!("Hub model '{id}': cannot get shard {s}"))?;
+        for s in super::shard_names(&index)? {
+            fetch(&s).with_context(|| format!("Hub model '{id}': cannot get shard {s}"))?;
         }
     }
     if fetch("tokenizer.json").is_err() && (fetch("vocab.json").is_err() || fetch("merges.txt").is_err()) {

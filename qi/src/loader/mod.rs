@@ -133,6 +133,17 @@ impl QuantizationNote {
     }
 }
 
+/// The shard file names listed in a `model.safetensors.index.json`, sorted and deduplicated.
+pub(crate) fn shard_names(index: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(index).with_context(|| format!("{}: cannot read", index.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", index.display()))?;
+    let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| anyhow!("{}: missing 'weight_map' object", index.display()))?;
+    let mut shards: Vec<String> = map.values().filter_map(|s| s.as_str().map(str::to_string)).collect();
+    shards.sort();
+    shards.dedup();
+    Ok(shards)
+}
+
 fn weight_files(dir: &Path) -> Result<(Vec<PathBuf>, PathBuf)> {
     let single = dir.join("model.safetensors");
     if single.is_file() {
@@ -140,13 +151,7 @@ fn weight_files(dir: &Path) -> Result<(Vec<PathBuf>, PathBuf)> {
     }
     let index = dir.join("model.safetensors.index.json");
     if index.is_file() {
-        let text = std::fs::read_to_string(&index).with_context(|| format!("{}: cannot read", index.display()))?;
-        let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", index.display()))?;
-        let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| anyhow!("{}: missing 'weight_map' object", index.display()))?;
-        let mut shards: Vec<String> = map.values().filter_map(|s| s.as_str().map(str::to_string)).collect();
-        shards.sort();
-        shards.dedup();
-        return Ok((shards.iter().map(|s| dir.join(s)).collect(), dir.to_path_buf()));
+        return Ok((shard_names(&index)?.iter().map(|s| dir.join(s)).collect(), dir.to_path_buf()));
     }
     bail!(
         "{}: no model.safetensors or model.safetensors.index.json (PyTorch .bin checkpoints are not supported; convert them to safetensors)",
