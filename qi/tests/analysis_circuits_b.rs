@@ -4,9 +4,9 @@ mod common;
 use common::fixture;
 use qi::analysis::ablation::{ablated_loss, clean_run, Ablation, AblationOptions, HeadAblation};
 use qi::analysis::attribution::{single_head_hybrid, Attribution, AttributionOptions};
-use qi::analysis::induction::{self, head_scores, repeated_tokens, Induction, InductionOptions, LossInputs};
+use qi::analysis::induction::{self, head_scores, repeated_tokens, Induction, InductionOptions, LossInputs, LossTarget};
 use qi::analysis::patching::{patched_loss, Patching, PatchingOptions};
-use qi::analysis::{find, run_seeds, Analysis, Comparison, Tidy};
+use qi::analysis::{find, options_from_json, run_seeds, Analysis, Comparison, Tidy};
 use qi::hooks::{interventions, names, Hooks};
 use qi::models::QkvProj;
 use qi::quant::QuantSpec;
@@ -150,7 +150,7 @@ fn ablation_rows_and_bad_input() {
     let m = load("llama");
     let tw = twins_of(&m);
     let cmp = Comparison::new("llama", &m, &tw).unwrap();
-    let o = AblationOptions { n_seqs: 3, seq_len: 6, text_source: "random".into(), text_windows: 2, text_seqlen: 12, layers: vec![1], ..Default::default() };
+    let o = AblationOptions { loss: LossTarget { n_seqs: 3, seq_len: 6, target: "both".into(), text_source: "random".into(), text_windows: 2, text_seqlen: 12, ..Default::default() }, layers: vec![1], ..Default::default() };
     let t = HeadAblation::run(&cmp, &o).unwrap();
     let nh = cmp.n_heads();
     // 1 layer × heads × 2 ablations × 2 targets
@@ -160,7 +160,7 @@ fn ablation_rows_and_bad_input() {
     assert!(metric_rows(&t, "drift_js").iter().all(|r| r.value >= 0.0 && r.value.is_finite()));
     assert!(same(&t, &HeadAblation::run(&cmp, &o).unwrap()));
     // importance from an ablation not in the list, drift from the induction score
-    let o2 = AblationOptions { ablations: vec!["zero".into()], importance: "mean".into(), drift: "induction".into(), text_windows: 0, ..o.clone() };
+    let o2 = AblationOptions { ablations: vec!["zero".into()], importance: "mean".into(), drift: "induction".into(), loss: LossTarget { target: "induction".into(), ..o.loss.clone() }, ..o.clone() };
     let t2 = HeadAblation::run(&cmp, &o2).unwrap();
     assert_eq!(metric_rows(&t2, "ablation_delta").len(), nh);
     let df = t.to_frame().unwrap();
@@ -170,6 +170,7 @@ fn ablation_rows_and_bad_input() {
         (AblationOptions { layers: vec![7], ..o.clone() }, "layer"),
         (AblationOptions { ablations: vec!["half".into()], ..o.clone() }, "ablation"),
         (AblationOptions { drift: "kl".into(), ..o.clone() }, "drift"),
+        (AblationOptions { loss: LossTarget { target: "text".into(), ..o.loss.clone() }, ..o.clone() }, "target"),
     ] {
         let e = HeadAblation::run(&cmp, &bad).unwrap_err().to_string();
         assert!(e.contains(key), "{e}");
@@ -181,7 +182,11 @@ fn patching_sites_repair_and_bad_input() {
     let m = load("llama");
     let tw = twins_of(&m);
     let cmp = Comparison::new("llama", &m, &tw).unwrap();
-    let base = PatchingOptions { n_seqs: 3, seq_len: 6, k_max: 3, ..Default::default() };
+    let base = PatchingOptions { loss: LossTarget { n_seqs: 3, seq_len: 6, ..Default::default() }, k_max: 3, ..Default::default() };
+    // the shared loss options read flat, like every other option (`--set n_seqs=3`)
+    let parsed: PatchingOptions = options_from_json("patching", &qi::serde_json::json!({"n_seqs": 3, "seq_len": 6, "k_max": 3})).unwrap();
+    assert_eq!((parsed.loss.n_seqs, parsed.loss.seq_len, parsed.loss.target.as_str()), (3, 6, "induction"));
+    assert!(options_from_json::<PatchingOptions>("patching", &qi::serde_json::json!({"loss": {}})).is_err());
     let t = Patching::run(&cmp, &base).unwrap();
     // sweep of attn_out over every layer, per twin
     assert_eq!(metric_rows(&t, "recovery").len(), 2 * cmp.n_layers());
@@ -193,7 +198,7 @@ fn patching_sites_repair_and_bad_input() {
     let one = Patching::run(&cmp, &PatchingOptions { component: "z".into(), layer: Some(1), head: Some(3), k_max: 0, ..base.clone() }).unwrap();
     assert_eq!(metric_rows(&one, "recovery").len(), 2);
     assert_eq!(metric_rows(&one, "recovery")[0].head, Some(3));
-    let text = Patching::run(&cmp, &PatchingOptions { target: "text".into(), text_source: "random".into(), text_windows: 2, text_seqlen: 10, component: "mlp_out".into(), layer: Some(0), k_max: 1, ..base.clone() }).unwrap();
+    let text = Patching::run(&cmp, &PatchingOptions { loss: LossTarget { target: "text".into(), text_source: "random".into(), text_windows: 2, text_seqlen: 10, ..base.loss.clone() }, component: "mlp_out".into(), layer: Some(0), k_max: 1, ..base.clone() }).unwrap();
     assert_eq!(metric_rows(&text, "recovery").len(), 2);
     // the reference patched into itself changes nothing
     let set = repeated_tokens(&m, 2, 6, 0).unwrap();
@@ -207,7 +212,7 @@ fn patching_sites_repair_and_bad_input() {
         (PatchingOptions { component: "z".into(), layer: Some(0), head: Some(4), ..base.clone() }, "head"),
         (PatchingOptions { component: "z".into(), layer: Some(0), head: None, ..base.clone() }, "head"),
         (PatchingOptions { component: "mlp_in".into(), ..base.clone() }, "component"),
-        (PatchingOptions { target: "ppl".into(), ..base.clone() }, "target"),
+        (PatchingOptions { loss: LossTarget { target: "ppl".into(), ..base.loss.clone() }, ..base.clone() }, "target"),
         (PatchingOptions { candidate_layers: vec![5], ..base.clone() }, "layer"),
     ] {
         let e = Patching::run(&cmp, &bad).unwrap_err().to_string();
@@ -220,7 +225,7 @@ fn attribution_all_heads_and_spearman() {
     let m = load("llama");
     let tw = twins_of(&m);
     let cmp = Comparison::new("llama", &m, &tw).unwrap();
-    let o = AttributionOptions { n_seqs: 3, seq_len: 6, measure_all: true, ..Default::default() };
+    let o = AttributionOptions { loss: LossTarget { n_seqs: 3, seq_len: 6, ..Default::default() }, measure_all: true, ..Default::default() };
     let t = Attribution::run(&cmp, &o).unwrap();
     let n = cmp.n_layers() * cmp.n_heads();
     assert_eq!(metric_rows(&t, "attribution").len(), 2 * n);

@@ -3,7 +3,7 @@
 //! In the reference model each head's `hook_z` is zeroed (`zero`) or replaced by its mean over the
 //! real tokens of a reference run on the same inputs (`mean`); the metric is the induction loss on
 //! `[BOS] r r` ([`super::induction::repeated_tokens`]) and, optionally, the loss on text windows
-//! (`text_windows > 0`). Rows: `ablation_delta` (loss with the head ablated − clean loss, labels
+//! (`target = both`). Rows: `ablation_delta` (loss with the head ablated − clean loss, labels
 //! `ablation`, `target`) and `importance_rank` (1 = largest delta) per head, `clean_loss` per
 //! target. Only the blocks from the ablated head's layer on are recomputed (from the cached clean
 //! `resid_pre`), which halves the cost on average.
@@ -12,7 +12,7 @@
 //! attention rows, nats, mean over real query positions of the induction inputs), `drift_induction`
 //! (|Δ stripe induction score|), and `importance_x_drift` = importance (`ablation_delta` of the
 //! `importance` ablation on the induction target, clamped at 0) × the `drift` chosen drift.
-use super::induction::{head_scores, repeated_tokens, LossInputs};
+use super::induction::{head_scores, loss_target_doc, LossInputs, LossTarget};
 use super::plots;
 use super::tidy::{f64_values, filter_eq, str_values};
 use super::{valid_rows, Analysis, Comparison, Row, Tidy};
@@ -157,12 +157,9 @@ pub fn rank_descending(x: &[f64]) -> Vec<usize> {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AblationOptions {
-    pub n_seqs: usize,
-    pub seq_len: usize,
-    pub batch_size: usize,
-    pub text_source: String,
-    pub text_windows: usize,
-    pub text_seqlen: usize,
+    /// The losses ablated on: `target` is `induction` or `both` (induction and text).
+    #[serde(flatten)]
+    pub loss: LossTarget,
     pub layers: Vec<usize>,
     pub ablations: Vec<String>,
     pub importance: String,
@@ -173,12 +170,7 @@ pub struct AblationOptions {
 impl Default for AblationOptions {
     fn default() -> Self {
         AblationOptions {
-            n_seqs: 10,
-            seq_len: 25,
-            batch_size: 10,
-            text_source: "wikitext2".into(),
-            text_windows: 4,
-            text_seqlen: 64,
+            loss: LossTarget { target: "both".into(), ..Default::default() },
             layers: vec![],
             ablations: vec!["zero".into(), "mean".into()],
             importance: "mean".into(),
@@ -197,17 +189,15 @@ impl Analysis for HeadAblation {
     type Options = AblationOptions;
 
     fn options_doc() -> &'static str {
-        "n_seqs: random [BOS] r r sequences for the induction loss (default 10)\n\
-         seq_len: length of r (default 25)\n\
-         batch_size: sequences per forward pass (default 10)\n\
-         text_source: wikitext2, c4, random or a text file path for the text loss (default wikitext2)\n\
-         text_windows: text windows for the text loss; 0 skips it (default 4)\n\
-         text_seqlen: tokens per text window (default 64)\n\
-         layers: ablate the heads of these layers only (default: all layers)\n\
+        concat!(
+            loss_target_doc!("target: induction, or both (induction and text loss) (default both)"),
+            "\n",
+            "layers: ablate the heads of these layers only (default: all layers)\n\
          ablations: which ablations to run, of zero and mean (default both)\n\
          importance: the ablation whose induction-loss delta is the importance in importance × drift (default mean)\n\
          drift: js (attention JS divergence) or induction (|Δ stripe score|) for importance × drift (default js)\n\
          seed: seeds the random tokens and text windows"
+        )
     }
 
     fn run(cmp: &Comparison, o: &AblationOptions) -> Result<Tidy> {
@@ -216,11 +206,16 @@ impl Analysis for HeadAblation {
         if o.drift != "js" && o.drift != "induction" {
             return Err(QiError::invalid("drift", &o.drift, "expected js or induction").into());
         }
+        let with_text = match o.loss.target.as_str() {
+            "induction" => false,
+            "both" => true,
+            t => return Err(QiError::invalid("target", t, "expected induction or both (the induction loss is always needed for importance × drift)").into()),
+        };
         let heads = heads_of_layers(cmp, &o.layers)?;
-        let set = repeated_tokens(cmp.reference, o.n_seqs, o.seq_len, o.seed)?;
-        let mut targets = vec![("induction", LossInputs::induction(cmp.reference, &set, o.batch_size)?)];
-        if o.text_windows > 0 {
-            targets.push(("text", LossInputs::text(cmp.reference, &o.text_source, o.text_windows, o.text_seqlen, o.seed, o.batch_size)?));
+        let set = o.loss.repeated(cmp.reference, o.seed)?;
+        let mut targets: Vec<(&str, LossInputs)> = vec![("induction", o.loss.induction(cmp.reference, &set)?)];
+        if with_text {
+            targets.push(("text", o.loss.text(cmp.reference, o.seed)?));
         }
         let mut out = Tidy::new(cmp.name.clone());
         let reference = &super::REFERENCE;

@@ -19,7 +19,7 @@
 //! others drawn with the seed. Rows: `attribution` per head and twin, `measured_delta` per measured
 //! head, `spearman` (attribution vs |measured_delta| over the measured heads, `n` = their count).
 use super::ablation::clean_run;
-use super::induction::{repeated_tokens, LossInputs};
+use super::induction::{loss_target_doc, LossInputs, LossTarget};
 use super::plots::{self, Labels};
 use super::tidy::{f64_values, filter_eq, str_values};
 use super::{Analysis, Comparison, Row, Tidy};
@@ -118,13 +118,8 @@ pub fn attribution_scores(reference: &HookedTransformer, twin: &HookedTransforme
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AttributionOptions {
-    pub n_seqs: usize,
-    pub seq_len: usize,
-    pub batch_size: usize,
-    pub target: String,
-    pub text_source: String,
-    pub text_windows: usize,
-    pub text_seqlen: usize,
+    #[serde(flatten)]
+    pub loss: LossTarget,
     pub measure_all: bool,
     pub top_k: usize,
     pub random: usize,
@@ -135,13 +130,7 @@ pub struct AttributionOptions {
 impl Default for AttributionOptions {
     fn default() -> Self {
         AttributionOptions {
-            n_seqs: 10,
-            seq_len: 25,
-            batch_size: 10,
-            target: "induction".into(),
-            text_source: "wikitext2".into(),
-            text_windows: 4,
-            text_seqlen: 64,
+            loss: LossTarget::default(),
             measure_all: false,
             top_k: 10,
             random: 10,
@@ -160,18 +149,15 @@ impl Analysis for Attribution {
     type Options = AttributionOptions;
 
     fn options_doc() -> &'static str {
-        "n_seqs: random [BOS] r r sequences (default 10)\n\
-         seq_len: length of r (default 25)\n\
-         batch_size: sequences per forward pass (default 10)\n\
-         target: metric, induction or text (default induction)\n\
-         text_source: wikitext2, c4, random or a text file path, for target = text (default wikitext2)\n\
-         text_windows: text windows for target = text (default 4)\n\
-         text_seqlen: tokens per text window (default 64)\n\
-         measure_all: measure every head's single-head damage (default false: top_k + random)\n\
+        concat!(
+            loss_target_doc!(),
+            "\n",
+            "measure_all: measure every head's single-head damage (default false: top_k + random)\n\
          top_k: heads with the largest attribution that are measured (default 10)\n\
          random: further heads drawn at random (seeded) that are measured (default 10)\n\
          kv: shared (the head's hybrid also takes its shared K/V head's rows) or none (only W_Q, W_O) (default shared)\n\
          seed: seeds the random tokens, text windows and the random heads"
+        )
     }
 
     fn run(cmp: &Comparison, o: &AttributionOptions) -> Result<Tidy> {
@@ -180,12 +166,8 @@ impl Analysis for Attribution {
             "none" => false,
             k => return Err(QiError::invalid("kv", k, "expected shared or none").into()),
         };
-        let set = repeated_tokens(cmp.reference, o.n_seqs, o.seq_len, o.seed)?;
-        let inputs = match o.target.as_str() {
-            "induction" => LossInputs::induction(cmp.reference, &set, o.batch_size)?,
-            "text" => LossInputs::text(cmp.reference, &o.text_source, o.text_windows, o.text_seqlen, o.seed, o.batch_size)?,
-            t => return Err(QiError::invalid("target", t, "expected induction or text").into()),
-        };
+        let set = o.loss.repeated(cmp.reference, o.seed)?;
+        let inputs = o.loss.inputs(cmp.reference, &set, o.seed)?;
         let clean = clean_run(cmp.reference, &inputs)?;
         let nh = cmp.n_heads();
         let mut out = Tidy::new(cmp.name.clone());

@@ -165,6 +165,75 @@ impl LossInputs {
     }
 }
 
+/// The `options_doc` lines of [`LossTarget`] (defaults as in its `Default`), with the analysis's own
+/// `target:` line, as one literal so an analysis can `concat!` its own lines after it.
+macro_rules! loss_target_doc {
+    () => {
+        loss_target_doc!("target: induction (loss on the repeated half) or text (loss on text windows) (default induction)")
+    };
+    ($target_line:literal) => {
+        concat!(
+            "n_seqs: random [BOS] r r sequences for the induction loss (default 10)\n",
+            "seq_len: length of r (default 25)\n",
+            "batch_size: sequences per forward pass (default 10)\n",
+            $target_line,
+            "\n",
+            "text_source: wikitext2, c4, random or a text file path for the text loss (default wikitext2)\n",
+            "text_windows: text windows for the text loss (default 4)\n",
+            "text_seqlen: tokens per text window (default 64)"
+        )
+    };
+}
+pub(crate) use loss_target_doc;
+
+/// The loss a causal analysis measures (ablation, patching, attribution share it through
+/// `#[serde(flatten)]`, so their options read the same): the induction loss on `n_seqs` random
+/// `[BOS] r r` sequences with `|r| = seq_len`, or the next-token loss on text windows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LossTarget {
+    pub n_seqs: usize,
+    pub seq_len: usize,
+    pub batch_size: usize,
+    /// `induction` or `text` (ablation also takes `both`).
+    pub target: String,
+    pub text_source: String,
+    pub text_windows: usize,
+    pub text_seqlen: usize,
+}
+
+impl Default for LossTarget {
+    fn default() -> Self {
+        LossTarget { n_seqs: 10, seq_len: 25, batch_size: 10, target: "induction".into(), text_source: "wikitext2".into(), text_windows: 4, text_seqlen: 64 }
+    }
+}
+
+impl LossTarget {
+    /// The random repeated sequences (also used for the attention drift, whatever the target).
+    pub fn repeated(&self, model: &HookedTransformer, seed: u64) -> Result<RepeatedTokens> {
+        repeated_tokens(model, self.n_seqs, self.seq_len, seed)
+    }
+
+    /// Loss inputs of the induction loss on `set`.
+    pub fn induction(&self, model: &HookedTransformer, set: &RepeatedTokens) -> Result<LossInputs> {
+        LossInputs::induction(model, set, self.batch_size)
+    }
+
+    /// Loss inputs of the text loss (windows drawn with `seed`).
+    pub fn text(&self, model: &HookedTransformer, seed: u64) -> Result<LossInputs> {
+        LossInputs::text(model, &self.text_source, self.text_windows, self.text_seqlen, seed, self.batch_size)
+    }
+
+    /// Loss inputs of the chosen `target` (`induction` or `text`).
+    pub fn inputs(&self, model: &HookedTransformer, set: &RepeatedTokens, seed: u64) -> Result<LossInputs> {
+        match self.target.as_str() {
+            "induction" => self.induction(model, set),
+            "text" => self.text(model, seed),
+            t => Err(QiError::invalid("target", t, "expected induction or text").into()),
+        }
+    }
+}
+
 /// Mean attention from each second-half query `q` to key `q − half + 1` (the token after the
 /// earlier occurrence of the current token), for one head's `[t, t]` pattern (row-major).
 pub fn stripe_score(a: &[f32], t: usize, offset: usize, half: usize) -> f64 {

@@ -16,7 +16,7 @@
 //!   order is fixed by the ranking, not re-searched at each k. Rows `repair_recovery` (labels
 //!   `rule`, `k`, `curve` = "spec · rule") and `repair_head` (the head added at step k).
 use super::ablation::{attention_js_drift, head_importance, heads_of_layers, Ablation};
-use super::induction::{repeated_tokens, LossInputs};
+use super::induction::{loss_target_doc, LossInputs, LossTarget};
 use super::plots::{self, Labels};
 use super::tidy::filter_eq;
 use super::{Analysis, Comparison, Row, Tidy, Twin};
@@ -81,13 +81,8 @@ pub fn ranked(candidates: &[(usize, usize)], score: &[f64]) -> Vec<(usize, usize
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct PatchingOptions {
-    pub n_seqs: usize,
-    pub seq_len: usize,
-    pub batch_size: usize,
-    pub target: String,
-    pub text_source: String,
-    pub text_windows: usize,
-    pub text_seqlen: usize,
+    #[serde(flatten)]
+    pub loss: LossTarget,
     pub component: String,
     pub layer: Option<usize>,
     pub head: Option<usize>,
@@ -101,13 +96,7 @@ pub struct PatchingOptions {
 impl Default for PatchingOptions {
     fn default() -> Self {
         PatchingOptions {
-            n_seqs: 10,
-            seq_len: 25,
-            batch_size: 10,
-            target: "induction".into(),
-            text_source: "wikitext2".into(),
-            text_windows: 4,
-            text_seqlen: 64,
+            loss: LossTarget::default(),
             component: "attn_out".into(),
             layer: None,
             head: None,
@@ -129,14 +118,10 @@ impl Analysis for Patching {
     type Options = PatchingOptions;
 
     fn options_doc() -> &'static str {
-        "n_seqs: random [BOS] r r sequences (default 10)\n\
-         seq_len: length of r (default 25)\n\
-         batch_size: sequences per forward pass (default 10)\n\
-         target: metric, induction (loss on the repeated half) or text (loss on text windows) (default induction)\n\
-         text_source: wikitext2, c4, random or a text file path, for target = text (default wikitext2)\n\
-         text_windows: text windows for target = text (default 4)\n\
-         text_seqlen: tokens per text window (default 64)\n\
-         component: resid_pre, attn_out, mlp_out or z (one head's hook_z) for single-site patching (default attn_out)\n\
+        concat!(
+            loss_target_doc!(),
+            "\n",
+            "component: resid_pre, attn_out, mlp_out or z (one head's hook_z) for single-site patching (default attn_out)\n\
          layer: the single site's layer; unset = sweep every layer (z: every head of candidate_layers)\n\
          head: the head for component z\n\
          sweep: run the single-site patching at all (default true)\n\
@@ -144,6 +129,7 @@ impl Analysis for Patching {
          k_max: greedy repair restores k = 1..k_max heads (default 5; 0 skips the repair)\n\
          importance: ablation (zero or mean) defining head importance (default mean)\n\
          seed: seeds the random tokens and text windows"
+        )
     }
 
     fn run(cmp: &Comparison, o: &PatchingOptions) -> Result<Tidy> {
@@ -159,13 +145,9 @@ impl Analysis for Patching {
             return Err(QiError::invalid("head", "unset", "component z patches one head: give head (or leave layer unset to sweep all heads)").into());
         }
         let candidates = heads_of_layers(cmp, &o.candidate_layers)?;
-        let set = repeated_tokens(cmp.reference, o.n_seqs, o.seq_len, o.seed)?;
-        let induction = LossInputs::induction(cmp.reference, &set, o.batch_size)?;
-        let inputs = match o.target.as_str() {
-            "induction" => induction.clone(),
-            "text" => LossInputs::text(cmp.reference, &o.text_source, o.text_windows, o.text_seqlen, o.seed, o.batch_size)?,
-            t => return Err(QiError::invalid("target", t, "expected induction or text").into()),
-        };
+        let set = o.loss.repeated(cmp.reference, o.seed)?;
+        let induction = o.loss.induction(cmp.reference, &set)?;
+        let inputs = o.loss.inputs(cmp.reference, &set, o.seed)?;
         let single_sites: Vec<(usize, Option<usize>)> = match (o.sweep, o.layer) {
             (false, _) => vec![],
             (true, Some(l)) => vec![(l, o.head)],
@@ -175,10 +157,10 @@ impl Analysis for Patching {
         let m_ref = inputs.loss(|_, b| cmp.reference.forward(b))?;
         let importance = if o.k_max > 0 { head_importance(cmp.reference, &inputs, &candidates, how)? } else { vec![] };
         let mut out = Tidy::new(cmp.name.clone());
-        out.push(Row::new(&super::REFERENCE, "metric_value", m_ref).label("target", o.target.clone()));
+        out.push(Row::new(&super::REFERENCE, "metric_value", m_ref).label("target", o.loss.target.clone()));
         for Twin { spec, model } in cmp.twins.iter().copied() {
             let m_q = inputs.loss(|_, b| model.forward(b))?;
-            out.push(Row::new(spec, "metric_value", m_q).label("target", o.target.clone()));
+            out.push(Row::new(spec, "metric_value", m_q).label("target", o.loss.target.clone()));
             for &(l, h) in &single_sites {
                 let mut sites = BTreeMap::new();
                 sites.insert(component_hook(&o.component, l)?, h.map(|h| vec![h]));
@@ -187,7 +169,7 @@ impl Analysis for Patching {
                 if let Some(h) = h {
                     row = row.head(h);
                 }
-                out.push(row.label("component", o.component.clone()).label("target", o.target.clone()));
+                out.push(row.label("component", o.component.clone()).label("target", o.loss.target.clone()));
             }
             if o.k_max == 0 {
                 continue;
@@ -199,7 +181,7 @@ impl Analysis for Patching {
                 let order = ranked(&candidates, score);
                 for k in 1..=o.k_max.min(order.len()) {
                     let m_p = patched_loss(cmp.reference, model, &inputs, &head_sites(&order, k))?;
-                    let lab = |r: Row| r.label("rule", rule).label("k", k).label("curve", format!("{spec} · {rule}")).label("target", o.target.clone());
+                    let lab = |r: Row| r.label("rule", rule).label("k", k).label("curve", format!("{spec} · {rule}")).label("target", o.loss.target.clone());
                     out.push(lab(Row::new(spec, "repair_recovery", metrics::recovery_fraction(m_ref, m_q, m_p))));
                     let (l, h) = order[k - 1];
                     out.push(lab(Row::new(spec, "repair_head", (l * cmp.n_heads() + h) as f64).layer(l).head(h)));
