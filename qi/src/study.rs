@@ -42,7 +42,8 @@
 //! file name `MODEL__SPEC__ANALYSIS__sSEED__HASH.parquet`, so changing an option makes new cells
 //! and never reuses stale ones. Reference rows come from dedicated reference cells (spec `none`,
 //! the analysis run on the reference alone); a twin cell runs the analysis on the reference and
-//! that twin (comparative metrics need both) and keeps only the twin's rows. A cell is done when
+//! that twin (comparative metrics need both) and keeps only the twin's rows — for analyses whose
+//! rows are per model (`Analysis::PER_MODEL`: perplexity, calibration) it runs the twin alone. A cell is done when
 //! its parquet file exists: a re-run skips it; a crash or Ctrl-C leaves at most a hidden
 //! `.NAME.tmp-PID` file, which is ignored. Beside each parquet file, a JSON sidecar holds the
 //! cell's timing (written first, so the parquet file stays the completion marker).
@@ -645,12 +646,14 @@ fn run_cell(study: &Study, cell: &Cell, reference: &crate::HookedTransformer, tw
     let m = &study.models[cell.model];
     let a = &study.analyses[cell.analysis];
     let entry = analysis::find(&a.name)?;
-    let cmp = Comparison::new(m.name.clone(), reference, twins)?;
+    let mut cmp = Comparison::new(m.name.clone(), reference, twins)?;
+    // the reference rows are the reference cell's (same inputs, same seed): a per-model analysis
+    // need not compute them again
+    cmp.reference_rows = cell.spec == QuantSpec::None || !entry.per_model;
     let t = Instant::now();
     let mut tidy: Tidy = analysis::run_seeds(&entry, &cmp, &a.options, &[cell.seed]).with_context(|| format!("{} on {} ({}, seed {})", a.id, m.name, cell.spec, cell.seed))?;
     rec.analysis_s = t.elapsed().as_secs_f64();
     if cell.spec != QuantSpec::None {
-        // the reference rows are the reference cell's (same inputs, same seed)
         tidy.rows.retain(|r| r.spec != "none");
     }
     let mut df = tidy.to_frame()?;

@@ -2,7 +2,7 @@
 //! `perplexity` analysis on random tokens so no tokenizer is needed).
 mod common;
 use common::{fixture, temp_dir};
-use qi::analysis::tidy::{f64_values, str_values};
+use qi::analysis::tidy::{f64_values, filter_eq, str_values};
 use qi::study::{self, RunOptions, Shard, Study};
 use std::path::{Path, PathBuf};
 
@@ -256,6 +256,24 @@ fn run_resume_collect_and_determinism() {
     let models = str_values(&df, "model").unwrap();
     assert!(models.contains(&"llama".to_string()) && models.contains(&"gpt2-tiny".to_string()));
     assert!(f64_values(&df, "value").unwrap().iter().all(|v| v.is_finite() && *v > 0.0));
+
+    // perplexity is per model: its twin cells run the twin alone, with the numbers of a joint run
+    let m = qi::load_model(fixture("llama").to_str().unwrap()).unwrap();
+    let spec: qi::quant::QuantSpec = "rtn:bits=4".parse().unwrap();
+    let twins = vec![(spec.clone(), qi::quantize::quantize_model(&m, &spec, &Default::default()).unwrap().0)];
+    let cmp = qi::analysis::Comparison::new("llama", &m, &twins).unwrap();
+    let entry = qi::analysis::find("perplexity").unwrap();
+    assert!(entry.per_model);
+    let joint = qi::analysis::run_seeds(&entry, &cmp, &s.analyses[0].options, &[0]).unwrap();
+    let joint: Vec<f64> = joint.rows.iter().filter(|r| r.spec == "rtn:bits=4").map(|r| r.value).collect();
+    let mut alone = cmp.clone();
+    alone.reference_rows = false;
+    let alone = qi::analysis::run_seeds(&entry, &alone, &s.analyses[0].options, &[0]).unwrap();
+    assert!(alone.rows.iter().all(|r| r.spec == "rtn:bits=4"));
+    assert_eq!(alone.rows.iter().map(|r| r.value).collect::<Vec<_>>(), joint);
+    let cell_df = filter_eq(&filter_eq(&df, "model", "llama").unwrap(), "spec", "rtn:bits=4").unwrap();
+    let seed0: Vec<f64> = f64_values(&cell_df, "value").unwrap().into_iter().zip(f64_values(&cell_df, "seed").unwrap()).filter(|&(_, s)| s == 0.0).map(|(v, _)| v).collect();
+    assert_eq!(seed0, joint);
 
     // determinism: the same study run as two shards elsewhere gives the identical frame
     let results2 = dir.join("results2");

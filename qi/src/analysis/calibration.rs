@@ -56,6 +56,7 @@ impl Analysis for Calibration {
     const NAME: &'static str = "calibration";
     const ABOUT: &'static str = "Next-token calibration: accuracy, confidence, ECE, ACE and reliability bins per method";
     type Options = CalibrationOptions;
+    const PER_MODEL: bool = true;
 
     fn options_doc() -> &'static str {
         "source: wikitext2 | c4 | random | text file\n\

@@ -46,6 +46,9 @@ pub struct Comparison<'a> {
     pub name: String,
     pub reference: &'a HookedTransformer,
     pub twins: Vec<Twin<'a>>,
+    /// Whether [`Comparison::all`] lists the reference. A study clears it for the twin cells of
+    /// [`Analysis::PER_MODEL`] analyses, whose reference rows come from the reference cell.
+    pub reference_rows: bool,
 }
 
 impl<'a> Comparison<'a> {
@@ -54,12 +57,12 @@ impl<'a> Comparison<'a> {
         for (spec, m) in twins {
             check_compatible(reference, m, &spec.to_string())?;
         }
-        Ok(Comparison { name: name.into(), reference, twins: twins.iter().map(|(spec, model)| Twin { spec, model }).collect() })
+        Ok(Comparison { name: name.into(), reference, twins: twins.iter().map(|(spec, model)| Twin { spec, model }).collect(), reference_rows: true })
     }
 
-    /// The reference first (spec `none`), then each twin.
+    /// The reference first (spec `none`, unless `reference_rows` is off), then each twin.
     pub fn all(&self) -> Vec<Twin<'a>> {
-        let mut v = vec![Twin { spec: &REFERENCE, model: self.reference }];
+        let mut v = if self.reference_rows { vec![Twin { spec: &REFERENCE, model: self.reference }] } else { vec![] };
         v.extend(self.twins.iter().copied());
         v
     }
@@ -201,6 +204,10 @@ pub trait Analysis {
     type Options: Serialize + DeserializeOwned + Default + Clone;
     /// One line per option: `key: meaning`, for `--help`.
     fn options_doc() -> &'static str;
+    /// True when each model's rows depend only on that model and the inputs (never on the
+    /// reference's outputs), and the analysis runs every model through [`Comparison::all`]: then a
+    /// study's twin cell need not run the reference again.
+    const PER_MODEL: bool = false;
     /// Runs the analysis with inputs built from `opts`.
     fn run(cmp: &Comparison, opts: &Self::Options) -> Result<Tidy>;
 }
@@ -210,6 +217,8 @@ pub struct Entry {
     pub name: &'static str,
     pub about: &'static str,
     pub options_doc: &'static str,
+    /// [`Analysis::PER_MODEL`].
+    pub per_model: bool,
     /// The default options as JSON.
     pub defaults: fn() -> serde_json::Value,
     /// Checks options given as JSON without running (so callers fail before loading models).
@@ -224,6 +233,7 @@ impl Entry {
             name: A::NAME,
             about: A::ABOUT,
             options_doc: A::options_doc(),
+            per_model: A::PER_MODEL,
             defaults: || serde_json::to_value(A::Options::default()).expect("options serialize"),
             check: |v| options_from_json::<A::Options>(A::NAME, v).map(|_| ()),
             run: |cmp, v| {

@@ -33,6 +33,7 @@ impl Analysis for Perplexity {
     const NAME: &'static str = "perplexity";
     const ABOUT: &'static str = "GPTQ-protocol perplexity and mean next-token NLL per spec";
     type Options = PerplexityAnalysisOptions;
+    const PER_MODEL: bool = true;
 
     fn options_doc() -> &'static str {
         "text: wikitext2, c4, random (seeded uniform tokens, no tokenizer needed) or a text file path
