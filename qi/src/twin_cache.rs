@@ -2,7 +2,8 @@
 //! SmolLM2 takes minutes). A twin is stored as an HF directory ([`crate::export::save_hf_dir`]:
 //! dequantized weights, the report, activation quantization) under
 //! `<cache>/<model-slug>-<key>/<spec-slug>-<key>`, where the keys hash everything the result
-//! depends on: the source's files (path, size, modification time), the spec and the options.
+//! depends on: the content of the source's files (sampled, see [`file_fingerprint`]; not their
+//! paths or times, which change when a shared folder is re-created), the spec and the options.
 //! The cache root is `QI_CACHE`, else `<repo>/target/qi-cache`. Writes are atomic, so an
 //! interrupted quantization leaves nothing behind.
 use crate::export::save_hf_dir;
@@ -20,16 +21,41 @@ pub fn cache_root() -> PathBuf {
     }
 }
 
+const FNV_OFFSET: u64 = 0xcbf29ce484222325;
+
+fn fnv1a(mut h: u64, bytes: impl IntoIterator<Item = u8>) -> u64 {
+    for b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
 /// 64-bit FNV-1a, hex (stable across runs and platforms, unlike std's hasher).
 pub fn stable_hash(parts: &[&str]) -> String {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for p in parts {
-        for b in p.bytes().chain(std::iter::once(0u8)) {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x100000001b3);
-        }
-    }
+    let h = parts.iter().fold(FNV_OFFSET, |h, p| fnv1a(h, p.bytes().chain(std::iter::once(0u8))));
     format!("{h:016x}")
+}
+
+/// A content fingerprint of a file: its size and a hash of sampled bytes (the first and last MiB
+/// and 16 evenly spaced 64 KiB pieces). Content-based, so a copy, a move or a re-extracted file
+/// with new times keeps its twins; a few MiB are read, whatever the file's size.
+pub fn file_fingerprint(path: &Path) -> std::io::Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    const MIB: u64 = 1 << 20;
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    let mut ranges = vec![(0, MIB.min(len)), (len.saturating_sub(MIB), len)];
+    ranges.extend((1..=16).map(|i| (len * i / 17, (len * i / 17 + 64 * 1024).min(len))));
+    let mut h = FNV_OFFSET;
+    let mut buf = Vec::new();
+    for (a, b) in ranges {
+        f.seek(SeekFrom::Start(a))?;
+        buf.resize((b - a) as usize, 0);
+        f.read_exact(&mut buf)?;
+        h = fnv1a(h, buf.iter().copied());
+    }
+    Ok(format!("{len}:{h:016x}"))
 }
 
 /// A filesystem-safe short name: alphanumerics, `-`, `_`, `.` kept, everything else `_`.
@@ -43,20 +69,16 @@ pub fn slug(s: &str) -> String {
     }
 }
 
-/// Identifies a model's weights: its source string and, for local files, their sizes and times.
+/// Identifies a model's weights: the content fingerprints of its files ([`file_fingerprint`];
+/// the source string for a model without files) and the original quantization it was loaded with.
 pub fn model_key(model: &HookedTransformer) -> String {
-    // the same file reached by two spellings (../shared/…, /work/shared/…) is one model
-    let source = std::fs::canonicalize(&model.source.source).map(|p| p.display().to_string()).unwrap_or_else(|_| model.source.source.clone());
-    let mut parts = vec![source];
-    parts.extend(model.source.quantization.clone());
+    let mut parts: Vec<String> = model.source.quantization.iter().cloned().collect();
+    if model.source.files.is_empty() {
+        parts.push(model.source.source.clone());
+    }
     for f in &model.source.files {
-        parts.push(std::fs::canonicalize(f).map(|p| p.display().to_string()).unwrap_or_else(|_| f.clone()));
-        if let Ok(m) = std::fs::metadata(f) {
-            parts.push(m.len().to_string());
-            if let Ok(t) = m.modified().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).map_err(std::io::Error::other)) {
-                parts.push(t.as_secs().to_string());
-            }
-        }
+        // an unreadable file still gets a key (its path); loading it will report the error
+        parts.push(file_fingerprint(Path::new(f)).unwrap_or_else(|_| f.clone()));
     }
     stable_hash(&parts.iter().map(String::as_str).collect::<Vec<_>>())
 }
@@ -156,6 +178,27 @@ mod tests {
         assert_ne!(stable_hash(&["ab", ""]), stable_hash(&["a", "b"]));
         assert_eq!(stable_hash(&[]), "cbf29ce484222325");
         assert_eq!(slug("gptq:bits=4,group=64"), "gptq_bits_4_group_64");
+    }
+
+    #[test]
+    fn fingerprints_follow_content_not_path_or_time() {
+        let dir = std::env::temp_dir().join(format!("qi-fingerprint-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bytes: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+        let (a, b, c) = (dir.join("a.bin"), dir.join("b.bin"), dir.join("c.bin"));
+        std::fs::write(&a, &bytes).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        std::fs::write(&b, &bytes).unwrap();
+        assert_eq!(file_fingerprint(&a).unwrap(), file_fingerprint(&b).unwrap());
+        let mut changed = bytes.clone();
+        changed[10] ^= 1;
+        std::fs::write(&c, &changed).unwrap();
+        assert_ne!(file_fingerprint(&a).unwrap(), file_fingerprint(&c).unwrap());
+        std::fs::write(&c, &bytes[..100]).unwrap();
+        assert!(file_fingerprint(&c).unwrap().starts_with("100:"));
+        std::fs::write(&c, b"").unwrap();
+        assert!(file_fingerprint(&c).unwrap().starts_with("0:"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
