@@ -207,7 +207,7 @@ fn lens_prompts(model: &HookedTransformer) -> Vec<logit_lens::LensPrompt> {
 fn logit_lens_layers_end_at_the_model_output() {
     let c = cmp();
     let prompts = lens_prompts(c.reference);
-    let o = |bs| logit_lens::LogitLensOptions { batch_size: bs, n_boot: 100, ..Default::default() };
+    let o = |bs| logit_lens::LogitLensOptions { batch_size: bs, n_boot: 100, by_category: false, ..Default::default() };
     let t = logit_lens::lens_on_prompts(&c, &prompts, &o(2)).unwrap();
     // 3 models × 2 layers × 3 metrics + 2 twins × 2 layers × 3 comparisons
     assert_eq!(t.len(), 3 * 2 * 3 + 2 * 2 * 3);
@@ -241,6 +241,20 @@ fn logit_lens_layers_end_at_the_model_output() {
     for m in ["kl_ref_quant", "target_rank"] {
         assert!(logit_lens::figure(&df, m).unwrap().to_json().contains("rtn:bits=4"));
     }
+    // per category: the `all` rows stay, each category's mean is over its own prompts
+    let mut split = prompts.clone();
+    for (i, p) in split.iter_mut().enumerate() {
+        p.category = (if i % 2 == 0 { "even" } else { "odd" }).into();
+    }
+    let tc = logit_lens::lens_on_prompts(&c, &split, &logit_lens::LogitLensOptions { by_category: true, ..o(2) }).unwrap();
+    assert_eq!(tc.len(), 3 * t.len());
+    let category = |r: &Row| r.labels.iter().find(|(k, _)| k == "category").map(|(_, v)| v.clone());
+    let even = tc.rows.iter().find(|r| r.spec == "none" && r.metric == "target_rank" && r.layer == Some(1) && category(r) == Some(qi::analysis::Label::Str("even".into()))).unwrap();
+    assert!((even.value - (ranks[0] + ranks[2] + ranks[4]) / 3.0).abs() < 1e-9 && even.n == Some(3), "{even:?} vs {ranks:?}");
+    let dfc = tc.to_frame().unwrap();
+    assert!(logit_lens::category_figure(&dfc, "kl_ref_quant").unwrap().to_json().contains("odd"));
+    // the by-layer figure keeps to all prompts: one point per layer per twin
+    assert_eq!(logit_lens::figure(&dfc, "kl_ref_quant").unwrap().to_json(), logit_lens::figure(&df.clone(), "kl_ref_quant").unwrap().to_json());
 }
 
 #[test]
@@ -252,6 +266,7 @@ fn logit_lens_bad_input_is_named() {
     p[1].target = 100_000;
     assert!(logit_lens::lens_on_prompts(&c, &p, &o).unwrap_err().to_string().contains("p1"));
     // the tiny model has no tokenizer, so the prompt-file path says so
+    // the underscore spelling finds logit-lens too
     let e = run_seeds(&find("logit_lens").unwrap(), &c, &json!({}), &[0]).unwrap_err().to_string();
     assert!(e.contains("tokenizer"), "{e}");
 }
@@ -260,7 +275,7 @@ fn logit_lens_bad_input_is_named() {
 fn logit_lens_prompt_file_on_smollm2() {
     let Some((m, t)) = smol() else { return };
     let c = Comparison::new("SmolLM2", m, t).unwrap();
-    let tab = run_seeds(&find("logit_lens").unwrap(), &c, &json!({"n_prompts": 4, "n_boot": 100}), &[0]).unwrap();
+    let tab = run_seeds(&find("logit-lens").unwrap(), &c, &json!({"n_prompts": 4, "n_boot": 100, "by_category": false}), &[0]).unwrap();
     assert_eq!(tab.len(), 2 * 30 * 3 + 30 * 3);
     // the bundled prompts are ones the reference gets right (README of the prompt file)
     let last = tab.rows.iter().find(|r| r.spec == "none" && r.metric == "target_rank" && r.layer == Some(29)).unwrap();
@@ -268,13 +283,13 @@ fn logit_lens_prompt_file_on_smollm2() {
     let dir = temp_dir("lens");
     let bad = dir.join("bad.jsonl");
     std::fs::write(&bad, "{\"prompt\": \"The year was\", \"target\": \" 19845\", \"category\": \"facts\"}\n").unwrap();
-    let e = run_seeds(&find("logit_lens").unwrap(), &c, &json!({"prompts": bad.to_str().unwrap()}), &[0]).unwrap_err().to_string();
+    let e = run_seeds(&find("logit-lens").unwrap(), &c, &json!({"prompts": bad.to_str().unwrap()}), &[0]).unwrap_err().to_string();
     assert!(e.contains("The year was") && e.contains("tokenizes to") && e.contains("19845"), "{e}");
     std::fs::write(&bad, "\n").unwrap();
-    let e = run_seeds(&find("logit_lens").unwrap(), &c, &json!({"prompts": bad.to_str().unwrap()}), &[0]).unwrap_err().to_string();
+    let e = run_seeds(&find("logit-lens").unwrap(), &c, &json!({"prompts": bad.to_str().unwrap()}), &[0]).unwrap_err().to_string();
     assert!(e.contains("empty"), "{e}");
     std::fs::write(&bad, "{\"prompt\": 3}\n").unwrap();
-    let e = run_seeds(&find("logit_lens").unwrap(), &c, &json!({"prompts": bad.to_str().unwrap()}), &[0]).unwrap_err().to_string();
+    let e = run_seeds(&find("logit-lens").unwrap(), &c, &json!({"prompts": bad.to_str().unwrap()}), &[0]).unwrap_err().to_string();
     assert!(e.contains("bad.jsonl:1"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -5,9 +5,11 @@
 //! and unembedding. Per model (reference and twins) and layer: probability and rank of the
 //! prompt's target token, and KL to the model's own final layer, KL(P_final ‖ P_layer). Per twin
 //! and layer: KL(P_ref ‖ P_quant) between the reference's and the twin's lens distributions, and
-//! top-1 / top-5 agreement of their top tokens. Means over prompts with a seeded bootstrap 95% CI.
-use super::plots::{lines, Labels};
-use super::tidy::filter_eq;
+//! top-1 / top-5 agreement of their top tokens. Means over prompts with a seeded bootstrap 95% CI,
+//! over all prompts (label `category` = `all`) and, with `by_category`, over each prompt category
+//! (facts, code and arithmetic may not break alike).
+use super::plots::{bars, lines, Labels};
+use super::tidy::{f64_values, filter_eq, filter_num_eq};
 use super::{Analysis, Comparison, Row, Tidy};
 use crate::batch::{Batch, Padding};
 use crate::hooks::names;
@@ -38,12 +40,14 @@ pub struct LogitLensOptions {
     pub prepend_bos: bool,
     pub batch_size: usize,
     pub n_boot: usize,
+    /// Also report every metric per prompt category.
+    pub by_category: bool,
     pub seed: u64,
 }
 
 impl Default for LogitLensOptions {
     fn default() -> Self {
-        LogitLensOptions { prompts: String::new(), n_prompts: 0, prepend_bos: true, batch_size: 8, n_boot: 1000, seed: 0 }
+        LogitLensOptions { prompts: String::new(), n_prompts: 0, prepend_bos: true, batch_size: 8, n_boot: 1000, by_category: true, seed: 0 }
     }
 }
 
@@ -92,7 +96,7 @@ pub fn parse_prompts(model: &HookedTransformer, jsonl: &str, source: &str, prepe
 pub struct LogitLens;
 
 impl Analysis for LogitLens {
-    const NAME: &'static str = "logit_lens";
+    const NAME: &'static str = "logit-lens";
     const ABOUT: &'static str = "per-layer logit lens: KL and top-k agreement reference vs twin, target probability/rank, KL to final layer";
     type Options = LogitLensOptions;
 
@@ -102,6 +106,7 @@ impl Analysis for LogitLens {
          prepend_bos: prepend the BOS token to each prompt\n\
          batch_size: prompts per forward pass\n\
          n_boot: bootstrap resamples for the 95% CI over prompts\n\
+         by_category: also report every metric per prompt category (label category; all = every prompt)\n\
          seed: seeds the subset and the bootstrap"
     }
 
@@ -188,10 +193,23 @@ pub fn lens_on_prompts(cmp: &Comparison, prompts: &[LensPrompt], opts: &LogitLen
             }
         }
     }
+    // prompt indices of `all`, then of each category in order of first appearance
+    let mut groups: Vec<(String, Vec<usize>)> = vec![("all".into(), (0..prompts.len()).collect())];
+    if opts.by_category {
+        for (i, p) in prompts.iter().enumerate() {
+            match groups[1..].iter_mut().find(|(c, _)| *c == p.category) {
+                Some((_, idx)) => idx.push(i),
+                None => groups.push((p.category.clone(), vec![i])),
+            }
+        }
+    }
     let mut out = Tidy::new(cmp.name.clone());
     let mut push = |spec, metric: &str, l: usize, v: &Vec<f64>| {
-        let (m, lo, hi) = bootstrap_mean_ci(v, opts.n_boot, 0.95, opts.seed);
-        out.push(Row::new(spec, metric, m).layer(l).ci(lo, hi).n(v.len()));
+        for (category, idx) in &groups {
+            let v: Vec<f64> = idx.iter().map(|&i| v[i]).collect();
+            let (m, lo, hi) = bootstrap_mean_ci(&v, opts.n_boot, 0.95, opts.seed);
+            out.push(Row::new(spec, metric, m).layer(l).label("category", category.as_str()).ci(lo, hi).n(v.len()));
+        }
     };
     for (mi, m) in models.iter().enumerate() {
         for l in 0..n_layers {
@@ -224,8 +242,27 @@ pub fn final_target_ranks(model: &HookedTransformer, prompts: &[LensPrompt]) -> 
         .map_err(|e: anyhow::Error| anyhow!("checking prompt targets: {e}"))
 }
 
-/// `metric` by layer, one line per method (95% CI bars). KL metrics: twins only.
+/// Rows over all prompts (tables saved before the `category` label have only those).
+fn all_prompts(df: &DataFrame) -> Result<DataFrame> {
+    if df.column("category").is_ok() {
+        filter_eq(df, "category", "all")
+    } else {
+        Ok(df.clone())
+    }
+}
+
+/// `metric` at the output layer per prompt category (bars, one per method; 95% CI).
+pub fn category_figure(df: &DataFrame, metric: &str) -> Result<Plot> {
+    let d = filter_eq(df, "metric", metric)?;
+    let last = f64_values(&d, "layer")?.into_iter().fold(0.0, f64::max);
+    let d = filter_num_eq(&d, "layer", last)?;
+    let title = format!("Logit lens at the output layer ({last}): {metric} by prompt category");
+    bars(&d, "category", "spec", &Labels::new(&title, "prompt category", metric))
+}
+
+/// `metric` by layer over all prompts, one line per method (95% CI bars). KL metrics: twins only.
 pub fn figure(df: &DataFrame, metric: &str) -> Result<Plot> {
+    let df = &all_prompts(df)?;
     let (title, y) = match metric {
         "kl_ref_quant" => ("Logit lens: KL(P_ref ‖ P_quant) by layer", "KL (nats)"),
         "kl_to_final" => ("Logit lens: KL(P_final ‖ P_layer) of each model to its own output", "KL (nats)"),

@@ -284,7 +284,9 @@ pub fn find(name: &str) -> Result<Entry> {
     let all = registry();
     let names: Vec<&str> = all.iter().map(|e| e.name).collect();
     let names = names.join(", ");
-    all.into_iter().find(|e| e.name == name).ok_or_else(|| QiError::invalid("analysis", name, format!("valid analyses: {names}")).into())
+    // `logit_lens` finds `logit-lens`: shells and TOML keys make either spelling natural
+    let wanted = name.replace('_', "-");
+    all.into_iter().find(|e| e.name == wanted).ok_or_else(|| QiError::invalid("analysis", name, format!("valid analyses: {names}")).into())
 }
 
 /// Runs `entry` once per seed (each overrides the options' `seed`) and concatenates the rows,

@@ -288,6 +288,12 @@ pub fn filter_eq(df: &DataFrame, col: &str, value: &str) -> Result<DataFrame> {
     Ok(df.filter(&mask)?)
 }
 
+/// Rows of `df` whose numeric column `col` (e.g. `layer`) equals `value`.
+pub fn filter_num_eq(df: &DataFrame, col: &str, value: f64) -> Result<DataFrame> {
+    let mask: BooleanChunked = f64_values(df, col)?.iter().map(|&v| Some(v == value)).collect();
+    Ok(df.filter(&mask)?)
+}
+
 /// The distinct values of string column `col`, in order of first appearance.
 pub fn distinct_str(df: &DataFrame, col: &str) -> Result<Vec<String>> {
     let c = df.column(col).map_err(|_| anyhow!("no column '{col}' (columns: {:?})", df.get_column_names()))?;
