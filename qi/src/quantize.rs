@@ -12,9 +12,10 @@
 //!   H = 2/n Σ x xᵀ is accumulated from its inputs, and with `true_sequential` the sub-layers are
 //!   quantized in order (qkv → o → up/gate → down) with inputs recomputed after each.
 //! - **AWQ** searches per-input-channel scales s = mean|x|^α (normalised) for each group of
-//!   linears sharing an input, α ∈ {0, 0.05, …, 0.95}, minimising the group's output error
-//!   ‖XWᵀ − XŴᵀ‖ on the first `awq_search_tokens` calibration tokens, then
-//!   quantizes W·diag(s) with grouped RTN. The scale is folded back into the weight
+//!   linears sharing an input, α ∈ {0, 0.05, …, 0.95}, minimising the block output error (the
+//!   block run with only that group quantized, against the full-precision block) on the first
+//!   calibration batches covering `awq_search_tokens` tokens, then quantizes W·diag(s) with
+//!   grouped RTN. The scale is folded back into the weight
 //!   (W_eff = Q(W·diag(s))·diag(s)⁻¹), which computes exactly what folding 1/s into the preceding
 //!   norm or linear computes, while keeping every hooked activation in the reference's basis.
 //! - **LLM.int8** finds outlier input features (|x| ≥ threshold on calibration activations) per
@@ -47,8 +48,9 @@ pub struct QuantizeOptions {
     /// LLM.int8 outlier search: windows and their length (C4, seed 0).
     pub int8_samples: usize,
     pub int8_seqlen: usize,
-    /// AWQ: calibration tokens used in the α grid search (the first ones; the channel statistics
-    /// mean|x| use all calibration tokens). Bounds the search cost on CPU.
+    /// AWQ: calibration tokens used in the α grid search (the first batches covering this many;
+    /// the channel statistics mean|x| use all calibration tokens). Bounds the search cost on CPU:
+    /// each α runs the block once on them.
     pub awq_search_tokens: usize,
     /// Explicit calibration token windows; when set they replace the spec's data source, sample
     /// count and length (e.g. for models without a tokenizer, or for tests).
@@ -433,6 +435,62 @@ fn outlier_columns(model: &HookedTransformer, windows: &[Vec<u32>], opts: &Quant
 /// AWQ α grid.
 const AWQ_GRID: usize = 20;
 
+/// The AWQ scale search of block `layer`, on calibration batches, their block inputs and the
+/// reference block's outputs.
+pub struct AwqSearch<'a> {
+    pub model: &'a HookedTransformer,
+    pub layer: usize,
+    pub batches: &'a [Batch],
+    pub inputs: &'a [Tensor],
+    pub outputs: &'a [Tensor],
+}
+
+impl AwqSearch<'_> {
+    /// For the linears `roles` of the block (sharing one input, whose mean |x| per channel is
+    /// `x_mean`): for each α of the grid, s = x_mean^α (normalised by √(max·min)) and the weights
+    /// `quantize(W·diag(s))·diag(s)⁻¹`; the error is the mean squared difference of the block's
+    /// output from the reference's, with only these linears replaced (the rest full precision, as
+    /// llm-awq searches each group on the full-precision block). α = 0 is plain `quantize`.
+    /// Returns the best α's weights (in `roles` order) and every α's error.
+    pub fn best_scales(&self, roles: &[&'static str], x_mean: &Tensor, quantize: &dyn Fn(&Tensor) -> Result<Tensor>) -> Result<(Vec<Tensor>, Vec<f64>)> {
+        let block = &self.model.blocks[self.layer];
+        let originals: Vec<Tensor> = roles.iter().map(|r| block.linears_labeled().into_iter().find(|(role, _)| role == r).map(|(_, lin)| lin.weight()).ok_or_else(|| anyhow::anyhow!("block {} has no linear '{r}'", self.layer))).collect::<Result<_>>()?;
+        let w_cat = Tensor::cat(&originals, 0)?;
+        let mut probe = self.model.clone();
+        let mut errors = Vec::with_capacity(AWQ_GRID);
+        let mut best: Option<(f64, Vec<Tensor>)> = None;
+        for step in 0..AWQ_GRID {
+            let alpha = step as f64 / AWQ_GRID as f64;
+            let s = x_mean.clamp(1e-4f32, f32::MAX)?.powf(alpha)?;
+            let norm = (s.max(0)?.to_scalar::<f32>()? as f64 * s.min(0)?.to_scalar::<f32>()? as f64).sqrt();
+            let sr = (s / norm)?.unsqueeze(0)?;
+            let wq = quantize(&w_cat.broadcast_mul(&sr)?)?.broadcast_div(&sr)?;
+            let mut parts = Vec::with_capacity(roles.len());
+            let mut row = 0;
+            for w in &originals {
+                let rows = w.dim(0)?;
+                parts.push(wq.narrow(0, row, rows)?);
+                row += rows;
+            }
+            for (role, lin) in probe.blocks[self.layer].linears_labeled_mut() {
+                if let Some(i) = roles.iter().position(|r| *r == role) {
+                    lin.set_weight(&parts[i])?;
+                }
+            }
+            let mut err = 0.0;
+            for ((b, x), y) in self.batches.iter().zip(self.inputs).zip(self.outputs) {
+                err += (probe.run_block(self.layer, x, b, None)? - y)?.sqr()?.mean_all()?.to_scalar::<f32>()? as f64;
+            }
+            let err = err / self.batches.len() as f64;
+            errors.push(err);
+            if best.as_ref().is_none_or(|(e, _)| err < *e) {
+                best = Some((err, parts));
+            }
+        }
+        Ok((best.expect("non-empty grid").1, errors))
+    }
+}
+
 fn awq_model(model: &HookedTransformer, q: &mut HookedTransformer, spec: &QuantSpec, a: &quant::AwqSpec, opts: &QuantizeOptions, state: &mut State) -> Result<()> {
     let batches = calibration_batches(model, a.data, a.samples, a.seqlen, a.seed, opts)?;
     state.calibration_tokens = batches.iter().map(|b| b.batch_size() * b.seq_len()).sum();
@@ -455,34 +513,20 @@ fn awq_model(model: &HookedTransformer, q: &mut HookedTransformer, spec: &QuantS
             xs.entry(name.to_string()).or_default().push(x.clone());
             Ok(())
         })?;
+        // the scale search runs on the first batches covering `awq_search_tokens` tokens
+        let mut n_search = 0;
+        let mut tokens = 0;
+        while n_search < batches.len() && (n_search == 0 || tokens < opts.awq_search_tokens) {
+            tokens += batches[n_search].batch_size() * batches[n_search].seq_len();
+            n_search += 1;
+        }
+        let search = AwqSearch { model, layer: l, batches: &batches[..n_search], inputs: &inputs[..n_search], outputs: &outputs[..n_search] };
         let mut new_weights: HashMap<&'static str, Tensor> = HashMap::new();
         for hook in &hooks {
-            let x = Tensor::cat(&xs[hook], 0)?;
-            let group: Vec<&(&'static str, Linear)> = labeled.iter().filter(|(r, _)| selected(opts, r) && &linear_input_hook(r, l) == hook).collect();
-            let x_mean = x.abs()?.mean(0)?;
-            let x = x.narrow(0, 0, x.dim(0)?.min(opts.awq_search_tokens.max(1)))?;
-            let w_cat = Tensor::cat(&group.iter().map(|(_, lin)| lin.weight()).collect::<Vec<_>>(), 0)?;
-            let reference = x.matmul(&w_cat.t()?)?;
-            let mut best: Option<(f64, Tensor)> = None;
-            for step in 0..AWQ_GRID {
-                let alpha = step as f64 / AWQ_GRID as f64;
-                let s = x_mean.clamp(1e-4f32, f32::MAX)?.powf(alpha)?;
-                let norm = (s.max(0)?.to_scalar::<f32>()? as f64 * s.min(0)?.to_scalar::<f32>()? as f64).sqrt();
-                let s = (s / norm)?;
-                let sr = s.unsqueeze(0)?;
-                let wq = rtn(&w_cat.broadcast_mul(&sr)?)?.broadcast_div(&sr)?;
-                let err = (x.matmul(&wq.t()?)? - &reference)?.sqr()?.mean_all()?.to_scalar::<f32>()? as f64;
-                if best.as_ref().is_none_or(|(e, _)| err < *e) {
-                    best = Some((err, wq));
-                }
-            }
-            let (_, wq) = best.expect("non-empty grid");
-            let mut row = 0;
-            for (role, lin) in &group {
-                let rows = lin.out_features();
-                new_weights.insert(role, wq.narrow(0, row, rows)?);
-                row += rows;
-            }
+            let x_mean = Tensor::cat(&xs[hook], 0)?.abs()?.mean(0)?;
+            let roles: Vec<&'static str> = labeled.iter().filter(|(r, _)| selected(opts, r) && &linear_input_hook(r, l) == hook).map(|(r, _)| *r).collect();
+            let (weights, _) = search.best_scales(&roles, &x_mean, &rtn)?;
+            new_weights.extend(roles.into_iter().zip(weights));
         }
         for (role, lin) in q.blocks[l].linears_labeled_mut() {
             if let Some(w) = new_weights.remove(role) {

@@ -130,3 +130,43 @@ fn quantized_models_round_trip_through_an_hf_directory() {
         assert!(qi::export::save_hf_dir(&q, &dir, None).is_err());
     }
 }
+
+#[test]
+fn awq_search_minimises_the_block_output_error_and_alpha_zero_is_rtn() {
+    use qi::quant::{rtn_quantize, Granularity};
+    use qi::quantize::AwqSearch;
+    let model = load_model(fixture("llama").to_str().unwrap()).unwrap();
+    let batches = vec![Batch::from_rows(&windows(4, 16, 7), qi::Padding::Right, 0).unwrap()];
+    let inputs = vec![model.embed_tokens(&batches[0]).unwrap()];
+    let outputs = vec![model.run_block(1, &model.run_block(0, &inputs[0], &batches[0], None).unwrap(), &batches[0], None).unwrap()];
+    let inputs = vec![model.run_block(0, &inputs[0], &batches[0], None).unwrap()];
+    let search = AwqSearch { model: &model, layer: 1, batches: &batches, inputs: &inputs, outputs: &outputs };
+    let cache = model.run_with_cache(&batches[0], qi::models::linear_input_hook("gate", 1)).unwrap().1;
+    let x = cache.get(&qi::models::linear_input_hook("gate", 1)).unwrap();
+    let x_mean = x.flatten_to(1).unwrap().abs().unwrap().mean(0).unwrap();
+    let rtn = |w: &candle_core::Tensor| -> anyhow::Result<candle_core::Tensor> { Ok(rtn_quantize(w, 3, Granularity::Group(32), false)?.weight) };
+    let (best, errors) = search.best_scales(&["gate", "up"], &x_mean, &rtn).unwrap();
+    assert_eq!((best.len(), errors.len()), (2, 20));
+    assert!(errors.iter().all(|e| e.is_finite() && *e > 0.0), "{errors:?}");
+    // α = 0 is plain RTN of the group, measured on the block output
+    let mut plain = model.clone();
+    for (role, lin) in plain.blocks[1].linears_labeled_mut() {
+        if role == "gate" || role == "up" {
+            let w = rtn(&lin.weight()).unwrap();
+            lin.set_weight(&w).unwrap();
+        }
+    }
+    let e0 = (plain.run_block(1, &inputs[0], &batches[0], None).unwrap() - &outputs[0]).unwrap().sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap() as f64;
+    assert!((errors[0] - e0).abs() <= 1e-6 * e0, "{} vs {e0}", errors[0]);
+    // the chosen scales do at least as well as RTN, and are the grid's minimum
+    let min = errors.iter().copied().fold(f64::INFINITY, f64::min);
+    assert!(min <= errors[0]);
+    let mut chosen = model.clone();
+    for (role, lin) in chosen.blocks[1].linears_labeled_mut() {
+        if let Some(i) = ["gate", "up"].iter().position(|r| *r == role) {
+            lin.set_weight(&best[i]).unwrap();
+        }
+    }
+    let e = (chosen.run_block(1, &inputs[0], &batches[0], None).unwrap() - &outputs[0]).unwrap().sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap() as f64;
+    assert!((e - min).abs() <= 1e-6 * min, "{e} vs {min}");
+}
