@@ -55,7 +55,7 @@ fn null(df: &qi::polars::prelude::DataFrame, spec: &str, metric: &str) -> f64 {
 fn trained_saes_compare_against_nulls_and_are_deterministic() {
     let (m, twins) = setup();
     let cmp = Comparison::new("llama", &m, &twins).unwrap();
-    let o = opts();
+    let o = SaeCompareOptions { seed_control: true, ..opts() };
     let t = SaeCompare::run(&cmp, &o).unwrap();
     assert_eq!(t.rows, SaeCompare::run(&cmp, &o).unwrap().rows, "same seed, same table");
     let df = t.to_frame().unwrap();
@@ -87,6 +87,13 @@ fn trained_saes_compare_against_nulls_and_are_deterministic() {
     assert!(p > 0.0 && p <= 1.0);
     let d = f64_values(&rows(&df, "rtn:bits=8", "best_match_cos_diff"), "value").unwrap()[0];
     assert!((d - (real(&df, "rtn:bits=8", "best_match_cos") - real(&df, "rtn:bits=2", "best_match_cos"))).abs() < 1e-9);
+    // same seed → the twins' SAEs keep the reference's feature order; another seed does not
+    assert!(real(&df, "rtn:bits=8", "same_index_share") > 0.5);
+    let seed_rows = filter_eq(&rows(&df, "none", "same_index_share"), "null", "seed").unwrap();
+    assert!(f64_values(&seed_rows, "value").unwrap()[0] < real(&df, "rtn:bits=8", "same_index_share"));
+    let seed_cos = f64_values(&filter_eq(&rows(&df, "none", "best_match_cos"), "null", "seed").unwrap(), "value").unwrap()[0];
+    // (barely trained tiny SAEs from another init are about as far apart as random matrices)
+    assert!(seed_cos > 0.0 && seed_cos < real(&df, "rtn:bits=8", "best_match_cos"), "{seed_cos}");
     sae_compare::similarity_figure(&df).unwrap();
     sae_compare::frequency_figure(&df).unwrap();
     // through the registry by its CLI name
@@ -112,6 +119,9 @@ fn saved_saes_per_spec_and_bad_input() {
     // the saved SAEs are the ones training here would produce (same options and seed)
     assert_eq!(from_disk.rows, SaeCompare::run(&cmp, &o).unwrap().rows);
 
+    // the seed control asked for but not saved
+    let no_control = SaeCompareOptions { seed_control: true, ..saved.clone() };
+    assert_eq!(invalid_what(&SaeCompare::run(&cmp, &no_control).unwrap_err()), "sae_dir");
     // a spec without a saved SAE
     let cmp2 = Comparison::new("llama", &m, &twins).unwrap();
     assert_eq!(invalid_what(&SaeCompare::run(&cmp2, &saved).unwrap_err()), "sae_dir");

@@ -28,6 +28,13 @@
 //!   `[n_tokens, d_hidden]`); `null_draws` draws → value = their mean, CI = their central 95%
 //!   interval. The nulls depend only on the reference and the shapes, so they are computed once
 //!   and repeated for every twin (for plotting beside it). Real rows have `null` = `none`.
+//! - `same_index_share`: share of reference features whose best twin match has the same index.
+//!   SAEs trained with the same seed start from the same decoder, so a high value says the match
+//!   is inherited from the shared initialisation rather than found twice independently.
+//! - Seed control (`seed_control`), spec `none` with `null` = `seed`: the same statistics between
+//!   the reference SAE and a second reference SAE trained on the *same* reference activations
+//!   from another seed (`seed + 2`; loaded from `sae_dir/seed_control/` when `sae_dir` is set):
+//!   how similar two dictionaries are when nothing but the initialisation differs.
 //! - `best_match_cos_diff` (label `versus` = another twin): mean over reference features of this
 //!   twin's best-match |cos| minus the other's (bootstrap CI), and `best_match_cos_perm_p`: the
 //!   two-sided paired sign-flip permutation p-value of that difference (`n_perm` flips). One pair
@@ -64,6 +71,8 @@ pub struct SaeCompareOptions {
     pub null_draws: usize,
     pub n_boot: usize,
     pub n_perm: usize,
+    /// Also compare with a reference SAE trained from another seed (see the module docs).
+    pub seed_control: bool,
     /// Training when `sae_dir` is empty (every model: same options, same seed `seed + 1`).
     pub variant: Variant,
     pub expansion: usize,
@@ -90,6 +99,7 @@ impl Default for SaeCompareOptions {
             null_draws: 5,
             n_boot: 1000,
             n_perm: 1000,
+            seed_control: false,
             variant: Variant::Topk,
             expansion: 8,
             k: 32,
@@ -144,17 +154,23 @@ pub fn sae_path(sae_dir: &Path, spec: &QuantSpec) -> PathBuf {
     sae_dir.join(crate::twin_cache::slug(&spec.to_string()))
 }
 
+/// The directory of the seed-control SAE under `sae_dir`.
+pub const SEED_CONTROL_DIR: &str = "seed_control";
+
 fn load_sae(sae_dir: &Path, spec: &QuantSpec) -> Result<Sae> {
-    let dir = sae_path(sae_dir, spec);
+    load_from(sae_dir, &sae_path(sae_dir, spec), &format!("'{spec}'"), &format!("--quant '{spec}'"))
+}
+
+fn load_from(sae_dir: &Path, dir: &Path, what: &str, how: &str) -> Result<Sae> {
     if !dir.join("config.json").is_file() {
         return Err(QiError::invalid(
             "sae_dir",
             sae_dir.display(),
-            format!("no SAE for '{spec}' at {} (train it with `qi sae train --model … --quant '{spec}' --out {}`)", dir.display(), dir.display()),
+            format!("no SAE for {what} at {} (train it with `qi sae train --model … {how} --out {}`)", dir.display(), dir.display()),
         )
         .into());
     }
-    Sae::load(&dir)
+    Sae::load(dir)
 }
 
 /// A seeded standard-normal matrix.
@@ -177,13 +193,25 @@ fn matched_rows(b: &Tensor, a_to_b: &[usize]) -> Result<Tensor> {
     Ok(b.index_select(&Tensor::from_vec(idx, a_to_b.len(), b.device())?, 0)?)
 }
 
-/// Per-twin decoder statistics against the reference decoder `a`: (best-match |cos| per
-/// reference feature, mutual-nearest flags, Procrustes residual).
-fn decoder_stats(a: &Tensor, b: &Tensor) -> Result<(Vec<f64>, Vec<f64>, f64)> {
+/// Decoder statistics of `b` against the reference decoder `a`, per reference feature where
+/// possible.
+struct DecoderStats {
+    /// Best-match |cos|.
+    cos: Vec<f64>,
+    /// 1 for mutual nearest neighbours, else 0.
+    mnn: Vec<f64>,
+    /// 1 if the best match has the same index, else 0.
+    same_index: Vec<f64>,
+    procrustes: f64,
+}
+
+fn decoder_stats(a: &Tensor, b: &Tensor) -> Result<DecoderStats> {
     let m = best_matches(a, b)?;
-    let mnn = mutual_nearest(&m.a_to_b, &m.b_to_a).into_iter().map(|x| if x { 1.0 } else { 0.0 }).collect();
-    let res = procrustes_residual(a, &matched_rows(b, &m.a_to_b)?)?;
-    Ok((m.cos, mnn, res))
+    let flag = |x: bool| if x { 1.0 } else { 0.0 };
+    let mnn = mutual_nearest(&m.a_to_b, &m.b_to_a).into_iter().map(flag).collect();
+    let same_index = m.a_to_b.iter().enumerate().map(|(i, &j)| flag(i == j)).collect();
+    let procrustes = procrustes_residual(a, &matched_rows(b, &m.a_to_b)?)?;
+    Ok(DecoderStats { cos: m.cos, mnn, same_index, procrustes })
 }
 
 fn share_at_least(x: &[f64], t: f64) -> Vec<f64> {
@@ -212,6 +240,7 @@ impl Analysis for SaeCompare {
          null_draws: random Gaussian matrices per null statistic\n\
          n_boot: bootstrap resamples (over features)\n\
          n_perm: sign flips of the paired permutation test between twins\n\
+         seed_control: also compare with a reference SAE from another seed (trained, or sae_dir/seed_control/)\n\
          variant, expansion, k, l1, train_steps, train_batch, train_windows: SAE training when sae_dir is empty\n\
          seed: evaluation windows (training uses seed + 1), nulls, bootstrap and permutations"
     }
@@ -236,6 +265,7 @@ impl Analysis for SaeCompare {
         sae::check_hook(reference, &hook)?;
         let rows = super::text_windows(reference, &o.source, o.n_seqs, o.seq_len, o.seed)?;
         let mut sides: Vec<Side> = Vec::with_capacity(models.len());
+        let mut ref_x: Option<Tensor> = None;
         let mut t = Tidy::new(cmp.name.clone());
         for ((spec, model), saved) in models.iter().zip(saes.iter_mut()) {
             let sae = match saved.take() {
@@ -259,8 +289,12 @@ impl Analysis for SaeCompare {
                 t.push(Row::new(spec, "feature_share", share).label("class", *class).n(sae.cfg.d_hidden));
             }
             sides.push(Side { sae, features });
+            if ref_x.is_none() {
+                ref_x = Some(x);
+            }
         }
         let (ref_side, twin_sides) = sides.split_first().expect("the reference is first");
+        let ref_x = ref_x.expect("the reference is first");
         let a = ref_side.sae.decoder();
         let n_feat = a.dim(0)?;
 
@@ -272,11 +306,11 @@ impl Analysis for SaeCompare {
             let (mut cos, mut share, mut mnn, mut res, mut cka) = (vec![], vec![], vec![], vec![], vec![]);
             for draw in 0..o.null_draws as u64 {
                 let g = gaussian(h, d, o.seed ^ 0x5AE_C0DE ^ (draw << 32))?;
-                let (c, m, r) = decoder_stats(&a, &g)?;
-                share.push(mean(&share_at_least(&c, o.match_threshold)));
-                cos.push(mean(&c));
-                mnn.push(mean(&m));
-                res.push(r);
+                let st = decoder_stats(&a, &g)?;
+                share.push(mean(&share_at_least(&st.cos, o.match_threshold)));
+                cos.push(mean(&st.cos));
+                mnn.push(mean(&st.mnn));
+                res.push(st.procrustes);
                 let gf = gaussian(n_tok, first.features.dim(1)?, o.seed ^ 0xC4A ^ (draw << 32))?;
                 cka.push(linear_cka(&ref_side.features, &gf)?);
             }
@@ -285,22 +319,37 @@ impl Analysis for SaeCompare {
             }
         }
 
+        // rows of one comparison with the reference SAE (a twin's SAE, or the seed control)
+        let emit = |t: &mut Tidy, spec: &QuantSpec, null: &str, other: &Side, seed: u64| -> Result<Vec<f64>> {
+            let st = decoder_stats(&a, &other.sae.decoder())?;
+            let boot = |x: &[f64], s: u64| bootstrap_mean_ci(x, o.n_boot, 0.95, s);
+            let share = share_at_least(&st.cos, o.match_threshold);
+            for (k, (metric, x)) in [("best_match_cos", &st.cos), ("best_match_share", &share), ("mnn_share", &st.mnn), ("same_index_share", &st.same_index)].into_iter().enumerate() {
+                let (m, lo, hi) = boot(x, seed.wrapping_add(k as u64));
+                t.push(Row::new(spec, metric, m).ci(lo, hi).n(n_feat).label("null", null));
+            }
+            t.push(Row::new(spec, "procrustes_residual", st.procrustes).n(n_feat).label("null", null));
+            let n_tok = other.features.dim(0)?;
+            t.push(Row::new(spec, "cka", linear_cka(&ref_side.features, &other.features)?).n(n_tok).label("null", null));
+            Ok(st.cos)
+        };
         let mut per_twin_cos: Vec<Vec<f64>> = Vec::new();
         for (i, (tw, side)) in cmp.twins.iter().zip(twin_sides).enumerate() {
-            let (cos, mnn, res) = decoder_stats(&a, &side.sae.decoder())?;
-            let seed = o.seed.wrapping_add(1000 * (i as u64 + 1));
-            let boot = |x: &[f64], s: u64| bootstrap_mean_ci(x, o.n_boot, 0.95, s);
-            let n_tok = side.features.dim(0)?;
-            for (metric, x, s) in [("best_match_cos", cos.clone(), seed), ("best_match_share", share_at_least(&cos, o.match_threshold), seed.wrapping_add(1)), ("mnn_share", mnn, seed.wrapping_add(2))] {
-                let (m, lo, hi) = boot(&x, s);
-                t.push(Row::new(tw.spec, metric, m).ci(lo, hi).n(n_feat).label("null", "none"));
-            }
-            t.push(Row::new(tw.spec, "procrustes_residual", res).n(n_feat).label("null", "none"));
-            t.push(Row::new(tw.spec, "cka", linear_cka(&ref_side.features, &side.features)?).n(n_tok).label("null", "none"));
+            per_twin_cos.push(emit(&mut t, tw.spec, "none", side, o.seed.wrapping_add(1000 * (i as u64 + 1)))?);
             for (metric, (m, lo, hi), n) in &null_rows {
                 t.push(Row::new(tw.spec, metric, *m).ci(*lo, *hi).n(*n).label("null", "random"));
             }
-            per_twin_cos.push(cos);
+        }
+        if o.seed_control {
+            let sae = match &sae_dir {
+                Some(d) => load_from(d, &d.join(SEED_CONTROL_DIR), "the seed control", "--set seed=<another seed>")?,
+                None => sae::train_on_model(reference, &TrainOptions { seed: o.seed.wrapping_add(2), ..o.train_options(&hook) })?.0,
+            };
+            if sae.cfg.d_in != ref_x.dim(1)? || sae.cfg.hook != hook {
+                return Err(QiError::invalid("seed-control SAE", &sae.cfg.hook, format!("expected an SAE on '{hook}' of width {}", ref_x.dim(1)?)).into());
+            }
+            let features = sae.encode(&ref_x)?;
+            emit(&mut t, &super::REFERENCE, "seed", &Side { sae, features }, o.seed.wrapping_add(999))?;
         }
         // paired differences between twins on the same reference features
         for i in 0..cmp.twins.len() {
@@ -331,11 +380,20 @@ pub fn similarity_figure(df: &polars::prelude::DataFrame) -> Result<plotly::Plot
         d.vstack_mut(p)?;
     }
     // one series per twin, and one for the null (identical for every twin: keep the first's)
-    let first = super::tidy::str_values(&d, "spec")?.first().cloned().unwrap_or_default();
+    let first = super::tidy::str_values(&super::tidy::filter_eq(&d, "null", "random")?, "spec")?.first().cloned().unwrap_or_default();
     let mut d2 = super::tidy::filter_eq(&d, "null", "none")?;
+    d2.vstack_mut(&super::tidy::filter_eq(&d, "null", "seed")?)?;
     d2.vstack_mut(&super::tidy::filter_eq(&super::tidy::filter_eq(&d, "null", "random")?, "spec", &first)?)?;
     let (spec, null) = (super::tidy::str_values(&d2, "spec")?, super::tidy::str_values(&d2, "null")?);
-    let series: Vec<String> = spec.iter().zip(&null).map(|(s, n)| if n == "random" { "random null".to_string() } else { s.clone() }).collect();
+    let series: Vec<String> = spec
+        .iter()
+        .zip(&null)
+        .map(|(s, n)| match n.as_str() {
+            "random" => "random null".to_string(),
+            "seed" => "reference, other seed".to_string(),
+            _ => s.clone(),
+        })
+        .collect();
     d2.with_column(Column::new("series".into(), series))?;
     let d = d2;
     super::plots::bars(&d, "metric", "series", &super::plots::Labels::new("SAEs trained on quantized activations vs the reference SAE", "statistic", "value (higher = more similar)"))
