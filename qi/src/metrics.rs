@@ -579,6 +579,41 @@ fn linear_cka_form(x: &Tensor, y: &Tensor, token_gram: bool) -> Result<f64> {
     Ok(if den > 0.0 { num / den } else { f64::NAN })
 }
 
+/// Debiased linear CKA: linear CKA with the unbiased HSIC estimator of Song et al. (2012) in
+/// place of the biased one (as in Nguyen et al. 2021), on token Gram matrices `K = X Xᵀ`,
+/// `L = Y Yᵀ` with zeroed diagonals `K̃`, `L̃`:
+/// `HSIC₁(K, L) = [tr(K̃ L̃) + (1ᵀK̃1)(1ᵀL̃1)/((n−1)(n−2)) − 2/(n−2) · 1ᵀK̃L̃1] / (n(n−3))`,
+/// `CKA = HSIC₁(K, L) / √(HSIC₁(K, K) HSIC₁(L, L))`. Plain linear CKA of unrelated random
+/// matrices tends to 1 when the width exceeds the number of tokens; this one stays near 0 (and
+/// can be slightly negative). Needs at least 4 tokens; computed in f64; NaN without variance.
+pub fn debiased_linear_cka(x: &Tensor, y: &Tensor) -> Result<f64> {
+    let n = x.dim(0)?;
+    if y.dim(0)? != n {
+        bail!("debiased_linear_cka: {n} tokens in x but {} in y", y.dim(0)?);
+    }
+    if n < 4 {
+        bail!("debiased_linear_cka: needs at least 4 tokens, got {n}");
+    }
+    let off_diagonal_gram = |t: &Tensor| -> Result<Tensor> {
+        // centring first changes nothing in exact arithmetic and keeps the sums small
+        let t = t.to_dtype(DType::F64)?;
+        let t = t.broadcast_sub(&t.mean_keepdim(0)?)?;
+        let k = t.matmul(&t.t()?)?;
+        let eye = Tensor::eye(n, DType::F64, t.device())?;
+        Ok((k * (1.0 - eye)?)?)
+    };
+    let hsic = |k: &Tensor, l: &Tensor| -> Result<f64> {
+        let nf = n as f64;
+        let tr = (k * l)?.sum_all()?.to_scalar::<f64>()?;
+        let (sk, sl) = (k.sum_all()?.to_scalar::<f64>()?, l.sum_all()?.to_scalar::<f64>()?);
+        let kl = (k.sum(1)? * l.sum(1)?)?.sum_all()?.to_scalar::<f64>()?;
+        Ok((tr + sk * sl / ((nf - 1.0) * (nf - 2.0)) - 2.0 / (nf - 2.0) * kl) / (nf * (nf - 3.0)))
+    };
+    let (k, l) = (off_diagonal_gram(x)?, off_diagonal_gram(y)?);
+    let den = (hsic(&k, &k)? * hsic(&l, &l)?).sqrt();
+    Ok(if den > 0.0 { hsic(&k, &l)? / den } else { f64::NAN })
+}
+
 /// Shares of features that are dead (fire on no token), rare (`0 < f < rare`), common
 /// (`rare ≤ f < frequent`) and frequent (`f ≥ frequent`), from firing frequencies `f`.
 pub fn firing_classes(freq: &[f64], rare: f64, frequent: f64) -> [f64; 4] {
@@ -903,6 +938,25 @@ mod tests {
         assert!((linear_cka(&x, &y).unwrap() - std::f64::consts::FRAC_1_SQRT_2).abs() < 1e-6);
         let c = Tensor::new(&[[1f32], [1.], [1.], [1.]], &dev).unwrap();
         assert!(linear_cka(&x, &c).unwrap().is_nan());
+    }
+
+    #[test]
+    fn debiased_cka_hand_case() {
+        let dev = candle_core::Device::Cpu;
+        // by hand (exact fractions): HSIC₁(K, L) = −26/15, HSIC₁(K, K) = 8, HSIC₁(L, L) = 7/6
+        let x = Tensor::new(&[[1f32, 0.], [2., 1.], [3., 0.], [5., 2.], [0., 1.]], &dev).unwrap();
+        let y = Tensor::new(&[[1f32], [0.], [1.], [3.], [2.]], &dev).unwrap();
+        let want = (-26.0 / 15.0) / (8.0f64 * 7.0 / 6.0).sqrt();
+        assert!((debiased_linear_cka(&x, &y).unwrap() - want).abs() < 1e-9);
+        // 1 with an affine copy of itself; too few tokens is an error
+        assert!((debiased_linear_cka(&x, &((&x * 3.0).unwrap() + 1.0).unwrap()).unwrap() - 1.0).abs() < 1e-9);
+        assert!(debiased_linear_cka(&x.narrow(0, 0, 3).unwrap(), &y.narrow(0, 0, 3).unwrap()).is_err());
+        // unrelated wide random matrices: plain CKA is large, the debiased one near 0
+        let mut rng = Rng::new(5);
+        let mut g = |r: usize, c: usize| Tensor::from_vec((0..r * c).map(|_| rng.normal() as f32).collect::<Vec<_>>(), (r, c), &dev).unwrap();
+        let (a, b) = (g(20, 400), g(20, 400));
+        assert!(linear_cka(&a, &b).unwrap() > 0.8);
+        assert!(debiased_linear_cka(&a, &b).unwrap().abs() < 0.2);
     }
 
     #[test]

@@ -66,7 +66,7 @@ fn trained_saes_compare_against_nulls_and_are_deterministic() {
         assert!(f64_values(&rows(&df, spec, "sae_l0"), "value").unwrap()[0] <= 8.0 + 1e-9);
     }
     for spec in ["rtn:bits=8", "rtn:bits=2"] {
-        for metric in ["best_match_cos", "best_match_share", "mnn_share", "cka"] {
+        for metric in ["best_match_cos", "best_match_share", "mnn_share", "same_index_share", "cka"] {
             let v = real(&df, spec, metric);
             assert!((0.0..=1.0 + 1e-6).contains(&v), "{spec} {metric} {v}");
         }
@@ -76,6 +76,8 @@ fn trained_saes_compare_against_nulls_and_are_deterministic() {
     // dictionaries should be far closer than random ones
     assert!(real(&df, "rtn:bits=8", "best_match_cos") > null(&df, "rtn:bits=8", "best_match_cos") + 0.2);
     assert!(real(&df, "rtn:bits=8", "cka") > null(&df, "rtn:bits=8", "cka"));
+    assert!(real(&df, "rtn:bits=8", "cka_debiased") > null(&df, "rtn:bits=8", "cka_debiased") + 0.2);
+    assert!(null(&df, "rtn:bits=8", "cka_debiased").abs() < 0.2);
     assert!(real(&df, "rtn:bits=8", "procrustes_residual") < null(&df, "rtn:bits=8", "procrustes_residual"));
     assert!(real(&df, "rtn:bits=8", "best_match_cos") >= real(&df, "rtn:bits=2", "best_match_cos"));
     // the nulls are the same for every twin

@@ -22,7 +22,9 @@
 //!   trained SAEs have no shared feature order; a sign flip is not undone). Lower = the twin's
 //!   dictionary is a rotation of the reference one.
 //! - `cka`: linear CKA between the reference SAE's feature activations and the twin SAE's on the
-//!   same evaluation tokens.
+//!   same evaluation tokens; `cka_debiased`: the same with the unbiased HSIC estimator (plain
+//!   linear CKA of unrelated matrices approaches 1 when the SAE width exceeds the number of
+//!   tokens — the random null shows it — the debiased one stays near 0).
 //! - Nulls, with label `null` = `random`: the same statistic with the twin side replaced by a
 //!   seeded random Gaussian matrix of the same shape (decoder `[d_hidden, d_in]`, activations
 //!   `[n_tokens, d_hidden]`); `null_draws` draws → value = their mean, CI = their central 95%
@@ -40,7 +42,7 @@
 //!   two-sided paired sign-flip permutation p-value of that difference (`n_perm` flips). One pair
 //!   per unordered pair of twins, in the order given.
 use super::{Analysis, Comparison, Row, Tidy};
-use crate::metrics::{best_matches, bootstrap_mean_ci, firing_classes, linear_cka, mean, mean_and_interval, mutual_nearest, paired_permutation_p, procrustes_residual};
+use crate::metrics::{best_matches, bootstrap_mean_ci, debiased_linear_cka, firing_classes, linear_cka, mean, mean_and_interval, mutual_nearest, paired_permutation_p, procrustes_residual};
 use crate::quant::QuantSpec;
 use crate::rng::Rng;
 use crate::sae::{self, Sae, TrainOptions, Variant};
@@ -303,7 +305,7 @@ impl Analysis for SaeCompare {
         if let Some(first) = twin_sides.first() {
             let (h, d) = first.sae.decoder().dims2()?;
             let n_tok = first.features.dim(0)?;
-            let (mut cos, mut share, mut mnn, mut res, mut cka) = (vec![], vec![], vec![], vec![], vec![]);
+            let (mut cos, mut share, mut mnn, mut res, mut cka, mut dcka) = (vec![], vec![], vec![], vec![], vec![], vec![]);
             for draw in 0..o.null_draws as u64 {
                 let g = gaussian(h, d, o.seed ^ 0x5AE_C0DE ^ (draw << 32))?;
                 let st = decoder_stats(&a, &g)?;
@@ -313,8 +315,9 @@ impl Analysis for SaeCompare {
                 res.push(st.procrustes);
                 let gf = gaussian(n_tok, first.features.dim(1)?, o.seed ^ 0xC4A ^ (draw << 32))?;
                 cka.push(linear_cka(&ref_side.features, &gf)?);
+                dcka.push(debiased_linear_cka(&ref_side.features, &gf)?);
             }
-            for (metric, v, n) in [("best_match_cos", &cos, n_feat), ("best_match_share", &share, n_feat), ("mnn_share", &mnn, n_feat), ("procrustes_residual", &res, n_feat), ("cka", &cka, n_tok)] {
+            for (metric, v, n) in [("best_match_cos", &cos, n_feat), ("best_match_share", &share, n_feat), ("mnn_share", &mnn, n_feat), ("procrustes_residual", &res, n_feat), ("cka", &cka, n_tok), ("cka_debiased", &dcka, n_tok)] {
                 null_rows.push((metric, mean_and_interval(v, 0.95), n));
             }
         }
@@ -331,6 +334,7 @@ impl Analysis for SaeCompare {
             t.push(Row::new(spec, "procrustes_residual", st.procrustes).n(n_feat).label("null", null));
             let n_tok = other.features.dim(0)?;
             t.push(Row::new(spec, "cka", linear_cka(&ref_side.features, &other.features)?).n(n_tok).label("null", null));
+            t.push(Row::new(spec, "cka_debiased", debiased_linear_cka(&ref_side.features, &other.features)?).n(n_tok).label("null", null));
             Ok(st.cos)
         };
         let mut per_twin_cos: Vec<Vec<f64>> = Vec::new();
@@ -372,7 +376,7 @@ impl Analysis for SaeCompare {
 pub fn similarity_figure(df: &polars::prelude::DataFrame) -> Result<plotly::Plot> {
     use polars::prelude::Column;
     let mut parts = Vec::new();
-    for metric in ["best_match_cos", "best_match_share", "mnn_share", "cka"] {
+    for metric in ["best_match_cos", "best_match_share", "mnn_share", "cka", "cka_debiased"] {
         parts.push(super::tidy::filter_eq(df, "metric", metric)?);
     }
     let mut d = parts[0].clone();
