@@ -20,7 +20,8 @@
 //!   with A = the reference decoder and B = for each reference feature its best-matching twin
 //!   decoder row (rows put in correspondence by the best-match assignment, because two separately
 //!   trained SAEs have no shared feature order; a sign flip is not undone). Lower = the twin's
-//!   dictionary is a rotation of the reference one.
+//!   dictionary is a rotation of the reference one; it can exceed 1 (worse than B = 0) when the
+//!   matched rows point in unrelated directions.
 //! - `cka`: linear CKA between the reference SAE's feature activations and the twin SAE's on the
 //!   same evaluation tokens; `cka_debiased`: the same with the unbiased HSIC estimator (plain
 //!   linear CKA of unrelated matrices approaches 1 when the SAE width exceeds the number of
@@ -28,8 +29,10 @@
 //! - Nulls, with label `null` = `random`: the same statistic with the twin side replaced by a
 //!   seeded random Gaussian matrix of the same shape (decoder `[d_hidden, d_in]`, activations
 //!   `[n_tokens, d_hidden]`); `null_draws` draws → value = their mean, CI = their central 95%
-//!   interval. The nulls depend only on the reference and the shapes, so they are computed once
-//!   and repeated for every twin (for plotting beside it). Real rows have `null` = `none`.
+//!   interval. The nulls depend only on the reference and the shapes (those of the first twin's
+//!   SAE), so they are computed once and repeated for every twin (for plotting beside it). Real
+//!   rows have `null` = `none`. No CI over tokens for CKA (each resample would redo the
+//!   `n × n` Gram products).
 //! - `same_index_share`: share of reference features whose best twin match has the same index.
 //!   SAEs trained with the same seed start from the same decoder, so a high value says the match
 //!   is inherited from the shared initialisation rather than found twice independently.
