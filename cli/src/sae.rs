@@ -16,6 +16,10 @@ pub struct TrainArgs {
     /// Model: Hub id, HF directory, .safetensors or .gguf file.
     #[arg(long)]
     pub model: String,
+    /// Train on this quantized twin of the model instead (a QuantSpec, e.g. rtn:bits=4; from the
+    /// twin cache, QI_CACHE).
+    #[arg(long)]
+    pub quant: Option<String>,
     /// Hook name (default blocks.{n_layers/2}.hook_resid_post).
     #[arg(long)]
     pub hook: Option<String>,
@@ -55,7 +59,16 @@ pub fn run(cmd: SaeCommand) -> Result<()> {
     }
     let opts: TrainOptions = qi::analysis::options_from_json("sae train", &json)?;
     opts.validate()?;
+    let spec: Option<qi::quant::QuantSpec> = a.quant.as_deref().map(|q| q.parse().map_err(|e| anyhow::anyhow!("--quant '{q}': {e}"))).transpose()?;
     let model = qi::load_model(&a.model)?;
+    let model = match spec {
+        None => model,
+        Some(spec) => {
+            let root = qi::twin_cache::cache_root();
+            let mut twins = qi::twin_cache::twins(&model, &[spec], &qi::quantize::QuantizeOptions::default(), Some(&root))?;
+            twins.pop().expect("one twin per spec").1
+        }
+    };
     let hook = opts.hook_for(&model)?;
     let (s, log) = sae::train_on_model(&model, &opts)?;
     s.save(&a.out, Some(&opts))?;

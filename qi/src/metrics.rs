@@ -414,6 +414,260 @@ pub fn recovery_fraction(reference: f64, quant: f64, patched: f64) -> f64 {
     (patched - quant) / damage
 }
 
+/// Best matches between the rows of `a` `[m, d]` and `b` `[n, d]` by absolute cosine (a feature
+/// direction and its negation count as the same direction up to sign).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BestMatch {
+    /// Per row of `a`: max over rows of `b` of |cos|.
+    pub cos: Vec<f64>,
+    /// Per row of `a`: the index of that best row of `b`.
+    pub a_to_b: Vec<usize>,
+    /// Per row of `b`: the index of its best row of `a`.
+    pub b_to_a: Vec<usize>,
+}
+
+/// [`BestMatch`] of the rows of `a` and `b` (one `[m, n]` cosine matrix in f32).
+pub fn best_matches(a: &Tensor, b: &Tensor) -> Result<BestMatch> {
+    let unit = |x: &Tensor| -> Result<Tensor> {
+        let x = x.to_dtype(candle_core::DType::F32)?;
+        let n = x.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f32::MAX)?;
+        Ok(x.broadcast_div(&n)?)
+    };
+    let cos = unit(a)?.matmul(&unit(b)?.t()?)?.abs()?;
+    let best: Vec<f32> = cos.max(1)?.to_vec1()?;
+    let a_to_b: Vec<u32> = cos.argmax(1)?.to_vec1()?;
+    let b_to_a: Vec<u32> = cos.argmax(0)?.to_vec1()?;
+    Ok(BestMatch { cos: best.into_iter().map(f64::from).collect(), a_to_b: a_to_b.into_iter().map(|i| i as usize).collect(), b_to_a: b_to_a.into_iter().map(|i| i as usize).collect() })
+}
+
+/// Per row of `a`: whether it is a mutual nearest neighbour (its best match's best match is
+/// itself). Its mean is the mutual-nearest-neighbour share.
+pub fn mutual_nearest(a_to_b: &[usize], b_to_a: &[usize]) -> Vec<bool> {
+    a_to_b.iter().enumerate().map(|(i, &j)| b_to_a.get(j) == Some(&i)).collect()
+}
+
+/// Singular value decomposition `m = U diag(s) Vᵀ` of a square matrix (rows of `m`) by one-sided
+/// Jacobi rotations in f64 (candle has no SVD). Returns `(U, s, V)` as row-major matrices;
+/// singular values are not sorted. Columns of `U` for zero singular values are completed to an
+/// orthonormal basis, so `U` is always orthogonal.
+pub fn jacobi_svd(m: &[Vec<f64>]) -> Result<(Vec<Vec<f64>>, Vec<f64>, Vec<Vec<f64>>)> {
+    let n = m.len();
+    if m.iter().any(|r| r.len() != n) {
+        anyhow::bail!("jacobi_svd: expected a square matrix, got {n} rows of lengths {:?}", m.iter().map(|r| r.len()).collect::<Vec<_>>());
+    }
+    // work on columns: u[j] is column j of the rotated m, v[j] column j of V
+    let mut u: Vec<Vec<f64>> = (0..n).map(|j| (0..n).map(|i| m[i][j]).collect()).collect();
+    let mut v: Vec<Vec<f64>> = (0..n).map(|j| (0..n).map(|i| if i == j { 1.0 } else { 0.0 }).collect()).collect();
+    let dot = |x: &[f64], y: &[f64]| x.iter().zip(y).map(|(a, b)| a * b).sum::<f64>();
+    let rotate = |cols: &mut [Vec<f64>], p: usize, q: usize, c: f64, s: f64| {
+        let (lo, hi) = cols.split_at_mut(q);
+        for (x, y) in lo[p].iter_mut().zip(hi[0].iter_mut()) {
+            let (a, b) = (*x, *y);
+            *x = c * a - s * b;
+            *y = s * a + c * b;
+        }
+    };
+    for _sweep in 0..60 {
+        let mut off = 0usize;
+        for p in 0..n {
+            for q in p + 1..n {
+                let (alpha, beta, gamma) = (dot(&u[p], &u[p]), dot(&u[q], &u[q]), dot(&u[p], &u[q]));
+                if gamma == 0.0 || gamma.abs() <= 1e-12 * (alpha * beta).sqrt() {
+                    continue;
+                }
+                off += 1;
+                let zeta = (beta - alpha) / (2.0 * gamma);
+                let t = zeta.signum() / (zeta.abs() + (1.0 + zeta * zeta).sqrt());
+                let t = if zeta == 0.0 { 1.0 } else { t };
+                let c = 1.0 / (1.0 + t * t).sqrt();
+                let s = c * t;
+                rotate(&mut u, p, q, c, s);
+                rotate(&mut v, p, q, c, s);
+            }
+        }
+        if off == 0 {
+            break;
+        }
+    }
+    let s: Vec<f64> = u.iter().map(|c| dot(c, c).sqrt()).collect();
+    let scale = s.iter().cloned().fold(0.0, f64::max).max(1e-300);
+    let mut ucols: Vec<Vec<f64>> = Vec::with_capacity(n);
+    let mut missing = Vec::new();
+    for (j, c) in u.iter().enumerate() {
+        if s[j] > 1e-12 * scale {
+            ucols.push(c.iter().map(|x| x / s[j]).collect());
+        } else {
+            ucols.push(vec![0.0; n]);
+            missing.push(j);
+        }
+    }
+    // complete U for (numerically) zero singular values: Gram–Schmidt on the standard basis
+    let mut e = 0;
+    for j in missing {
+        while e < n {
+            let mut x: Vec<f64> = (0..n).map(|i| if i == e { 1.0 } else { 0.0 }).collect();
+            e += 1;
+            for (k, col) in ucols.iter().enumerate() {
+                if k != j {
+                    let d = dot(&x, col);
+                    x.iter_mut().zip(col).for_each(|(a, b)| *a -= d * b);
+                }
+            }
+            let norm = dot(&x, &x).sqrt();
+            if norm > 1e-6 {
+                ucols[j] = x.into_iter().map(|a| a / norm).collect();
+                break;
+            }
+        }
+    }
+    let rows = |cols: &[Vec<f64>]| -> Vec<Vec<f64>> { (0..n).map(|i| (0..n).map(|j| cols[j][i]).collect()).collect() };
+    Ok((rows(&ucols), s, rows(&v)))
+}
+
+/// The orthogonal `R` minimising ‖A R − B‖_F given `m = AᵀB` (orthogonal Procrustes): with
+/// `m = U Σ Vᵀ`, `R = U Vᵀ`.
+pub fn procrustes_rotation(m: &[Vec<f64>]) -> Result<Vec<Vec<f64>>> {
+    let (u, _, v) = jacobi_svd(m)?;
+    let n = m.len();
+    Ok((0..n).map(|i| (0..n).map(|j| (0..n).map(|k| u[i][k] * v[j][k]).sum()).collect()).collect())
+}
+
+/// Relative residual ‖A R − B‖_F / ‖B‖_F of the orthogonal Procrustes alignment of `a` onto `b`
+/// (both `[rows, d]`, rows in correspondence; `R` is `[d, d]`, so the `d`-dimensional spaces are
+/// aligned). 0 = `b` is an exact rotation/reflection of `a`.
+pub fn procrustes_residual(a: &Tensor, b: &Tensor) -> Result<f64> {
+    let (a, b) = (a.to_dtype(candle_core::DType::F32)?, b.to_dtype(candle_core::DType::F32)?);
+    if a.dims() != b.dims() || a.rank() != 2 {
+        anyhow::bail!("procrustes_residual: shapes {:?} and {:?} differ", a.dims(), b.dims());
+    }
+    let m: Vec<Vec<f64>> = a.t()?.matmul(&b)?.to_dtype(candle_core::DType::F64)?.to_vec2()?;
+    let r = procrustes_rotation(&m)?;
+    let d = r.len();
+    let r = Tensor::from_vec(r.concat().into_iter().map(|x| x as f32).collect::<Vec<f32>>(), (d, d), a.device())?;
+    let res = (a.matmul(&r)? - &b)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+    let nb = b.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+    Ok((res / nb.max(1e-30)).sqrt())
+}
+
+/// Linear CKA between activations `x` `[n, p]` and `y` `[n, q]` on the same `n` tokens:
+/// `‖Yᵀ X‖²_F / (‖Xᵀ X‖_F ‖Yᵀ Y‖_F)` after centring the columns. When `n` is smaller than the
+/// widths the equal token-Gram form `⟨X Xᵀ, Y Yᵀ⟩_F / (‖X Xᵀ‖_F ‖Y Yᵀ‖_F)` is cheaper and used.
+/// NaN when either side has no variance.
+pub fn linear_cka(x: &Tensor, y: &Tensor) -> Result<f64> {
+    let (n, p) = x.dims2()?;
+    let q = y.dim(1)?;
+    linear_cka_form(x, y, n < p.max(q))
+}
+
+fn linear_cka_form(x: &Tensor, y: &Tensor, token_gram: bool) -> Result<f64> {
+    if x.dim(0)? != y.dim(0)? {
+        anyhow::bail!("linear_cka: {} tokens in x but {} in y", x.dim(0)?, y.dim(0)?);
+    }
+    let centre = |t: &Tensor| -> Result<Tensor> {
+        let t = t.to_dtype(candle_core::DType::F32)?;
+        Ok(t.broadcast_sub(&t.mean_keepdim(0)?)?)
+    };
+    let (x, y) = (centre(x)?, centre(y)?);
+    let frob2 = |t: &Tensor| -> Result<f64> { Ok(t.sqr()?.sum_all()?.to_scalar::<f32>()? as f64) };
+    let (num, dx, dy) = if token_gram {
+        let (kx, ky) = (x.matmul(&x.t()?)?, y.matmul(&y.t()?)?);
+        ((&kx * &ky)?.sum_all()?.to_scalar::<f32>()? as f64, frob2(&kx)?, frob2(&ky)?)
+    } else {
+        (frob2(&y.t()?.matmul(&x)?)?, frob2(&x.t()?.matmul(&x)?)?, frob2(&y.t()?.matmul(&y)?)?)
+    };
+    let den = (dx * dy).sqrt();
+    Ok(if den > 0.0 { num / den } else { f64::NAN })
+}
+
+/// Debiased linear CKA: linear CKA with the unbiased HSIC estimator of Song et al. (2012) in
+/// place of the biased one (as in Nguyen et al. 2021), on token Gram matrices `K = X Xᵀ`,
+/// `L = Y Yᵀ` with zeroed diagonals `K̃`, `L̃`:
+/// `HSIC₁(K, L) = [tr(K̃ L̃) + (1ᵀK̃1)(1ᵀL̃1)/((n−1)(n−2)) − 2/(n−2) · 1ᵀK̃L̃1] / (n(n−3))`,
+/// `CKA = HSIC₁(K, L) / √(HSIC₁(K, K) HSIC₁(L, L))`. Plain linear CKA of unrelated random
+/// matrices tends to 1 when the width exceeds the number of tokens; this one stays near 0 (and
+/// can be slightly negative). Needs at least 4 tokens; computed in f64; NaN without variance.
+pub fn debiased_linear_cka(x: &Tensor, y: &Tensor) -> Result<f64> {
+    let n = x.dim(0)?;
+    if y.dim(0)? != n {
+        bail!("debiased_linear_cka: {n} tokens in x but {} in y", y.dim(0)?);
+    }
+    if n < 4 {
+        bail!("debiased_linear_cka: needs at least 4 tokens, got {n}");
+    }
+    let off_diagonal_gram = |t: &Tensor| -> Result<Tensor> {
+        // centring first changes nothing in exact arithmetic and keeps the sums small
+        let t = t.to_dtype(DType::F64)?;
+        let t = t.broadcast_sub(&t.mean_keepdim(0)?)?;
+        let k = t.matmul(&t.t()?)?;
+        let eye = Tensor::eye(n, DType::F64, t.device())?;
+        Ok((k * (1.0 - eye)?)?)
+    };
+    let hsic = |k: &Tensor, l: &Tensor| -> Result<f64> {
+        let nf = n as f64;
+        let tr = (k * l)?.sum_all()?.to_scalar::<f64>()?;
+        let (sk, sl) = (k.sum_all()?.to_scalar::<f64>()?, l.sum_all()?.to_scalar::<f64>()?);
+        let kl = (k.sum(1)? * l.sum(1)?)?.sum_all()?.to_scalar::<f64>()?;
+        Ok((tr + sk * sl / ((nf - 1.0) * (nf - 2.0)) - 2.0 / (nf - 2.0) * kl) / (nf * (nf - 3.0)))
+    };
+    let (k, l) = (off_diagonal_gram(x)?, off_diagonal_gram(y)?);
+    let den = (hsic(&k, &k)? * hsic(&l, &l)?).sqrt();
+    Ok(if den > 0.0 { hsic(&k, &l)? / den } else { f64::NAN })
+}
+
+/// Shares of features that are dead (fire on no token), rare (`0 < f < rare`), common
+/// (`rare ≤ f < frequent`) and frequent (`f ≥ frequent`), from firing frequencies `f`.
+pub fn firing_classes(freq: &[f64], rare: f64, frequent: f64) -> [f64; 4] {
+    let mut c = [0usize; 4];
+    for &f in freq {
+        let k = if f <= 0.0 {
+            0
+        } else if f < rare {
+            1
+        } else if f < frequent {
+            2
+        } else {
+            3
+        };
+        c[k] += 1;
+    }
+    let n = freq.len().max(1) as f64;
+    c.map(|k| k as f64 / n)
+}
+
+/// Two-sided paired permutation (sign-flip) test of mean(x − y) = 0: the share of `n_perm` random
+/// sign flips of the differences whose |mean| reaches the observed one, as `(1 + hits) / (1 +
+/// n_perm)` (never 0).
+pub fn paired_permutation_p(x: &[f64], y: &[f64], n_perm: usize, seed: u64) -> f64 {
+    let d: Vec<f64> = x.iter().zip(y).map(|(a, b)| a - b).collect();
+    if d.is_empty() {
+        return f64::NAN;
+    }
+    let observed = d.iter().sum::<f64>().abs();
+    let mut rng = Rng::new(seed);
+    let hits = (0..n_perm)
+        .filter(|_| {
+            let s: f64 = d.iter().map(|&v| if rng.next_u64() & 1 == 0 { v } else { -v }).sum();
+            // relative tolerance: sums of the same values in another order
+            s.abs() >= observed - 1e-12 * observed.max(1.0)
+        })
+        .count();
+    (1 + hits) as f64 / (1 + n_perm) as f64
+}
+
+/// Mean and central percentile interval (`level`, e.g. 0.95) of a small sample such as null
+/// draws (nearest-rank percentiles).
+pub fn mean_and_interval(x: &[f64], level: f64) -> (f64, f64, f64) {
+    if x.is_empty() {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    let mut s = x.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len();
+    let lo = ((1.0 - level) / 2.0 * n as f64).floor() as usize;
+    let hi = (((1.0 + level) / 2.0 * n as f64).ceil() as usize).clamp(1, n) - 1;
+    (mean(x), s[lo.min(n - 1)], s[hi])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -588,5 +842,146 @@ mod tests {
         assert_eq!(top_k_overlap(&x, &[0.9, 0.0, 0.0, 0.8, 0.0], 2), 0.5);
         assert_eq!(top_k_overlap(&x, &x, 1), 1.0);
         assert_eq!((rank_of(&x, 1), rank_of(&x, 3), rank_of(&x, 2), rank_of(&x, 4)), (1, 1, 3, 5));
+    }
+    #[test]
+    fn best_matches_use_absolute_cosine_and_mutual_neighbours() {
+        let dev = candle_core::Device::Cpu;
+        // a: e1, e2, (e1+e2)/√2 ; b: −e1, 3·e2
+        let a = Tensor::new(&[[1f32, 0.], [0., 1.], [1., 1.]], &dev).unwrap();
+        let b = Tensor::new(&[[-1f32, 0.], [0., 3.]], &dev).unwrap();
+        let m = best_matches(&a, &b).unwrap();
+        let h = std::f64::consts::FRAC_1_SQRT_2;
+        assert!((m.cos[0] - 1.0).abs() < 1e-6 && (m.cos[1] - 1.0).abs() < 1e-6 && (m.cos[2] - h).abs() < 1e-6, "{:?}", m.cos);
+        assert_eq!(&m.a_to_b[..2], &[0, 1]);
+        assert_eq!(m.b_to_a, vec![0, 1]);
+        // the third row's best match (either) points back to row 0 or 1, not 2
+        assert_eq!(mutual_nearest(&m.a_to_b, &m.b_to_a), vec![true, true, false]);
+    }
+
+    fn matmul_t(a: &[Vec<f64>], b: &[Vec<f64>]) -> Vec<Vec<f64>> {
+        // a · bᵀ
+        a.iter().map(|r| b.iter().map(|c| r.iter().zip(c).map(|(x, y)| x * y).sum()).collect()).collect()
+    }
+
+    #[test]
+    fn jacobi_svd_hand_case_and_reconstruction() {
+        // diag(3, −2): singular values 3 and 2
+        let (u, s, v) = jacobi_svd(&[vec![3.0, 0.0], vec![0.0, -2.0]]).unwrap();
+        let mut sorted = s.clone();
+        sorted.sort_by(|a, b| b.total_cmp(a));
+        assert!((sorted[0] - 3.0).abs() < 1e-12 && (sorted[1] - 2.0).abs() < 1e-12);
+        // [[1, 1], [0, 0]] has singular values √2 and 0 (U completed to an orthogonal matrix)
+        let m = vec![vec![1.0, 1.0], vec![0.0, 0.0]];
+        let (u2, s2, _) = jacobi_svd(&m).unwrap();
+        let mut ss = s2.clone();
+        ss.sort_by(|a, b| b.total_cmp(a));
+        assert!((ss[0] - 2f64.sqrt()).abs() < 1e-12 && ss[1].abs() < 1e-12);
+        let utu = matmul_t(&transpose(&u2), &transpose(&u2));
+        assert!((utu[0][0] - 1.0).abs() < 1e-12 && utu[0][1].abs() < 1e-12 && (utu[1][1] - 1.0).abs() < 1e-12);
+        // U diag(s) Vᵀ reconstructs a random matrix
+        let mut rng = Rng::new(3);
+        let r: Vec<Vec<f64>> = (0..5).map(|_| (0..5).map(|_| rng.normal()).collect()).collect();
+        for (m, (u, s, v)) in [(vec![vec![3.0, 0.0], vec![0.0, -2.0]], (u, s, v)), (r.clone(), jacobi_svd(&r).unwrap())] {
+            let us: Vec<Vec<f64>> = u.iter().map(|row| row.iter().zip(&s).map(|(a, b)| a * b).collect()).collect();
+            let back = matmul_t(&us, &v);
+            for (x, y) in back.iter().flatten().zip(m.iter().flatten()) {
+                assert!((x - y).abs() < 1e-10, "{back:?} vs {m:?}");
+            }
+        }
+    }
+
+    fn transpose(m: &[Vec<f64>]) -> Vec<Vec<f64>> {
+        (0..m[0].len()).map(|j| m.iter().map(|r| r[j]).collect()).collect()
+    }
+
+    #[test]
+    fn procrustes_recovers_a_rotation_and_is_orthogonal() {
+        let dev = candle_core::Device::Cpu;
+        // B = A rotated by 90°: R = [[0, 1], [−1, 0]] (x ↦ x R), residual 0
+        let a = Tensor::new(&[[1f32, 0.], [0., 2.], [1., 1.]], &dev).unwrap();
+        let b = Tensor::new(&[[0f32, 1.], [-2., 0.], [-1., 1.]], &dev).unwrap();
+        let m: Vec<Vec<f64>> = a.t().unwrap().matmul(&b).unwrap().to_dtype(candle_core::DType::F64).unwrap().to_vec2().unwrap();
+        let r = procrustes_rotation(&m).unwrap();
+        let want = [[0.0, 1.0], [-1.0, 0.0]];
+        for i in 0..2 {
+            for j in 0..2 {
+                assert!((r[i][j] - want[i][j]).abs() < 1e-9, "{r:?}");
+            }
+        }
+        assert!(procrustes_residual(&a, &b).unwrap() < 1e-6);
+        // a scaled copy cannot be matched by a rotation: residual ‖A − 2A‖/‖2A‖ = ½
+        assert!((procrustes_residual(&a, &(&a * 2.0).unwrap()).unwrap() - 0.5).abs() < 1e-6);
+        // RᵀR = I for a random matrix
+        let mut rng = Rng::new(7);
+        let m: Vec<Vec<f64>> = (0..6).map(|_| (0..6).map(|_| rng.normal()).collect()).collect();
+        let r = procrustes_rotation(&m).unwrap();
+        let rtr = matmul_t(&transpose(&r), &transpose(&r));
+        for i in 0..6 {
+            for j in 0..6 {
+                assert!((rtr[i][j] - if i == j { 1.0 } else { 0.0 }).abs() < 1e-10);
+            }
+        }
+    }
+
+    #[test]
+    fn linear_cka_hand_cases_in_both_forms() {
+        let dev = candle_core::Device::Cpu;
+        // X = [[1,0],[−1,0],[0,1],[0,−1]], Y = its first column: ‖YᵀX‖² = 4, ‖XᵀX‖ = 2√2, ‖YᵀY‖ = 2
+        let x = Tensor::new(&[[1f32, 0.], [-1., 0.], [0., 1.], [0., -1.]], &dev).unwrap();
+        let y = Tensor::new(&[[1f32], [-1.], [0.], [0.]], &dev).unwrap();
+        for gram in [false, true] {
+            assert!((linear_cka_form(&x, &y, gram).unwrap() - std::f64::consts::FRAC_1_SQRT_2).abs() < 1e-6);
+            // invariant to an affine map of a single column; 1 with itself
+            let z = ((&y * 2.0).unwrap() + 1.0).unwrap();
+            assert!((linear_cka_form(&y, &z, gram).unwrap() - 1.0).abs() < 1e-6);
+        }
+        assert!((linear_cka(&x, &y).unwrap() - std::f64::consts::FRAC_1_SQRT_2).abs() < 1e-6);
+        let c = Tensor::new(&[[1f32], [1.], [1.], [1.]], &dev).unwrap();
+        assert!(linear_cka(&x, &c).unwrap().is_nan());
+    }
+
+    #[test]
+    fn debiased_cka_hand_case() {
+        let dev = candle_core::Device::Cpu;
+        // by hand (exact fractions): HSIC₁(K, L) = −26/15, HSIC₁(K, K) = 8, HSIC₁(L, L) = 7/6
+        let x = Tensor::new(&[[1f32, 0.], [2., 1.], [3., 0.], [5., 2.], [0., 1.]], &dev).unwrap();
+        let y = Tensor::new(&[[1f32], [0.], [1.], [3.], [2.]], &dev).unwrap();
+        let want = (-26.0 / 15.0) / (8.0f64 * 7.0 / 6.0).sqrt();
+        assert!((debiased_linear_cka(&x, &y).unwrap() - want).abs() < 1e-9);
+        // 1 with an affine copy of itself; too few tokens is an error
+        assert!((debiased_linear_cka(&x, &((&x * 3.0).unwrap() + 1.0).unwrap()).unwrap() - 1.0).abs() < 1e-9);
+        assert!(debiased_linear_cka(&x.narrow(0, 0, 3).unwrap(), &y.narrow(0, 0, 3).unwrap()).is_err());
+        // unrelated wide random matrices: plain CKA is large, the debiased one near 0
+        let mut rng = Rng::new(5);
+        let mut g = |r: usize, c: usize| Tensor::from_vec((0..r * c).map(|_| rng.normal() as f32).collect::<Vec<_>>(), (r, c), &dev).unwrap();
+        let (a, b) = (g(20, 400), g(20, 400));
+        assert!(linear_cka(&a, &b).unwrap() > 0.8);
+        assert!(debiased_linear_cka(&a, &b).unwrap().abs() < 0.2);
+    }
+
+    #[test]
+    fn firing_classes_split_at_the_thresholds() {
+        let f = [0.0, 0.005, 0.01, 0.3, 0.5, 0.9, 0.0, 0.2];
+        assert_eq!(firing_classes(&f, 0.01, 0.5), [0.25, 0.125, 0.375, 0.25]);
+    }
+
+    #[test]
+    fn paired_permutation_p_values() {
+        // no difference: every flip reaches |0| → p = 1
+        assert_eq!(paired_permutation_p(&[1.0, 2.0], &[1.0, 2.0], 100, 0), 1.0);
+        // d = [1, 1, 1]: 2 of the 8 sign patterns reach |mean| = 1 → p ≈ 0.25
+        let p = paired_permutation_p(&[2.0, 2.0, 2.0], &[1.0, 1.0, 1.0], 4000, 1);
+        assert!((p - 0.25).abs() < 0.03, "{p}");
+        // a large consistent difference: p at its floor 1/(1 + n_perm)
+        let x: Vec<f64> = (0..40).map(|i| i as f64 + 1.0).collect();
+        let y: Vec<f64> = x.iter().map(|v| v - 1.0).collect();
+        assert!((paired_permutation_p(&x, &y, 999, 2) - 0.001).abs() < 1e-12);
+    }
+
+    #[test]
+    fn mean_and_interval_of_draws() {
+        let (m, lo, hi) = mean_and_interval(&[3.0, 1.0, 2.0, 4.0], 0.5);
+        assert_eq!((m, lo, hi), (2.5, 2.0, 3.0));
+        assert_eq!(mean_and_interval(&[5.0], 0.95), (5.0, 5.0, 5.0));
     }
 }

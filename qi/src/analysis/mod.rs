@@ -8,6 +8,7 @@
 pub mod perplexity;
 pub mod calibration;
 pub mod features;
+pub mod sae_compare;
 pub mod neurons;
 pub mod activations;
 pub mod attention;
@@ -266,6 +267,7 @@ pub fn registry() -> Vec<Entry> {
     vec![
         Entry::of::<perplexity::Perplexity>(),
         Entry::of::<features::Features>(),
+        Entry::of::<sae_compare::SaeCompare>(),
         Entry::of::<neurons::Neurons>(),
         Entry::of::<calibration::Calibration>(),
         Entry::of::<activations::ActivationSimilarity>(),
