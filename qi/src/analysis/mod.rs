@@ -9,6 +9,7 @@ pub mod perplexity;
 pub mod calibration;
 pub mod features;
 pub mod neurons;
+pub mod salient;
 pub mod activations;
 pub mod attention;
 pub mod ioi;
@@ -267,6 +268,7 @@ pub fn registry() -> Vec<Entry> {
         Entry::of::<perplexity::Perplexity>(),
         Entry::of::<features::Features>(),
         Entry::of::<neurons::Neurons>(),
+        Entry::of::<salient::SalientNeurons>(),
         Entry::of::<calibration::Calibration>(),
         Entry::of::<activations::ActivationSimilarity>(),
         Entry::of::<attention::AttentionPatterns>(),
