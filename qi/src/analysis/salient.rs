@@ -179,7 +179,10 @@ pub fn salient_set(x: &[f32], threshold: f64) -> Vec<usize> {
 /// What one model gives per example: its predicted token and, per analysed layer, the salient set
 /// and the completeness gap.
 struct ModelIg {
+    /// The token attributed to, per example.
     targets: Vec<u32>,
+    /// The model's own argmax, per example (equal to `targets` with `target = own`).
+    predicted: Vec<u32>,
     /// `[example][layer index]`
     salient: Vec<Vec<Vec<usize>>>,
     /// `[layer index]`: (Σ|ΣIG − Δlogit|, Σ|Δlogit|) over examples
@@ -191,7 +194,7 @@ struct ModelIg {
 fn model_ig(model: &HookedTransformer, rows: &[Vec<u32>], layers: &[usize], o: &SalientOptions, targets: Option<&[u32]>, what: &str) -> Result<ModelIg> {
     let mut filter: Vec<String> = layers.iter().map(|&l| names::resid_pre(l)).collect();
     filter.extend(layers.iter().map(|&l| names::mlp_post(l)));
-    let mut out = ModelIg { targets: vec![], salient: vec![], completeness: vec![(0.0, 0.0); layers.len()] };
+    let mut out = ModelIg { targets: vec![], predicted: vec![], salient: vec![], completeness: vec![(0.0, 0.0); layers.len()] };
     let bar = crate::progress::bar((rows.len() * layers.len()) as u64, what);
     let mut start = 0;
     for b in super::batches(rows, o.forward_batch, super::pad_id(model))? {
@@ -199,10 +202,9 @@ fn model_ig(model: &HookedTransformer, rows: &[Vec<u32>], layers: &[usize], o: &
         let lengths: Vec<u32> = b.valid_mask()?.to_dtype(DType::U32)?.sum(1)?.to_vec1()?;
         for (r, &len) in lengths.iter().enumerate() {
             let (e, pos) = (start + r, len as usize - 1);
-            let target = match targets {
-                Some(t) => t[e],
-                None => logits.i((r, pos))?.argmax(D::Minus1)?.to_scalar::<u32>()?,
-            };
+            let own = logits.i((r, pos))?.argmax(D::Minus1)?.to_scalar::<u32>()?;
+            let target = targets.map_or(own, |t| t[e]);
+            out.predicted.push(own);
             out.targets.push(target);
             let mut sets = Vec::with_capacity(layers.len());
             for (li, &l) in layers.iter().enumerate() {
@@ -291,7 +293,7 @@ impl Analysis for SalientNeurons {
                 let jac: Vec<f64> = (0..n_ex).map(|e| jaccard(&flat(&reference.salient[e]), &flat(&ig.salient[e]))).collect();
                 let (m, lo, hi) = ci(&jac);
                 t.push(Row::new(twin.spec, "salient_jaccard", m).label("scope", "total").ci(lo, hi).n(n_ex));
-                let agree = (0..n_ex).filter(|&e| ig.targets[e] == reference.targets[e]).count();
+                let agree = (0..n_ex).filter(|&e| ig.predicted[e] == reference.predicted[e]).count();
                 t.push(Row::new(twin.spec, "target_agreement", agree as f64 / n_ex as f64).label("scope", "total").n(n_ex));
             }
         }
