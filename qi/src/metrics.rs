@@ -668,9 +668,31 @@ pub fn mean_and_interval(x: &[f64], level: f64) -> (f64, f64, f64) {
     (mean(x), s[lo.min(n - 1)], s[hi])
 }
 
+/// Jaccard overlap |A ∩ B| / |A ∪ B| of two index sets (duplicates ignored); 1 when both are
+/// empty (two empty sets agree).
+pub fn jaccard(a: &[usize], b: &[usize]) -> f64 {
+    let a: std::collections::BTreeSet<usize> = a.iter().copied().collect();
+    let b: std::collections::BTreeSet<usize> = b.iter().copied().collect();
+    let union = a.union(&b).count();
+    if union == 0 {
+        return 1.0;
+    }
+    a.intersection(&b).count() as f64 / union as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jaccard_hand_case() {
+        // {1,2,3} vs {2,3,4,5}: intersection {2,3}, union {1,..,5}: 2/5
+        assert!((jaccard(&[1, 2, 3], &[5, 4, 3, 2]) - 0.4).abs() < 1e-12);
+        assert_eq!(jaccard(&[1, 1, 2], &[2, 1]), 1.0);
+        assert_eq!(jaccard(&[1], &[2]), 0.0);
+        assert_eq!(jaccard(&[], &[]), 1.0);
+        assert_eq!(jaccard(&[], &[7]), 0.0);
+    }
 
     #[test]
     fn head_detection_score_mul_hand_case() {
@@ -691,6 +713,7 @@ mod tests {
         assert_eq!(recovery_fraction(2.0, 4.0, 5.0), -0.5);
         assert!(recovery_fraction(2.0, 2.0, 3.0).is_nan());
     }
+
     use candle_core::Device;
 
     fn t2(v: &[f32], r: usize, c: usize) -> Tensor {

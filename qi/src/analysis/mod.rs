@@ -10,6 +10,7 @@ pub mod calibration;
 pub mod features;
 pub mod sae_compare;
 pub mod neurons;
+pub mod salient;
 pub mod activations;
 pub mod attention;
 pub mod ioi;
@@ -269,6 +270,7 @@ pub fn registry() -> Vec<Entry> {
         Entry::of::<features::Features>(),
         Entry::of::<sae_compare::SaeCompare>(),
         Entry::of::<neurons::Neurons>(),
+        Entry::of::<salient::SalientNeurons>(),
         Entry::of::<calibration::Calibration>(),
         Entry::of::<activations::ActivationSimilarity>(),
         Entry::of::<attention::AttentionPatterns>(),
