@@ -680,6 +680,20 @@ pub fn jaccard(a: &[usize], b: &[usize]) -> f64 {
     a.intersection(&b).count() as f64 / union as f64
 }
 
+/// The Jaccard index expected by chance for independent random sets of sizes `a` and `b` drawn
+/// from `n` elements, as the ratio of expectations E|A∩B| / E|A∪B| = (ab/n) / (a + b − ab/n)
+/// (the expectation of the ratio differs by O(1/n); enough as a reference line). NaN when both
+/// sets are empty.
+pub fn jaccard_chance(a: usize, b: usize, n: usize) -> f64 {
+    assert!(a <= n && b <= n, "jaccard_chance: set sizes {a}, {b} exceed the universe {n}");
+    let inter = (a * b) as f64 / n.max(1) as f64;
+    let union = (a + b) as f64 - inter;
+    if union <= 0.0 {
+        return f64::NAN;
+    }
+    inter / union
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -692,6 +706,16 @@ mod tests {
         assert_eq!(jaccard(&[1], &[2]), 0.0);
         assert_eq!(jaccard(&[], &[]), 1.0);
         assert_eq!(jaccard(&[], &[7]), 0.0);
+    }
+
+    #[test]
+    fn jaccard_chance_hand_cases() {
+        // sizes 3 and 3 of 5: E|A∩B| = 9/5 = 1.8, E|A∪B| = 6 − 1.8 = 4.2 → 1.8 / 4.2 = 3/7
+        assert!((jaccard_chance(3, 3, 5) - 3.0 / 7.0).abs() < 1e-12);
+        // both sets everything: total overlap; one empty set: none
+        assert_eq!(jaccard_chance(4, 4, 4), 1.0);
+        assert_eq!(jaccard_chance(0, 2, 4), 0.0);
+        assert!(jaccard_chance(0, 0, 4).is_nan());
     }
 
     #[test]

@@ -22,7 +22,7 @@
 use super::{Analysis, Comparison, Row, Tidy};
 use crate::metrics::{cv_logistic_auc, pearson, top_k_overlap};
 use crate::sae::{self, Sae, TrainOptions, Variant};
-use crate::QiError;
+use crate::{HookedTransformer, QiError};
 use anyhow::Result;
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
@@ -182,10 +182,75 @@ impl Analysis for Features {
     }
 
     fn run(cmp: &Comparison, o: &FeaturesOptions) -> Result<Tidy> {
+        let fr = FeatureReference::new(cmp.reference, o)?;
+        let n_active = fr.active.len();
+        let mut t = Tidy::new(cmp.name.clone());
+        fr.push_reference_rows(&mut t);
+        for twin in &cmp.twins {
+            let fc = fr.compare(twin.model, o)?;
+            fc.push_quality_rows(&mut t, twin.spec, fr.n_tokens);
+            if o.per_feature {
+                for (i, &j) in fr.active.iter().enumerate() {
+                    for (metric, v) in [("feature_r", fc.r[i]), ("feature_topk_overlap", fc.overlap[i])] {
+                        t.push(Row::new(twin.spec, metric, v).label("feature", j).label("category", fc.category[i]));
+                    }
+                }
+            }
+            for (c, share) in CATEGORIES.iter().zip(fc.shares()) {
+                t.push(Row::new(twin.spec, "share", share).label("category", *c).n(n_active));
+            }
+            t.push(Row::new(twin.spec, "mean_r", crate::metrics::mean(&fc.r)).n(n_active));
+            t.push(Row::new(twin.spec, "mean_topk_overlap", crate::metrics::mean(&fc.overlap)).n(n_active));
+            let survived: Vec<bool> = fc.damaged().iter().map(|d| !d).collect();
+            for (name, cols) in PREDICTOR_SETS {
+                let x: Vec<Vec<f64>> = fr.predictors.iter().map(|p| cols.iter().map(|&c| p[c]).collect()).collect();
+                let auc = cv_logistic_auc(&x, &survived, o.folds, 1e-3, o.seed)?;
+                t.push(Row::new(twin.spec, "survival_auc", auc).label("predictors", name).n(n_active));
+            }
+        }
+        Ok(t)
+    }
+}
+
+/// The reference side of a feature comparison, shared by [`Features`] and
+/// [`super::prune_overlap`]: the SAE (trained on the reference or loaded), its hook, the
+/// evaluation windows, and the reference's activations of every active feature.
+pub struct FeatureReference {
+    pub sae: Sae,
+    pub hook: String,
+    pub rows: Vec<Vec<u32>>,
+    /// Real tokens evaluated (the windows are unpadded).
+    pub n_tokens: usize,
+    /// Features active in the reference (module docs), ascending.
+    pub active: Vec<usize>,
+    /// Per active feature: [peak, mean when firing, firing frequency, encoder norm].
+    pub predictors: Vec<Vec<f64>>,
+    /// The SAE's fraction of variance explained and L0 on the reference activations.
+    pub fve: f64,
+    pub l0: f64,
+    /// Reference activations over tokens, one column per active feature.
+    columns: Vec<Vec<f64>>,
+}
+
+/// One model's active features against the reference, in the order of
+/// [`FeatureReference::active`].
+#[derive(Debug, Clone)]
+pub struct FeatureComparison {
+    /// Pearson r over tokens (0 when undefined, e.g. a feature that never fires in the model).
+    pub r: Vec<f64>,
+    pub overlap: Vec<f64>,
+    pub category: Vec<&'static str>,
+    pub fve: f64,
+    pub l0: f64,
+}
+
+impl FeatureReference {
+    /// Validates `o`, gets the SAE and encodes the reference on the evaluation windows. Errors if
+    /// no feature is active.
+    pub fn new(model: &HookedTransformer, o: &FeaturesOptions) -> Result<Self> {
         o.validate()?;
-        let model = cmp.reference;
         let sae = if o.sae.is_empty() {
-            let hook = if o.hook.is_empty() { crate::hooks::names::resid_post(cmp.n_layers() / 2) } else { o.hook.clone() };
+            let hook = if o.hook.is_empty() { crate::hooks::names::resid_post(model.cfg.n_layers / 2) } else { o.hook.clone() };
             sae::train_on_model(model, &o.train_options(&hook))?.0
         } else {
             Sae::load(std::path::Path::new(&o.sae))?
@@ -197,58 +262,72 @@ impl Analysis for Features {
         if x_ref.dim(1)? != sae.cfg.d_in {
             return Err(QiError::invalid("SAE d_in", sae.cfg.d_in, format!("hook '{hook}' has width {}", x_ref.dim(1)?)).into());
         }
-        let n_tok = x_ref.dim(0)?;
-        let f_ref = columns(&sae.encode(&x_ref)?)?;
-        let ref_stats: Vec<(f64, f64, f64)> = f_ref.iter().map(|c| stats(c)).collect();
-        let active: Vec<usize> = (0..f_ref.len()).filter(|&j| ref_stats[j].2 > 0.0 && ref_stats[j].2 >= o.active_frac).collect();
-        let enc_norms: Vec<f32> = sae.encoder().sqr()?.sum(0)?.sqrt()?.to_vec1()?;
-
-        let mut t = Tidy::new(cmp.name.clone());
-        let (fve, l0) = sae::reconstruction_quality(&sae, &x_ref)?;
-        let reference = &super::REFERENCE;
-        t.push(Row::new(reference, "sae_fve", fve).n(n_tok));
-        t.push(Row::new(reference, "sae_l0", l0).n(n_tok));
-        t.push(Row::new(reference, "n_active", active.len() as f64).n(sae.cfg.d_hidden));
+        let n_tokens = x_ref.dim(0)?;
+        let all = columns(&sae.encode(&x_ref)?)?;
+        let ref_stats: Vec<(f64, f64, f64)> = all.iter().map(|c| stats(c)).collect();
+        let active: Vec<usize> = (0..all.len()).filter(|&j| ref_stats[j].2 > 0.0 && ref_stats[j].2 >= o.active_frac).collect();
         if active.is_empty() {
-            return Err(QiError::invalid("active_frac", o.active_frac, format!("no feature fires on that fraction of the {n_tok} reference tokens")).into());
+            return Err(QiError::invalid("active_frac", o.active_frac, format!("no feature fires on that fraction of the {n_tokens} reference tokens")).into());
         }
-        let predictors: Vec<Vec<f64>> = active.iter().map(|&j| vec![ref_stats[j].0, ref_stats[j].1, ref_stats[j].2, enc_norms[j] as f64]).collect();
-        for twin in &cmp.twins {
-            let x_q = sae::hook_activations(twin.model, &hook, &rows, o.forward_batch)?;
-            let (fve_q, l0_q) = sae::reconstruction_quality(&sae, &x_q)?;
-            t.push(Row::new(twin.spec, "sae_fve", fve_q).n(n_tok));
-            t.push(Row::new(twin.spec, "sae_l0", l0_q).n(n_tok));
-            let f_q = columns(&sae.encode(&x_q.to_dtype(DType::F32)?)?)?;
-            let mut counts = [0usize; 3];
-            let (mut rs, mut overlaps) = (Vec::new(), Vec::new());
-            let mut survived = Vec::with_capacity(active.len());
-            for &j in &active {
-                let r = pearson(&f_ref[j], &f_q[j]);
-                let r = if r.is_nan() { 0.0 } else { r };
-                let ov = top_k_overlap(&f_ref[j], &f_q[j], o.top_k);
-                let c = category(r, ov, o);
-                counts[CATEGORIES.iter().position(|&x| x == c).expect("known category")] += 1;
-                survived.push(c == "survived");
-                rs.push(r);
-                overlaps.push(ov);
-                if o.per_feature {
-                    for (metric, v) in [("feature_r", r), ("feature_topk_overlap", ov)] {
-                        t.push(Row::new(twin.spec, metric, v).label("feature", j).label("category", c));
-                    }
-                }
-            }
-            for (c, n) in CATEGORIES.iter().zip(counts) {
-                t.push(Row::new(twin.spec, "share", n as f64 / active.len() as f64).label("category", *c).n(active.len()));
-            }
-            t.push(Row::new(twin.spec, "mean_r", crate::metrics::mean(&rs)).n(active.len()));
-            t.push(Row::new(twin.spec, "mean_topk_overlap", crate::metrics::mean(&overlaps)).n(active.len()));
-            for (name, cols) in PREDICTOR_SETS {
-                let x: Vec<Vec<f64>> = predictors.iter().map(|p| cols.iter().map(|&c| p[c]).collect()).collect();
-                let auc = cv_logistic_auc(&x, &survived, o.folds, 1e-3, o.seed)?;
-                t.push(Row::new(twin.spec, "survival_auc", auc).label("predictors", name).n(active.len()));
-            }
+        let enc_norms: Vec<f32> = sae.encoder().sqr()?.sum(0)?.sqrt()?.to_vec1()?;
+        let predictors = active.iter().map(|&j| vec![ref_stats[j].0, ref_stats[j].1, ref_stats[j].2, enc_norms[j] as f64]).collect();
+        let (fve, l0) = sae::reconstruction_quality(&sae, &x_ref)?;
+        let mut all = all;
+        let columns = active.iter().map(|&j| std::mem::take(&mut all[j])).collect();
+        Ok(FeatureReference { sae, hook, rows, n_tokens, active, predictors, fve, l0, columns })
+    }
+
+    /// Encodes `model`'s activations on the same windows and compares each active feature with
+    /// the reference (r, top-k overlap, category).
+    pub fn compare(&self, model: &HookedTransformer, o: &FeaturesOptions) -> Result<FeatureComparison> {
+        let x = sae::hook_activations(model, &self.hook, &self.rows, o.forward_batch)?;
+        let (fve, l0) = sae::reconstruction_quality(&self.sae, &x)?;
+        let f = columns(&self.sae.encode(&x.to_dtype(DType::F32)?)?)?;
+        let mut out = FeatureComparison { r: Vec::new(), overlap: Vec::new(), category: Vec::new(), fve, l0 };
+        for (i, &j) in self.active.iter().enumerate() {
+            let r = pearson(&self.columns[i], &f[j]);
+            let r = if r.is_nan() { 0.0 } else { r };
+            let ov = top_k_overlap(&self.columns[i], &f[j], o.top_k);
+            out.category.push(category(r, ov, o));
+            out.r.push(r);
+            out.overlap.push(ov);
         }
-        Ok(t)
+        Ok(out)
+    }
+
+    /// The reference's rows: `sae_fve`, `sae_l0` (n = tokens), `n_active` (n = SAE width).
+    pub fn push_reference_rows(&self, t: &mut Tidy) {
+        let reference = &super::REFERENCE;
+        t.push(Row::new(reference, "sae_fve", self.fve).n(self.n_tokens));
+        t.push(Row::new(reference, "sae_l0", self.l0).n(self.n_tokens));
+        t.push(Row::new(reference, "n_active", self.active.len() as f64).n(self.sae.cfg.d_hidden));
+    }
+}
+
+impl FeatureComparison {
+    /// Damaged = not `survived` (blurred or destroyed).
+    pub fn damaged(&self) -> Vec<bool> {
+        self.category.iter().map(|&c| c != "survived").collect()
+    }
+
+    /// Per-feature damage score 1 − r.
+    pub fn damage(&self) -> Vec<f64> {
+        self.r.iter().map(|r| 1.0 - r).collect()
+    }
+
+    /// Share of active features per category, in the order of [`CATEGORIES`].
+    pub fn shares(&self) -> [f64; 3] {
+        let mut counts = [0usize; 3];
+        for c in &self.category {
+            counts[CATEGORIES.iter().position(|x| x == c).expect("known category")] += 1;
+        }
+        counts.map(|n| n as f64 / self.category.len() as f64)
+    }
+
+    /// `sae_fve` and `sae_l0` of the model (n = tokens).
+    pub fn push_quality_rows(&self, t: &mut Tidy, spec: &crate::quant::QuantSpec, n_tokens: usize) {
+        t.push(Row::new(spec, "sae_fve", self.fve).n(n_tokens));
+        t.push(Row::new(spec, "sae_l0", self.l0).n(n_tokens));
     }
 }
 

@@ -8,6 +8,7 @@
 pub mod perplexity;
 pub mod calibration;
 pub mod features;
+pub mod prune_overlap;
 pub mod sae_compare;
 pub mod neurons;
 pub mod salient;
@@ -268,6 +269,7 @@ pub fn registry() -> Vec<Entry> {
     vec![
         Entry::of::<perplexity::Perplexity>(),
         Entry::of::<features::Features>(),
+        Entry::of::<prune_overlap::PruneOverlap>(),
         Entry::of::<sae_compare::SaeCompare>(),
         Entry::of::<neurons::Neurons>(),
         Entry::of::<salient::SalientNeurons>(),
