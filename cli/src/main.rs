@@ -98,6 +98,20 @@ enum Command {
     /// Sparse autoencoders: `qi sae train`.
     #[command(subcommand)]
     Sae(sae::SaeCommand),
+    /// Print a tidy results table (parquet from `qi analyze` / `qi study`) as markdown, optionally
+    /// only some metrics and columns.
+    Show {
+        file: std::path::PathBuf,
+        /// Keep rows whose `metric` is one of these (repeatable; default: all).
+        #[arg(long)]
+        metric: Vec<String>,
+        /// Columns to print (comma-separated; default: spec, layer, head, metric, value, ci_low, ci_high, n).
+        #[arg(long)]
+        columns: Option<String>,
+        /// Rows at most.
+        #[arg(long, default_value_t = 200)]
+        rows: usize,
+    },
     /// List the hook points of a model.
     Hooks {
         #[arg(long)]
@@ -141,6 +155,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Analyze(a) => analyze::run(a),
         Command::Study(a) => study::run(a),
         Command::Sae(c) => sae::run(c),
+        Command::Show { file, metric, columns, rows } => show(&file, &metric, columns.as_deref(), rows),
         Command::Hooks { model } => {
             let m = load_model(&model)?;
             for n in m.hook_names() {
@@ -294,5 +309,37 @@ fn bench_forward(src: &str, batch: usize, seq: usize, runs: usize, seed: u64) ->
         "threads": candle_core::utils::get_num_threads(), "batch": batch, "seq": seq,
     });
     println!("{v}");
+    Ok(())
+}
+
+fn show(file: &std::path::Path, metrics: &[String], columns: Option<&str>, rows: usize) -> Result<()> {
+    use qi::analysis::tidy;
+    let df = tidy::read_parquet(file)?;
+    let df = if metrics.is_empty() {
+        df
+    } else {
+        let mut parts = metrics.iter().map(|m| tidy::filter_eq(&df, "metric", m));
+        let mut out = parts.next().expect("non-empty")?;
+        for p in parts {
+            out.vstack_mut(&p?)?;
+        }
+        out
+    };
+    let have: Vec<String> = df.get_column_names().iter().map(|c| c.to_string()).collect();
+    let wanted: Vec<String> = match columns {
+        Some(c) => c.split(',').map(|s| s.trim().to_string()).collect(),
+        None => ["spec", "layer", "head", "metric", "value", "ci_low", "ci_high", "n"].iter().map(|s| s.to_string()).filter(|c| have.contains(c)).collect(),
+    };
+    if let Some(missing) = wanted.iter().find(|c| !have.contains(c)) {
+        anyhow::bail!("--columns: {} has no column '{missing}' (columns: {})", file.display(), have.join(", "));
+    }
+    let df = df.select(wanted)?.head(Some(rows));
+    std::env::set_var("POLARS_FMT_MAX_ROWS", rows.to_string());
+    std::env::set_var("POLARS_FMT_MAX_COLS", "30");
+    std::env::set_var("POLARS_FMT_STR_LEN", "60");
+    std::env::set_var("POLARS_FMT_TABLE_FORMATTING", "ASCII_MARKDOWN");
+    std::env::set_var("POLARS_FMT_TABLE_HIDE_COLUMN_DATA_TYPES", "1");
+    std::env::set_var("POLARS_FMT_TABLE_HIDE_DATAFRAME_SHAPE_INFORMATION", "1");
+    println!("{df}");
     Ok(())
 }
