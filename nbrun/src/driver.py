@@ -5,6 +5,7 @@
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 
@@ -136,6 +137,9 @@ try:
         started = True
         for code in cfg.get("setup", []):
             run_setup(code)
+        # after a setup command the kernel has finished its start-up build (see run.rs)
+        if cfg.get("cargo_lock") and cfg.get("evcxr_tmpdir"):
+            shutil.copyfile(cfg["cargo_lock"], os.path.join(cfg["evcxr_tmpdir"], "Cargo.lock"))
         for n, i in enumerate(code_cells):
             cell = nb.cells[i]
             remaining = deadline - time.time()

@@ -257,6 +257,12 @@ pub fn run(args: RunArgs) -> Result<i32> {
             // evcxr catches panics and reports the cell as successful unless told not to; with
             // this a panic ends the kernel's subprocess and the cell is an error.
             "setup": if kernel == "rust" { vec![":preserve_vars_on_panic 0"] } else { vec![] },
+            // evcxr compiles an empty crate when it starts, which prunes the Cargo.lock in its
+            // tmpdir; the next `:dep` then resolves the newest dependency versions and rebuilds
+            // everything the tests had built. Restoring the project's lock after start-up keeps
+            // the kernel on the tested versions (and on the shared build).
+            "cargo_lock": if kernel == "rust" { std::env::var("QI_NB_CARGO_LOCK").ok().filter(|p| !p.is_empty()) } else { None },
+            "evcxr_tmpdir": std::env::var("EVCXR_TMPDIR").ok(),
         });
         let t0 = Instant::now();
         let cells = nb.cells().clone();

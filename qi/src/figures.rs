@@ -67,8 +67,18 @@ pub fn render_svg_json(figure_json: &str) -> Result<String> {
     render_json(figure_json, "svg")
 }
 
-/// Renders a figure to `svg` (text) or `png` (base64 text, as kaleido returns it).
+/// Renders a figure to `svg` (text) or `png` (base64 text, as kaleido returns it). kaleido starts
+/// a headless Chromium per call, which can be slow on a loaded machine: each attempt may take
+/// `QI_KALEIDO_TIMEOUT` seconds (default 300), and a timed-out attempt is retried once.
 pub fn render_json(figure_json: &str, format: &str) -> Result<String> {
+    let secs = std::env::var("QI_KALEIDO_TIMEOUT").ok().and_then(|v| v.parse::<u64>().ok()).filter(|v| *v > 0).unwrap_or(300);
+    match render_json_once(figure_json, format, secs) {
+        Err(e) if e.to_string().contains("did not answer") => render_json_once(figure_json, format, secs).context("kaleido timed out twice"),
+        r => r,
+    }
+}
+
+fn render_json_once(figure_json: &str, format: &str, timeout_secs: u64) -> Result<String> {
     let kaleido = kaleido_path()?;
     let js = plotly_js_path();
     if !js.is_file() {
@@ -99,12 +109,12 @@ pub fn render_json(figure_json: &str, format: &str) -> Result<String> {
         let lines: Vec<String> = BufReader::new(stdout).lines().map_while(|l| l.ok()).collect();
         let _ = tx.send(lines);
     });
-    let lines = match rx.recv_timeout(Duration::from_secs(120)) {
+    let lines = match rx.recv_timeout(Duration::from_secs(timeout_secs)) {
         Ok(l) => l,
         Err(_) => {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("kaleido did not answer within 120 s");
+            bail!("kaleido did not answer within {timeout_secs} s (QI_KALEIDO_TIMEOUT)");
         }
     };
     let _ = child.wait();
