@@ -337,6 +337,7 @@ fn show(file: &std::path::Path, metrics: &[String], columns: Option<&str>, rows:
     std::env::set_var("POLARS_FMT_MAX_ROWS", rows.to_string());
     std::env::set_var("POLARS_FMT_MAX_COLS", "30");
     std::env::set_var("POLARS_FMT_STR_LEN", "60");
+    std::env::set_var("POLARS_TABLE_WIDTH", "400");
     std::env::set_var("POLARS_FMT_TABLE_FORMATTING", "ASCII_MARKDOWN");
     std::env::set_var("POLARS_FMT_TABLE_HIDE_COLUMN_DATA_TYPES", "1");
     std::env::set_var("POLARS_FMT_TABLE_HIDE_DATAFRAME_SHAPE_INFORMATION", "1");
