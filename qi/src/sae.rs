@@ -31,6 +31,51 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
 
+/// The SAE-training settings of the analyses that train their own SAEs (`features`,
+/// `prune-overlap`, `sae-compare`). Flattened into their options, so the keys stay `variant`,
+/// `expansion`, `k`, `l1`, `train_steps`, `train_batch`, `train_windows`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SaeTraining {
+    pub variant: Variant,
+    pub expansion: usize,
+    pub k: usize,
+    pub l1: f64,
+    pub train_steps: usize,
+    pub train_batch: usize,
+    pub train_windows: usize,
+}
+
+impl Default for SaeTraining {
+    fn default() -> Self {
+        SaeTraining { variant: Variant::Topk, expansion: 8, k: 32, l1: 1.0, train_steps: 300, train_batch: 256, train_windows: 32 }
+    }
+}
+
+impl SaeTraining {
+    /// One training run at `hook` on windows of `source` × `seq_len`; warm-up is a tenth of the
+    /// steps. The data seed is `seed + 1`, so training windows differ from evaluation windows
+    /// drawn with `seed` (disjoint only by chance: use a saved SAE for real runs).
+    pub fn train_options(&self, hook: &str, source: &str, seq_len: usize, forward_batch: usize, seed: u64) -> TrainOptions {
+        TrainOptions {
+            variant: self.variant,
+            expansion: self.expansion,
+            k: self.k,
+            l1: self.l1,
+            steps: self.train_steps,
+            batch_size: self.train_batch,
+            warmup_steps: (self.train_steps / 10).max(1),
+            hook: hook.to_string(),
+            source: source.to_string(),
+            seq_len,
+            buffer_windows: self.train_windows,
+            forward_batch,
+            seed: seed.wrapping_add(1),
+            ..Default::default()
+        }
+    }
+}
+
 /// The SAE architecture.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -19,11 +19,7 @@ fn feature_opts() -> features::FeaturesOptions {
         source: "random".into(),
         n_seqs: 6,
         seq_len: 16,
-        expansion: 2,
-        k: 8,
-        train_steps: 30,
-        train_batch: 64,
-        train_windows: 8,
+        training: common::tiny_sae(),
         folds: 3,
         ..Default::default()
     }

@@ -66,11 +66,7 @@ fn options() -> PruneOverlapOptions {
             source: "random".into(),
             n_seqs: 6,
             seq_len: 16,
-            expansion: 2,
-            k: 8,
-            train_steps: 30,
-            train_batch: 64,
-            train_windows: 8,
+            training: common::tiny_sae(),
             per_feature: true,
             ..Default::default()
         },

@@ -20,11 +20,7 @@ fn opts() -> SaeCompareOptions {
         source: "random".into(),
         n_seqs: 6,
         seq_len: 16,
-        expansion: 2,
-        k: 8,
-        train_steps: 30,
-        train_batch: 64,
-        train_windows: 8,
+        training: common::tiny_sae(),
         null_draws: 3,
         n_boot: 200,
         n_perm: 200,
@@ -149,7 +145,7 @@ fn saved_saes_per_spec_and_bad_input() {
         assert_eq!(invalid_what(&(e.run)(&cmp, &serde_json::to_value(&bad).unwrap()).err().unwrap()), what);
     }
     // fewer training tokens than one batch (8 windows × 15 usable tokens < 1000)
-    let bad = SaeCompareOptions { train_batch: 1000, ..o.clone() };
+    let bad = SaeCompareOptions { training: qi::sae::SaeTraining { train_batch: 1000, ..o.training.clone() }, ..o.clone() };
     assert_eq!(invalid_what(&SaeCompare::run(&cmp, &bad).unwrap_err()), "batch_size");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -30,3 +30,8 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// SAE training small enough for the fixtures (seconds).
+pub fn tiny_sae() -> qi::sae::SaeTraining {
+    qi::sae::SaeTraining { expansion: 2, k: 8, train_steps: 30, train_batch: 64, train_windows: 8, ..Default::default() }
+}

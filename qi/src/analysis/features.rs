@@ -21,7 +21,7 @@
 //! ~1 min budget; IRLS for a handful of predictors is 60 lines and unit-tested in `metrics`.
 use super::{Analysis, Comparison, Row, Tidy};
 use crate::metrics::{cv_logistic_auc, pearson, top_k_overlap};
-use crate::sae::{self, Sae, TrainOptions, Variant};
+use crate::sae::{self, Sae, SaeTraining, TrainOptions};
 use crate::{HookedTransformer, QiError};
 use anyhow::Result;
 use candle_core::{DType, Tensor};
@@ -50,13 +50,8 @@ pub struct FeaturesOptions {
     pub per_feature: bool,
     /// Training of the SAE when `sae` is empty (windows drawn with `seed + 1`, so disjoint in
     /// distribution from the evaluation windows only by chance — use a saved SAE for real runs).
-    pub variant: Variant,
-    pub expansion: usize,
-    pub k: usize,
-    pub l1: f64,
-    pub train_steps: usize,
-    pub train_batch: usize,
-    pub train_windows: usize,
+    #[serde(flatten)]
+    pub training: SaeTraining,
     pub seed: u64,
 }
 
@@ -76,13 +71,7 @@ impl Default for FeaturesOptions {
             top_k: 10,
             folds: 5,
             per_feature: false,
-            variant: Variant::Topk,
-            expansion: 8,
-            k: 32,
-            l1: 1.0,
-            train_steps: 300,
-            train_batch: 256,
-            train_windows: 32,
+            training: SaeTraining::default(),
             seed: 0,
         }
     }
@@ -108,22 +97,7 @@ impl FeaturesOptions {
     }
 
     fn train_options(&self, hook: &str) -> TrainOptions {
-        TrainOptions {
-            variant: self.variant,
-            expansion: self.expansion,
-            k: self.k,
-            l1: self.l1,
-            steps: self.train_steps,
-            batch_size: self.train_batch,
-            warmup_steps: (self.train_steps / 10).max(1),
-            hook: hook.to_string(),
-            source: self.source.clone(),
-            seq_len: self.seq_len,
-            buffer_windows: self.train_windows,
-            forward_batch: self.forward_batch,
-            seed: self.seed.wrapping_add(1),
-            ..Default::default()
-        }
+        self.training.train_options(hook, &self.source, self.seq_len, self.forward_batch, self.seed)
     }
 }
 

@@ -48,7 +48,7 @@ use super::{Analysis, Comparison, Row, Tidy};
 use crate::metrics::{best_matches, bootstrap_mean_ci, debiased_linear_cka, firing_classes, linear_cka, mean, mean_and_interval, mutual_nearest, paired_permutation_p, procrustes_residual};
 use crate::quant::QuantSpec;
 use crate::rng::Rng;
-use crate::sae::{self, Sae, TrainOptions, Variant};
+use crate::sae::{self, Sae, SaeTraining, TrainOptions};
 use crate::{HookedTransformer, QiError};
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
@@ -79,13 +79,8 @@ pub struct SaeCompareOptions {
     /// Also compare with a reference SAE trained from another seed (see the module docs).
     pub seed_control: bool,
     /// Training when `sae_dir` is empty (every model: same options, same seed `seed + 1`).
-    pub variant: Variant,
-    pub expansion: usize,
-    pub k: usize,
-    pub l1: f64,
-    pub train_steps: usize,
-    pub train_batch: usize,
-    pub train_windows: usize,
+    #[serde(flatten)]
+    pub training: SaeTraining,
     pub seed: u64,
 }
 
@@ -105,13 +100,7 @@ impl Default for SaeCompareOptions {
             n_boot: 1000,
             n_perm: 1000,
             seed_control: false,
-            variant: Variant::Topk,
-            expansion: 8,
-            k: 32,
-            l1: 1.0,
-            train_steps: 300,
-            train_batch: 256,
-            train_windows: 32,
+            training: SaeTraining::default(),
             seed: 0,
         }
     }
@@ -135,22 +124,7 @@ impl SaeCompareOptions {
 
     /// Training options for every model's SAE (same for all, so only the activations differ).
     pub fn train_options(&self, hook: &str) -> TrainOptions {
-        TrainOptions {
-            variant: self.variant,
-            expansion: self.expansion,
-            k: self.k,
-            l1: self.l1,
-            steps: self.train_steps,
-            batch_size: self.train_batch,
-            warmup_steps: (self.train_steps / 10).max(1),
-            hook: hook.to_string(),
-            source: self.source.clone(),
-            seq_len: self.seq_len,
-            buffer_windows: self.train_windows,
-            forward_batch: self.forward_batch,
-            seed: self.seed.wrapping_add(1),
-            ..Default::default()
-        }
+        self.training.train_options(hook, &self.source, self.seq_len, self.forward_batch, self.seed)
     }
 }
 
