@@ -160,6 +160,7 @@ pub struct AblationOptions {
     /// The losses ablated on: `target` is `induction` or `both` (induction and text).
     #[serde(flatten)]
     pub loss: LossTarget,
+    #[serde(deserialize_with = "super::layer_list")]
     pub layers: Vec<usize>,
     pub ablations: Vec<String>,
     pub importance: String,

@@ -30,6 +30,7 @@ pub struct ActivationOptions {
     /// Sequences per forward pass (bounds memory: only the needed hooks are cached).
     pub batch_size: usize,
     /// Layers to compare; empty = all.
+    #[serde(deserialize_with = "super::layer_list")]
     pub layers: Vec<usize>,
     /// Components to compare; empty = all of [`COMPONENTS`].
     pub components: Vec<String>,

@@ -247,6 +247,28 @@ impl Entry {
     }
 }
 
+/// A layer list as a JSON array, one number, or text `"0,7,15"` (what `--set layers=0,7,15`
+/// gives); every analysis option that lists layers deserializes through it.
+pub(crate) fn layer_list<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<usize>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum L {
+        List(Vec<usize>),
+        One(usize),
+        Text(String),
+    }
+    match <L as serde::Deserialize>::deserialize(d)? {
+        L::List(v) => Ok(v),
+        L::One(l) => Ok(vec![l]),
+        L::Text(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(|t| t.parse::<usize>().map_err(|_| serde::de::Error::custom(format!("layers: '{t}' is not a layer index (expected e.g. \"0,7,15\")"))))
+            .collect(),
+    }
+}
+
 /// Options from JSON: missing keys take the defaults, unknown keys are an error naming the
 /// analysis and the valid keys.
 pub fn options_from_json<O: Serialize + DeserializeOwned + Default>(analysis: &str, v: &serde_json::Value) -> Result<O> {
@@ -316,6 +338,23 @@ pub fn run_seeds(entry: &Entry, cmp: &Comparison, options: &serde_json::Value, s
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn layer_list_from_text_or_array() {
+        let o: super::salient::SalientOptions = options_from_json("salient-neurons", &serde_json::json!({"layers": "0, 7,15"})).unwrap();
+        assert_eq!(o.layers, vec![0, 7, 15]);
+        let o: super::salient::SalientOptions = options_from_json("salient-neurons", &serde_json::json!({"layers": [2, 3]})).unwrap();
+        assert_eq!(o.layers, vec![2, 3]);
+        let o: super::salient::SalientOptions = options_from_json("salient-neurons", &serde_json::json!({"layers": 4})).unwrap();
+        assert_eq!(o.layers, vec![4]);
+        let e = options_from_json::<super::salient::SalientOptions>("salient-neurons", &serde_json::json!({"layers": "1,x"})).unwrap_err();
+        assert!(format!("{e:#}").contains("layers"), "{e:#}");
+        // the same for every analysis that lists layers
+        let o: super::activations::ActivationOptions = options_from_json("activations", &serde_json::json!({"layers": "3,5"})).unwrap();
+        assert_eq!(o.layers, vec![3, 5]);
+        let o: super::patching::PatchingOptions = options_from_json("patching", &serde_json::json!({"candidate_layers": "16,17"})).unwrap();
+        assert_eq!(o.candidate_layers, vec![16, 17]);
+    }
 
     #[test]
     fn valid_rows_drop_padding() {

@@ -20,6 +20,7 @@ pub struct NeuronsOptions {
     pub n_seqs: usize,
     pub seq_len: usize,
     /// Layers to analyse (empty = all).
+    #[serde(deserialize_with = "super::layer_list")]
     pub layers: Vec<usize>,
     pub dead_threshold: f64,
     /// Neurons per layer in the correlation analysis (0 = all).

@@ -87,6 +87,7 @@ pub struct PatchingOptions {
     pub layer: Option<usize>,
     pub head: Option<usize>,
     pub sweep: bool,
+    #[serde(deserialize_with = "super::layer_list")]
     pub candidate_layers: Vec<usize>,
     pub k_max: usize,
     pub importance: String,

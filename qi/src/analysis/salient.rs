@@ -49,7 +49,7 @@ use anyhow::Result;
 use candle_core::{DType, IndexOp, Tensor, Var, D};
 use plotly::Plot;
 use polars::prelude::DataFrame;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
 pub struct SalientNeurons;
 
@@ -60,7 +60,7 @@ pub struct SalientOptions {
     pub n_seqs: usize,
     pub seq_len: usize,
     /// Layers to analyse (empty = all); from JSON also a string such as `"0,7,15"`.
-    #[serde(deserialize_with = "layer_list")]
+    #[serde(deserialize_with = "super::layer_list")]
     pub layers: Vec<usize>,
     pub ig_steps: usize,
     pub threshold: f64,
@@ -85,27 +85,6 @@ impl Default for SalientOptions {
             n_boot: 1000,
             seed: 0,
         }
-    }
-}
-
-/// A layer list as a JSON array or as text `"0,7,15"` (what `--set layers=0,7,15` gives).
-fn layer_list<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<usize>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum L {
-        List(Vec<usize>),
-        One(usize),
-        Text(String),
-    }
-    match L::deserialize(d)? {
-        L::List(v) => Ok(v),
-        L::One(l) => Ok(vec![l]),
-        L::Text(s) => s
-            .split(',')
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(|t| t.parse::<usize>().map_err(|_| serde::de::Error::custom(format!("layers: '{t}' is not a layer index (expected e.g. \"0,7,15\")"))))
-            .collect(),
     }
 }
 
@@ -331,17 +310,5 @@ mod tests {
         assert!(salient_set(&[0.0, 0.0], 0.5).is_empty());
         // reference {1,2,3} vs twin {1}: Jaccard 1/3
         assert!((jaccard(&salient_set(&x, 0.75), &salient_set(&x, 1.0)) - 1.0 / 3.0).abs() < 1e-12);
-    }
-
-    #[test]
-    fn layer_list_from_text_or_array() {
-        let o: SalientOptions = super::super::options_from_json("salient-neurons", &serde_json::json!({"layers": "0, 7,15"})).unwrap();
-        assert_eq!(o.layers, vec![0, 7, 15]);
-        let o: SalientOptions = super::super::options_from_json("salient-neurons", &serde_json::json!({"layers": [2, 3]})).unwrap();
-        assert_eq!(o.layers, vec![2, 3]);
-        let o: SalientOptions = super::super::options_from_json("salient-neurons", &serde_json::json!({"layers": 4})).unwrap();
-        assert_eq!(o.layers, vec![4]);
-        let e = super::super::options_from_json::<SalientOptions>("salient-neurons", &serde_json::json!({"layers": "1,x"})).unwrap_err();
-        assert!(format!("{e:#}").contains("layers"), "{e:#}");
     }
 }
