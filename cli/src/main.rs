@@ -108,7 +108,7 @@ enum Command {
         /// Columns to print (comma-separated; default: spec, layer, head, metric, value, ci_low, ci_high, n).
         #[arg(long)]
         columns: Option<String>,
-        /// Rows at most.
+        /// Rows at most (the first and last halves; 0 = all).
         #[arg(long, default_value_t = 200)]
         rows: usize,
     },
@@ -333,14 +333,6 @@ fn show(file: &std::path::Path, metrics: &[String], columns: Option<&str>, rows:
     if let Some(missing) = wanted.iter().find(|c| !have.contains(c)) {
         anyhow::bail!("--columns: {} has no column '{missing}' (columns: {})", file.display(), have.join(", "));
     }
-    let df = df.select(wanted)?.head(Some(rows));
-    std::env::set_var("POLARS_FMT_MAX_ROWS", rows.to_string());
-    std::env::set_var("POLARS_FMT_MAX_COLS", "30");
-    std::env::set_var("POLARS_FMT_STR_LEN", "60");
-    std::env::set_var("POLARS_TABLE_WIDTH", "400");
-    std::env::set_var("POLARS_FMT_TABLE_FORMATTING", "ASCII_MARKDOWN");
-    std::env::set_var("POLARS_FMT_TABLE_HIDE_COLUMN_DATA_TYPES", "1");
-    std::env::set_var("POLARS_FMT_TABLE_HIDE_DATAFRAME_SHAPE_INFORMATION", "1");
-    println!("{df}");
+    print!("{}", qi::display::table(&df.select(wanted)?).max_rows(rows).to_markdown());
     Ok(())
 }

@@ -138,6 +138,25 @@ impl Table {
         s
     }
 
+    /// A markdown table (what `qi show` prints): the same cells and elision as [`Table::to_html`].
+    pub fn to_markdown(&self) -> String {
+        let cols = self.df.columns();
+        let row = |cells: Vec<String>| format!("| {} |\n", cells.iter().map(|c| c.replace('|', "\\|").replace('\n', " ")).collect::<Vec<_>>().join(" | "));
+        let mut s = String::new();
+        if let Some(c) = &self.caption {
+            let _ = writeln!(s, "**{c}**\n");
+        }
+        s.push_str(&row(cols.iter().map(|c| c.name().to_string()).collect()));
+        s.push_str(&row(vec!["---".to_string(); cols.len()]));
+        for r in self.rows() {
+            s.push_str(&row(match r {
+                None => vec!["…".to_string(); cols.len()],
+                Some(i) => cols.iter().map(|c| c.get(i).map(|v| cell_text(&v)).unwrap_or_else(|e| format!("error: {e}"))).collect(),
+            }));
+        }
+        s
+    }
+
     pub fn to_text(&self) -> String {
         match &self.caption {
             Some(c) => format!("{c}\n{}", self.df),
@@ -289,6 +308,8 @@ mod tests {
         assert!(h.contains("<small>f64</small>") && h.contains("<td>1.000</td>") && h.contains("<td>0.5000</td>"), "{h}");
         assert_eq!(table(&df).rows().len(), 5);
         assert!(t.to_text().contains("shape: (5, 2)"));
+        let m = t.to_markdown();
+        assert_eq!(m, "**scores & more**\n\n| name | x |\n| --- | --- |\n| <a> | 1.000 |\n| … | … |\n| e | 0.5000 |\n", "{m}");
     }
 
     #[test]
