@@ -72,13 +72,16 @@ pub fn render_svg_json(figure_json: &str) -> Result<String> {
 /// `QI_KALEIDO_TIMEOUT` seconds (default 300), and a timed-out attempt is retried once.
 pub fn render_json(figure_json: &str, format: &str) -> Result<String> {
     let secs = std::env::var("QI_KALEIDO_TIMEOUT").ok().and_then(|v| v.parse::<u64>().ok()).filter(|v| *v > 0).unwrap_or(300);
-    match render_json_once(figure_json, format, secs) {
-        Err(e) if e.to_string().contains("did not answer") => render_json_once(figure_json, format, secs).context("kaleido timed out twice"),
-        r => r,
+    for _attempt in 0..2 {
+        if let Some(image) = render_json_once(figure_json, format, secs)? {
+            return Ok(image);
+        }
     }
+    bail!("kaleido did not answer within {secs} s, twice (QI_KALEIDO_TIMEOUT)")
 }
 
-fn render_json_once(figure_json: &str, format: &str, timeout_secs: u64) -> Result<String> {
+/// One kaleido run; `None` when it did not answer within `timeout_secs` (it is killed).
+fn render_json_once(figure_json: &str, format: &str, timeout_secs: u64) -> Result<Option<String>> {
     let kaleido = kaleido_path()?;
     let js = plotly_js_path();
     if !js.is_file() {
@@ -114,7 +117,7 @@ fn render_json_once(figure_json: &str, format: &str, timeout_secs: u64) -> Resul
         Err(_) => {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("kaleido did not answer within {timeout_secs} s (QI_KALEIDO_TIMEOUT)");
+            return Ok(None);
         }
     };
     let _ = child.wait();
@@ -128,7 +131,7 @@ fn render_json_once(figure_json: &str, format: &str, timeout_secs: u64) -> Resul
             bail!("kaleido failed (code {}): {}", v["code"], v["message"].as_str().unwrap_or("?"));
         }
         if let Some(r) = v["result"].as_str() {
-            return Ok(r.to_string());
+            return Ok(Some(r.to_string()));
         }
     }
     bail!("kaleido returned no image (its output: {:?})", lines.iter().map(|l| l.chars().take(200).collect::<String>()).collect::<Vec<_>>())

@@ -239,11 +239,6 @@ pub fn bisect_sparsity<T>(target: f64, reference_perplexity: f64, o: &SparsityMa
     Ok((m, Some(model)))
 }
 
-/// [`SparsityMatcher::match_twin`] for one twin.
-pub fn match_sparsity(reference: &HookedTransformer, twin: &HookedTransformer, opts: &SparsityMatchOptions) -> Result<(SparsityMatch, HookedTransformer)> {
-    SparsityMatcher::new(reference, opts)?.match_twin(twin)
-}
-
 impl Analysis for PruneOverlap {
     const NAME: &'static str = "prune-overlap";
     const ABOUT: &'static str = "Do quantization and perplexity-matched magnitude pruning damage the same SAE features? (Jaccard, Spearman)";
