@@ -748,10 +748,11 @@ pub fn collect_to(results: &Path, out: &Path) -> Result<DataFrame> {
 /// (from `params`, by model name; null when absent), `method`, `spec`, `bits`, `perplexity`,
 /// `survival` (induction heads detected by the stripe score ≥ threshold in the reference that stay
 /// detected in the twin), `survival_sigma` (mean + 2σ rule), `survival_original` (the original
-/// study's rule), `score_r` (Pearson r of all heads' stripe scores, reference vs twin) and the
-/// 95% t-CI half-widths over seeds `*_ci` and the number of seeds `n_seeds`. Built from a
-/// collected frame ([`collect`]) with the `perplexity` and `induction` analyses; a metric that is
-/// missing is null.
+/// study's rule), `score_r` (Pearson r of all heads' stripe scores, reference vs twin),
+/// `feature_survival` (share of the SAE's active features in the `survived` category, from the
+/// `features` analysis) and the 95% t-CI half-widths over seeds `*_ci` and the number of seeds
+/// `n_seeds`. Built from a collected frame ([`collect`]) with the `perplexity`, `induction` and
+/// (optionally) `features` analyses; a metric that is missing is null.
 pub fn summary(df: &DataFrame, params: &std::collections::BTreeMap<String, usize>) -> Result<DataFrame> {
     use std::collections::BTreeMap;
     let col = |c: &str| -> Result<Vec<String>> {
@@ -762,6 +763,7 @@ pub fn summary(df: &DataFrame, params: &std::collections::BTreeMap<String, usize
         }
     };
     let (models, specs, metrics, scores, rules) = (col("model")?, col("spec")?, col("metric")?, col("score")?, col("rule")?);
+    let categories = col("category")?;
     let methods = col("method")?;
     let bits = tidy::f64_values(df, "bits")?;
     let values = tidy::f64_values(df, "value")?;
@@ -774,6 +776,7 @@ pub fn summary(df: &DataFrame, params: &std::collections::BTreeMap<String, usize
             ("survival", "stripe", "sigma") => "survival_sigma",
             ("survival", "stripe", "original") => "survival_original",
             ("pearson_r", "stripe", _) => "score_r",
+            ("share", _, _) if categories[i] == "survived" => "feature_survival",
             _ => continue,
         };
         let k = (models[i].clone(), specs[i].clone());
@@ -790,7 +793,7 @@ pub fn summary(df: &DataFrame, params: &std::collections::BTreeMap<String, usize
     groups.sort_by(|a, b| {
         (&a.0 .0, a.0 .1 != "none", &a.1 .0).cmp(&(&b.0 .0, b.0 .1 != "none", &b.1 .0)).then(b.1 .1.total_cmp(&a.1 .1)).then(a.0 .1.cmp(&b.0 .1))
     });
-    let names = ["perplexity", "survival", "survival_sigma", "survival_original", "score_r"];
+    let names = ["perplexity", "survival", "survival_sigma", "survival_original", "score_r", "feature_survival"];
     let mut cols: Vec<Column> = vec![
         Column::new("model".into(), groups.iter().map(|g| g.0 .0.clone()).collect::<Vec<_>>()),
         Column::new("params".into(), groups.iter().map(|g| params.get(&g.0 .0).map(|&p| p as u64)).collect::<Vec<_>>()),

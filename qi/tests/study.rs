@@ -315,6 +315,9 @@ fn summary_has_the_original_studys_shape() {
         t.push(Row::new(&rtn, "survival", v).label("score", "stripe").label("rule", "threshold").seed(seed));
         t.push(Row::new(&rtn, "survival", 0.0).label("score", "mul").label("rule", "threshold").seed(seed));
         t.push(Row::new(&rtn, "pearson_r", 0.9).label("score", "stripe").seed(seed));
+        // the features analysis: only the `survived` share is the feature-survival column
+        t.push(Row::new(&rtn, "share", 0.2 + 0.1 * seed as f64).label("category", "survived").seed(seed));
+        t.push(Row::new(&rtn, "share", 0.7).label("category", "destroyed").seed(seed));
     }
     let params = std::collections::BTreeMap::from([("m".to_string(), 1234usize)]);
     let s = qi::study::summary(&t.to_frame().unwrap(), &params).unwrap();
@@ -328,5 +331,7 @@ fn summary_has_the_original_studys_shape() {
     // two seeds: t(0.975, 1) · sd / √2 = 12.706 · 0.35355 / 1.41421
     assert!((f("survival_ci")[1] - 12.706 * (0.125f64).sqrt() / 2f64.sqrt()).abs() < 1e-9);
     assert_eq!(f("score_r")[1], 0.9);
+    assert!(f("feature_survival")[0].is_nan());
+    assert!((f("feature_survival")[1] - 0.25).abs() < 1e-12);
     assert_eq!(f("n_seeds")[1], 2.0);
 }
