@@ -13,13 +13,14 @@ SPECS=(
   none fp16 "rtn:bits=8" "rtn:bits=4" "rtn:bits=3" "rtn:bits=4,group=64" "rtn:bits=3,group=64"
   "gptq:bits=4,samples=$NS,seqlen=512" "gptq:bits=3,samples=$NS,seqlen=512" "gptq:bits=4,act_order=true,samples=$NS,seqlen=512"
   "gptq:bits=4,group=64,samples=$NS,seqlen=512" "gptq:bits=3,group=64,samples=$NS,seqlen=512"
-  "awq:bits=4,group=64,samples=32,seqlen=512" nf4 q4_k q8_0
+  "awq:bits=4,group=64,samples=32,seqlen=512" nf4 q4_0 "q4_k:fallback=true" q8_0
 )
 if [ -n "${QI_SPECS:-}" ]; then read -r -a SPECS <<< "$QI_SPECS"; fi
 mkdir -p "$(dirname "$OUT")"; touch "$OUT"
 status=0
 # Groups of 64: SmolLM2's width 576 is not a multiple of 128, and qi's RTN requires groups to
-# divide the input dimension.
+# divide the input dimension. Q4_K cannot hold 576-wide rows either: fallback=true stores those
+# matrices as Q5_0, as llama.cpp's quantizer does, and the 1536-wide `down` rows as Q4_K.
 for s in "${SPECS[@]}"; do
   if grep -qF "\"quant\":\"$s\"" "$OUT"; then echo "skip $s (done)"; continue; fi
   echo "== $s"

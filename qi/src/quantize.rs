@@ -79,6 +79,10 @@ pub struct MatrixReport {
     pub max_abs_error: f64,
     /// Storage estimate in bits per weight, scales and zero points included.
     pub bits_per_weight: f64,
+    /// The storage format this matrix got: for GGML specs the block type actually used (a
+    /// k-quant's fallback for rows it cannot hold: `q5_0`, `f16`, …), otherwise the method name.
+    #[serde(default)]
+    pub format: String,
     /// GPTQ's accumulated loss Σ (w − q)² / d² (the reference's `Losses`), when applicable.
     pub gptq_loss: Option<f64>,
 }
@@ -103,7 +107,8 @@ pub struct QuantReport {
 }
 
 impl QuantReport {
-    /// One row per matrix: layer, role, name, rows, cols, rel_error, max_abs_error, bits_per_weight, gptq_loss.
+    /// One row per matrix: method, layer, role, name, rows, cols, rel_error, max_abs_error,
+    /// bits_per_weight, format, gptq_loss.
     pub fn table(&self) -> Result<polars::prelude::DataFrame> {
         use polars::prelude::*;
         let m = &self.matrices;
@@ -117,6 +122,7 @@ impl QuantReport {
             Column::new("rel_error".into(), m.iter().map(|r| r.rel_error).collect::<Vec<_>>()),
             Column::new("max_abs_error".into(), m.iter().map(|r| r.max_abs_error).collect::<Vec<_>>()),
             Column::new("bits_per_weight".into(), m.iter().map(|r| r.bits_per_weight).collect::<Vec<_>>()),
+            Column::new("format".into(), m.iter().map(|r| r.format.clone()).collect::<Vec<_>>()),
             Column::new("gptq_loss".into(), m.iter().map(|r| r.gptq_loss).collect::<Vec<_>>()),
         ])?;
         Ok(df)
@@ -149,8 +155,19 @@ pub fn bits_per_weight(spec: &QuantSpec, rows: usize, cols: usize) -> f64 {
             }
         }
         QuantSpec::Int8(_) | QuantSpec::W8a8 => 8.0 + 32.0 / cols as f64,
-        QuantSpec::Ggml(k) => k.bits_per_weight() as f64,
+        QuantSpec::Ggml(g) => match g.storage_for(cols, rows, "") {
+            Ok(storage) => storage.bits_per_weight() as f64,
+            Err(_) => g.kind.bits_per_weight() as f64,
+        },
         QuantSpec::Prune(p) => 32.0 * (1.0 - p.sparsity) + 1.0,
+    }
+}
+
+/// The storage format of a `[rows, cols]` matrix under `spec` (see [`MatrixReport::format`]).
+pub fn storage_format(spec: &QuantSpec, rows: usize, cols: usize) -> String {
+    match spec {
+        QuantSpec::Ggml(g) => g.storage_for(cols, rows, "").map_or(g.kind.name(), |s| s.name()).to_string(),
+        _ => spec.method_name().to_string(),
     }
 }
 
@@ -247,6 +264,7 @@ impl State {
             rel_error: if den > 0.0 { num / den } else { 0.0 },
             max_abs_error: max_abs,
             bits_per_weight: bits_per_weight(spec, rows, cols),
+            format: storage_format(spec, rows, cols),
             gptq_loss,
         });
         lin.set_weight(&new)?;

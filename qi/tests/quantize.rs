@@ -28,7 +28,7 @@ fn every_method_runs_on_every_architecture_without_touching_the_reference() {
     let specs = [
         "fp16", "bf16", "rtn:bits=8", "rtn:bits=4", "rtn:bits=3,group=32", "rtn:bits=4,granularity=tensor,sym=true", "gptq:bits=4",
         "gptq:bits=3,group=32,act_order=true", "gptq:bits=4,true_sequential=true,static_groups=true,group=32,act_order=true", "awq:bits=4,group=32",
-        "nf4", "fp4", "nf4:double_quant=true", "int8", "q8_0", "q4_0", "q5_1", "w8a8", "prune:sparsity=0.5",
+        "nf4", "fp4", "nf4:double_quant=true", "int8", "q8_0", "q4_0", "q5_1", "q4_k:fallback=true", "w8a8", "prune:sparsity=0.5",
     ];
     for arch in ARCHS {
         let model = load_model(fixture(arch).to_str().unwrap()).unwrap();
@@ -111,6 +111,21 @@ fn bad_quantization_input_is_named() {
     // calibrated method on a model without a tokenizer and no explicit windows
     let e = format!("{:#}", quantize_model(&model, &"gptq:bits=4".parse().unwrap(), &QuantizeOptions::default()).unwrap_err());
     assert!(e.contains("tokenizer"), "{e}");
+}
+
+#[test]
+fn k_quant_fallback_stores_narrow_rows_as_llama_cpp_does() {
+    // The fixture's 64-wide rows hold no 256-block: with fallback=true every matrix is Q5_0, as
+    // llama.cpp's quantizer would store it, and the twin equals the plain Q5_0 twin.
+    let model = load_model(fixture("llama").to_str().unwrap()).unwrap();
+    let (q, report) = quantize_model(&model, &"q4_k:fallback=true".parse().unwrap(), &QuantizeOptions::default()).unwrap();
+    assert!(report.matrices.iter().all(|m| m.format == "q5_0" && m.bits_per_weight == 5.5), "{:?}", report.matrices[0]);
+    let (q5, report5) = quantize_model(&model, &"q5_0".parse().unwrap(), &QuantizeOptions::default()).unwrap();
+    assert!(report5.matrices.iter().all(|m| m.format == "q5_0"));
+    let b = Batch::from_ids(&[1, 2, 3, 4, 5]).unwrap();
+    assert_eq!(max_abs_diff(&q.forward(&b).unwrap(), &q5.forward(&b).unwrap()), 0.0);
+    let df = report.table().unwrap();
+    assert!(df.column("format").is_ok());
 }
 
 #[test]

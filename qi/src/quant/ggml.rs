@@ -2,6 +2,11 @@
 //! [`QTensor::quantize`] then dequantize, i.e. exactly the codes candle (and so a GGUF written by
 //! it) would store. Blocks run along the last dimension (the input features), so `in_features`
 //! must be a multiple of the type's block size (32 for the legacy types, 256 for k-quants).
+//!
+//! A tensor whose rows a k-quant cannot hold is an error by default. With `fallback=true` it gets
+//! the type llama.cpp's quantizer substitutes (`llama_tensor_get_type`): Q4_K → Q5_0,
+//! Q5_K → Q5_1, Q6_K → Q8_0, and f16 when the substitute cannot hold the row either. For Q2_K and
+//! Q3_K llama.cpp substitutes IQ4_NL, which candle does not implement, so those stay errors.
 use super::Matrix;
 use crate::QiError;
 use anyhow::{Context, Result};
@@ -80,20 +85,101 @@ impl GgmlKind {
     pub fn bits_per_weight(self) -> f32 {
         (self.dtype().type_size() * 8) as f32 / self.block_size() as f32
     }
+
+    /// Whether this is a k-quant (super-blocks of 256).
+    pub fn is_k_quant(self) -> bool {
+        matches!(self, GgmlKind::Q2K | GgmlKind::Q3K | GgmlKind::Q4K | GgmlKind::Q5K | GgmlKind::Q6K)
+    }
+
+    /// The type llama.cpp substitutes when this k-quant cannot hold a row. `None` for the legacy
+    /// types (llama.cpp has no substitute for them) and for Q2_K/Q3_K (its substitute, IQ4_NL, is
+    /// not in candle).
+    pub fn llama_cpp_fallback(self) -> Option<GgmlKind> {
+        match self {
+            GgmlKind::Q4K => Some(GgmlKind::Q5_0),
+            GgmlKind::Q5K => Some(GgmlKind::Q5_1),
+            GgmlKind::Q6K => Some(GgmlKind::Q8_0),
+            _ => None,
+        }
+    }
 }
 
-/// Quantizes `w` `[out, in]` to `kind` and back. `name` names the tensor in errors.
-pub fn ggml_quantize(w: &Tensor, kind: GgmlKind, name: &str) -> Result<Tensor> {
-    let m = Matrix::read(w, name)?;
-    let bs = kind.block_size();
-    if m.cols % bs != 0 {
-        return Err(QiError::invalid(
-            name,
-            format!("shape [{}, {}]", m.rows, m.cols),
-            format!("{} needs in_features (the last dim) divisible by its block size {bs}", kind.name()),
-        )
-        .into());
+/// A GGML type as a quantizer: the type, and whether tensors it cannot hold fall back to
+/// llama.cpp's substitute (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GgmlSpec {
+    pub kind: GgmlKind,
+    pub fallback: bool,
+}
+
+impl From<GgmlKind> for GgmlSpec {
+    fn from(kind: GgmlKind) -> Self {
+        GgmlSpec { kind, fallback: false }
     }
+}
+
+/// How one tensor is stored under a [`GgmlSpec`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GgmlStorage {
+    Ggml(GgmlKind),
+    F16,
+}
+
+impl GgmlStorage {
+    pub fn name(self) -> &'static str {
+        match self {
+            GgmlStorage::Ggml(k) => k.name(),
+            GgmlStorage::F16 => "f16",
+        }
+    }
+
+    pub fn bits_per_weight(self) -> f32 {
+        match self {
+            GgmlStorage::Ggml(k) => k.bits_per_weight(),
+            GgmlStorage::F16 => 16.0,
+        }
+    }
+}
+
+impl GgmlSpec {
+    /// The storage of a tensor with `cols` input features; an error naming `name` when the type
+    /// cannot hold its rows and no fallback applies.
+    pub fn storage_for(&self, cols: usize, rows: usize, name: &str) -> Result<GgmlStorage> {
+        let kind = self.kind;
+        let bs = kind.block_size();
+        if cols % bs == 0 {
+            return Ok(GgmlStorage::Ggml(kind));
+        }
+        let shape = format!("shape [{rows}, {cols}]");
+        let needs = format!("{} needs in_features (the last dim) divisible by its block size {bs}", kind.name());
+        if !self.fallback {
+            let hint = match kind.llama_cpp_fallback() {
+                Some(f) => format!("; {}:fallback=true stores such tensors as {} as llama.cpp does", kind.name(), f.name()),
+                None => String::new(),
+            };
+            return Err(QiError::invalid(name, shape, format!("{needs}{hint}")).into());
+        }
+        match kind.llama_cpp_fallback() {
+            Some(f) if cols % f.block_size() == 0 => Ok(GgmlStorage::Ggml(f)),
+            Some(_) => Ok(GgmlStorage::F16),
+            None => Err(QiError::invalid(
+                name,
+                shape,
+                format!("{needs}, and has no fallback here (llama.cpp substitutes IQ4_NL, which candle does not implement)"),
+            )
+            .into()),
+        }
+    }
+}
+
+/// Quantizes `w` `[out, in]` by `spec` and back: to its GGML type, or to the fallback
+/// [`GgmlSpec::storage_for`] picks. `name` names the tensor in errors.
+pub fn ggml_quantize(w: &Tensor, spec: impl Into<GgmlSpec>, name: &str) -> Result<Tensor> {
+    let m = Matrix::read(w, name)?;
+    let kind = match spec.into().storage_for(m.cols, m.rows, name)? {
+        GgmlStorage::Ggml(k) => k,
+        GgmlStorage::F16 => return super::fp16_round_trip(w),
+    };
     let device = m.device.clone();
     let cpu = Tensor::from_vec(m.data, (m.rows, m.cols), &Device::Cpu)?;
     let q = QTensor::quantize(&cpu, kind.dtype()).with_context(|| format!("{}: quantizing to {}", name, kind.name()))?;
@@ -153,6 +239,30 @@ mod tests {
         assert!(e.contains("layers.0.mlp.up") && e.contains("block size 32") && e.contains("[4, 100]"), "{e}");
         let w = randn(4, 128, 3);
         let e = ggml_quantize(&w, GgmlKind::Q4K, "attn.q").unwrap_err().to_string();
-        assert!(e.contains("attn.q") && e.contains("block size 256"), "{e}");
+        assert!(e.contains("attn.q") && e.contains("block size 256") && e.contains("q4_k:fallback=true"), "{e}");
+    }
+
+    #[test]
+    fn quant_ggml_fallback_follows_llama_cpp() {
+        let spec = |kind| GgmlSpec { kind, fallback: true };
+        // SmolLM2's widths: 576 (q/k/v/o, gate/up inputs) is 18 blocks of 32 but not a multiple
+        // of 256; 1536 (down's input) is 6 super-blocks of 256.
+        let s = |kind, cols| spec(kind).storage_for(cols, 8, "w").map(GgmlStorage::name).map_err(|e| e.to_string());
+        assert_eq!(s(GgmlKind::Q4K, 576), Ok("q5_0"));
+        assert_eq!(s(GgmlKind::Q4K, 1536), Ok("q4_k"));
+        assert_eq!(s(GgmlKind::Q5K, 576), Ok("q5_1"));
+        assert_eq!(s(GgmlKind::Q6K, 576), Ok("q8_0"));
+        // the substitute cannot hold 48 columns either: f16, as llama.cpp
+        assert_eq!(s(GgmlKind::Q4K, 48), Ok("f16"));
+        let e = s(GgmlKind::Q3K, 576).unwrap_err();
+        assert!(e.contains("IQ4_NL") && e.contains("[8, 576]"), "{e}");
+        // the fallback's values are exactly that type's round trip
+        let w = randn(4, 96, 4);
+        let a = ggml_quantize(&w, spec(GgmlKind::Q4K), "w").unwrap();
+        let b = ggml_quantize(&w, GgmlKind::Q5_0, "w").unwrap();
+        assert_eq!(max_abs_diff(&a, &b), 0.0);
+        let w = randn(4, 48, 5);
+        let a = ggml_quantize(&w, spec(GgmlKind::Q4K), "w").unwrap();
+        assert_eq!(max_abs_diff(&a, &super::super::fp16_round_trip(&w).unwrap()), 0.0);
     }
 }

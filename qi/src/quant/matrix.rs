@@ -34,7 +34,7 @@ pub fn quantize_weight(
         QuantSpec::Nf4(b) => bnb4_quantize(w, Bnb4Type::Nf4, b.block, b.double_quant).map(|o| o.weight),
         QuantSpec::Fp4(b) => bnb4_quantize(w, Bnb4Type::Fp4, b.block, b.double_quant).map(|o| o.weight),
         QuantSpec::Int8(_) => llm_int8_quantize(w, outlier_cols.unwrap_or(&[])).map(|o| o.weight),
-        QuantSpec::Ggml(k) => ggml_quantize(w, *k, name),
+        QuantSpec::Ggml(g) => ggml_quantize(w, *g, name),
         QuantSpec::Prune(p) => magnitude_prune(w, p.sparsity).map(|o| o.weight),
         QuantSpec::Awq(_) | QuantSpec::W8a8 => {
             return Err(QiError::invalid(

@@ -35,7 +35,7 @@ pub mod spec;
 pub(crate) mod testutil;
 
 pub use cast::{bf16_round_trip, fp16_round_trip};
-pub use ggml::{ggml_quantize, GgmlKind};
+pub use ggml::{ggml_quantize, GgmlKind, GgmlSpec, GgmlStorage};
 pub use gptq::{gptq_quantize, GptqOptions, GptqOutput, HessianAccumulator};
 pub use grid::{GridParams, Real, UniformGrid};
 pub use int8::{llm_int8_quantize, int8_rowwise_quantize, quantize_activations_per_token_int8, Int8Output};

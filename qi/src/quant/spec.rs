@@ -10,7 +10,8 @@
 //! | `awq` | `bits` (required), `group` (`128`), `sym` (`false`), `samples` (`128`), `seqlen` (`512`), `data` (`c4`), `seed` (`0`) | AWQ (model level); defaults as llm-awq's usual run: `q_group_size 128`, zero point on, 128 samples of 512 tokens (llm-awq calibrates on pile-val; `c4` is our default source) |
 //! | `nf4`, `fp4` | `block` (`64`; one of 32, 64, …, 4096), `double_quant` (`false`) | bitsandbytes 4-bit; defaults as `BitsAndBytesConfig` (blocksize 64, `bnb_4bit_use_double_quant=False`) |
 //! | `int8` | `threshold` (`6`) | LLM.int8 (outlier threshold on activations, as bitsandbytes) |
-//! | `q4_0` `q4_1` `q5_0` `q5_1` `q8_0` `q2_k` `q3_k` `q4_k` `q5_k` `q6_k` | — | GGML block types |
+//! | `q4_0` `q4_1` `q5_0` `q5_1` `q8_0` | — | GGML block types (blocks of 32 along the input) |
+//! | `q2_k` `q3_k` `q4_k` `q5_k` `q6_k` | `fallback` (`false`) | GGML k-quants (super-blocks of 256); with `fallback=true` a tensor whose rows they cannot hold gets llama.cpp's substitute type (q4_k → q5_0, q5_k → q5_1, q6_k → q8_0), otherwise it is an error |
 //! | `w8a8` | — | int8 per-row weights and dynamic per-token int8 activations |
 //! | `prune` | `sparsity` (required, in [0, 1)) | unstructured magnitude pruning |
 //!
@@ -152,7 +153,7 @@ pub struct PruneSpec {
     pub sparsity: f64,
 }
 
-pub use super::ggml::GgmlKind;
+pub use super::ggml::{GgmlKind, GgmlSpec};
 
 /// A quantization method with its options. See the module docs for the string form.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -167,7 +168,7 @@ pub enum QuantSpec {
     Nf4(Bnb4Spec),
     Fp4(Bnb4Spec),
     Int8(Int8Spec),
-    Ggml(GgmlKind),
+    Ggml(GgmlSpec),
     W8a8,
     Prune(PruneSpec),
 }
@@ -199,6 +200,7 @@ fn keys_of(method: &str) -> &'static [&'static str] {
         "nf4" | "fp4" => &["block", "double_quant"],
         "int8" => &["threshold"],
         "prune" => &["sparsity"],
+        "q2_k" | "q3_k" | "q4_k" | "q5_k" | "q6_k" => &["fallback"],
         _ => &[],
     }
 }
@@ -216,7 +218,7 @@ impl QuantSpec {
             QuantSpec::Nf4(_) => "nf4",
             QuantSpec::Fp4(_) => "fp4",
             QuantSpec::Int8(_) => "int8",
-            QuantSpec::Ggml(k) => k.name(),
+            QuantSpec::Ggml(g) => g.kind.name(),
             QuantSpec::W8a8 => "w8a8",
             QuantSpec::Prune(_) => "prune",
         }
@@ -234,7 +236,7 @@ impl QuantSpec {
             QuantSpec::Awq(s) => Some(s.bits as f32),
             QuantSpec::Nf4(_) | QuantSpec::Fp4(_) => Some(4.0),
             QuantSpec::Int8(_) | QuantSpec::W8a8 => Some(8.0),
-            QuantSpec::Ggml(k) => Some(k.bits_per_weight()),
+            QuantSpec::Ggml(g) => Some(g.kind.bits_per_weight()),
             QuantSpec::Prune(_) => None,
         }
     }
@@ -487,7 +489,10 @@ impl FromStr for QuantSpec {
                 QuantSpec::Prune(PruneSpec { sparsity })
             }
             other => match GgmlKind::from_name(other) {
-                Some(k) => QuantSpec::Ggml(k),
+                Some(kind) => {
+                    let fallback = o.take("fallback").map(|v| parse_bool("fallback", v)).transpose()?.unwrap_or(false);
+                    QuantSpec::Ggml(GgmlSpec { kind, fallback })
+                }
                 None => bail!("internal: method '{other}' has no parser"),
             },
         };
@@ -579,7 +584,8 @@ impl fmt::Display for QuantSpec {
                 }
             }
             QuantSpec::Prune(p) => kv.push(format!("sparsity={}", p.sparsity)),
-            QuantSpec::None | QuantSpec::Fp16 | QuantSpec::Bf16 | QuantSpec::Ggml(_) | QuantSpec::W8a8 => {}
+            QuantSpec::Ggml(g) => flag(&mut kv, "fallback", g.fallback, false),
+            QuantSpec::None | QuantSpec::Fp16 | QuantSpec::Bf16 | QuantSpec::W8a8 => {}
         }
         f.write_str(self.method_name())?;
         if !kv.is_empty() {
@@ -645,6 +651,9 @@ mod tests {
         assert_eq!(p("nf4:block=64,double_quant=true").to_string(), "nf4:double_quant=true");
         assert_eq!(p("int8:threshold=6.0").to_string(), "int8");
         assert_eq!(p(" Q4_K ").to_string(), "q4_k");
+        assert_eq!(p("q4_k:fallback=false").to_string(), "q4_k");
+        assert_eq!(p("q4_k:fallback=true"), QuantSpec::Ggml(GgmlSpec { kind: GgmlKind::Q4K, fallback: true }));
+        assert_eq!(p("q6_k:fallback=true").to_string(), "q6_k:fallback=true");
         assert_eq!(p("prune:sparsity=0.5").to_string(), "prune:sparsity=0.5");
         assert_eq!(p("awq:bits=4,group=128,samples=64,seqlen=512").to_string(), "awq:bits=4,samples=64");
         assert_eq!(p("awq:bits=4,group=-1").to_string(), "awq:bits=4,group=-1");
@@ -694,7 +703,7 @@ mod tests {
             all.push(QuantSpec::Int8(Int8Spec { threshold }));
         }
         for k in GgmlKind::ALL {
-            all.push(QuantSpec::Ggml(k));
+            all.push(QuantSpec::Ggml(k.into()));
         }
         for sparsity in [0.0, 0.5, 0.9, 1.0 / 3.0] {
             all.push(QuantSpec::Prune(PruneSpec { sparsity }));
@@ -739,6 +748,9 @@ mod tests {
         assert!(err("rtn:bits=4,bits=3").contains("twice"));
         assert!(err("rtn:bits=4,sym=yes").contains("true or false"));
         assert!(err("int8:threshold=-1").contains("positive"));
+        // llama.cpp's fallback exists only for the k-quants
+        assert!(err("q4_0:fallback=true").contains("takes no options"));
+        assert!(err("q4_k:fallback=1").contains("true or false"));
         assert!(err("gptq:bits=4,damp=nan").contains("finite"));
     }
 
