@@ -68,20 +68,21 @@ fn main() -> anyhow::Result<()> {
     let qkv = |role: &str| matches!(role, "q" | "k" | "v" | "qkv");
     match mode {
         "targeted" => {
-            let cases: Vec<(&str, &HookedTransformer, Box<dyn Fn(usize, &str) -> bool>)> = vec![
-                ("plain + act-order L11 down", &act, Box::new(|l, r| l == 11 && r == "down")),
-                ("plain + act-order L1 q/k/v", &act, Box::new(move |l, r| l == 1 && qkv(r))),
-                ("plain + act-order L11 down and L1 q/k/v", &act, Box::new(move |l, r| (l == 11 && r == "down") || (l == 1 && qkv(r)))),
-                ("plain + act-order every down", &act, Box::new(|_, r| r == "down")),
-                ("plain + act-order everything but down", &act, Box::new(|_, r| r != "down")),
-                ("plain + RTN every down", &rtn, Box::new(|_, r| r == "down")),
-                ("plain + RTN every down but L11", &rtn, Box::new(|l, r| r == "down" && l != 11)),
-                ("RTN + plain GPTQ L11 down", &plain, Box::new(|l, r| l == 11 && r == "down")),
+            // (label, base twin, donor twin, which matrices come from the donor)
+            type Pick = Box<dyn Fn(usize, &str) -> bool>;
+            let cases: Vec<(&str, &HookedTransformer, &HookedTransformer, Pick)> = vec![
+                ("plain + act-order L11 down", &plain, &act, Box::new(|l, r| l == 11 && r == "down")),
+                ("plain + act-order L1 q/k/v", &plain, &act, Box::new(move |l, r| l == 1 && qkv(r))),
+                ("plain + act-order L11 down and L1 q/k/v", &plain, &act, Box::new(move |l, r| (l == 11 && r == "down") || (l == 1 && qkv(r)))),
+                ("plain + act-order every down", &plain, &act, Box::new(|_, r| r == "down")),
+                ("plain + act-order everything but down", &plain, &act, Box::new(|_, r| r != "down")),
+                ("plain + RTN every down", &plain, &rtn, Box::new(|_, r| r == "down")),
+                ("plain + RTN every down but L11", &plain, &rtn, Box::new(|l, r| r == "down" && l != 11)),
+                ("RTN + plain GPTQ L11 down", &rtn, &plain, Box::new(|l, r| l == 11 && r == "down")),
             ];
             let rtn_p = ppl(&rtn)?;
             row("RTN", m.linears().len(), rtn_p);
-            for (name, donor, pick) in cases {
-                let base = if name.starts_with("RTN") { &rtn } else { &plain };
+            for (name, base, donor, pick) in cases {
                 let (h, n) = hybrid(base, donor, pick.as_ref())?;
                 row(name, n, ppl(&h)?);
             }

@@ -200,7 +200,7 @@ fn keys_of(method: &str) -> &'static [&'static str] {
         "nf4" | "fp4" => &["block", "double_quant"],
         "int8" => &["threshold"],
         "prune" => &["sparsity"],
-        "q2_k" | "q3_k" | "q4_k" | "q5_k" | "q6_k" => &["fallback"],
+        k if GgmlKind::from_name(k).is_some_and(GgmlKind::is_k_quant) => &["fallback"],
         _ => &[],
     }
 }
