@@ -13,6 +13,7 @@ SPECS=(
   none fp16 "rtn:bits=8" "rtn:bits=4" "rtn:bits=3" "rtn:bits=4,group=64" "rtn:bits=3,group=64"
   "gptq:bits=4,samples=$NS,seqlen=512" "gptq:bits=3,samples=$NS,seqlen=512" "gptq:bits=4,act_order=true,samples=$NS,seqlen=512"
   "gptq:bits=4,group=64,samples=$NS,seqlen=512" "gptq:bits=3,group=64,samples=$NS,seqlen=512"
+  "gptq:bits=4,group=64,act_order=true,samples=$NS,seqlen=512" "gptq:bits=3,group=64,act_order=true,samples=$NS,seqlen=512"
   "awq:bits=4,group=64,samples=32,seqlen=512" nf4 q4_0 "q4_k:fallback=true" q8_0
 )
 if [ -n "${QI_SPECS:-}" ]; then read -r -a SPECS <<< "$QI_SPECS"; fi
