@@ -155,10 +155,7 @@ pub fn bits_per_weight(spec: &QuantSpec, rows: usize, cols: usize) -> f64 {
             }
         }
         QuantSpec::Int8(_) | QuantSpec::W8a8 => 8.0 + 32.0 / cols as f64,
-        QuantSpec::Ggml(g) => match g.storage_for(cols, rows, "") {
-            Ok(storage) => storage.bits_per_weight() as f64,
-            Err(_) => g.kind.bits_per_weight() as f64,
-        },
+        QuantSpec::Ggml(g) => ggml_storage(g, rows, cols).bits_per_weight() as f64,
         QuantSpec::Prune(p) => 32.0 * (1.0 - p.sparsity) + 1.0,
     }
 }
@@ -166,9 +163,15 @@ pub fn bits_per_weight(spec: &QuantSpec, rows: usize, cols: usize) -> f64 {
 /// The storage format of a `[rows, cols]` matrix under `spec` (see [`MatrixReport::format`]).
 pub fn storage_format(spec: &QuantSpec, rows: usize, cols: usize) -> String {
     match spec {
-        QuantSpec::Ggml(g) => g.storage_for(cols, rows, "").map_or(g.kind.name(), |s| s.name()).to_string(),
+        QuantSpec::Ggml(g) => ggml_storage(g, rows, cols).name().to_string(),
         _ => spec.method_name().to_string(),
     }
+}
+
+/// A GGML matrix's storage for the report; a shape the type cannot hold (which quantizing already
+/// rejected, naming the tensor) is reported as the nominal type.
+fn ggml_storage(g: &quant::GgmlSpec, rows: usize, cols: usize) -> quant::GgmlStorage {
+    g.storage_for(rows, cols, "").unwrap_or(quant::GgmlStorage::Ggml(g.kind))
 }
 
 fn corpus(d: CalibData) -> Corpus {

@@ -86,9 +86,9 @@ impl GgmlKind {
         (self.dtype().type_size() * 8) as f32 / self.block_size() as f32
     }
 
-    /// Whether this is a k-quant (super-blocks of 256).
+    /// Whether this is a k-quant (super-blocks of 256 rather than blocks of 32).
     pub fn is_k_quant(self) -> bool {
-        matches!(self, GgmlKind::Q2K | GgmlKind::Q3K | GgmlKind::Q4K | GgmlKind::Q5K | GgmlKind::Q6K)
+        self.block_size() == 256
     }
 
     /// The type llama.cpp substitutes when this k-quant cannot hold a row. `None` for the legacy
@@ -142,9 +142,9 @@ impl GgmlStorage {
 }
 
 impl GgmlSpec {
-    /// The storage of a tensor with `cols` input features; an error naming `name` when the type
-    /// cannot hold its rows and no fallback applies.
-    pub fn storage_for(&self, cols: usize, rows: usize, name: &str) -> Result<GgmlStorage> {
+    /// The storage of a `[rows, cols]` tensor (blocks run along `cols`); an error naming `name`
+    /// when the type cannot hold its rows and no fallback applies.
+    pub fn storage_for(&self, rows: usize, cols: usize, name: &str) -> Result<GgmlStorage> {
         let kind = self.kind;
         let bs = kind.block_size();
         if cols % bs == 0 {
@@ -176,7 +176,7 @@ impl GgmlSpec {
 /// [`GgmlSpec::storage_for`] picks. `name` names the tensor in errors.
 pub fn ggml_quantize(w: &Tensor, spec: impl Into<GgmlSpec>, name: &str) -> Result<Tensor> {
     let m = Matrix::read(w, name)?;
-    let kind = match spec.into().storage_for(m.cols, m.rows, name)? {
+    let kind = match spec.into().storage_for(m.rows, m.cols, name)? {
         GgmlStorage::Ggml(k) => k,
         GgmlStorage::F16 => return super::fp16_round_trip(w),
     };
@@ -247,7 +247,7 @@ mod tests {
         let spec = |kind| GgmlSpec { kind, fallback: true };
         // SmolLM2's widths: 576 (q/k/v/o, gate/up inputs) is 18 blocks of 32 but not a multiple
         // of 256; 1536 (down's input) is 6 super-blocks of 256.
-        let s = |kind, cols| spec(kind).storage_for(cols, 8, "w").map(GgmlStorage::name).map_err(|e| e.to_string());
+        let s = |kind, cols| spec(kind).storage_for(8, cols, "w").map(GgmlStorage::name).map_err(|e| e.to_string());
         assert_eq!(s(GgmlKind::Q4K, 576), Ok("q5_0"));
         assert_eq!(s(GgmlKind::Q4K, 1536), Ok("q4_k"));
         assert_eq!(s(GgmlKind::Q5K, 576), Ok("q5_1"));
