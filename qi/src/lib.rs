@@ -10,6 +10,7 @@ pub mod display;
 pub mod error;
 pub mod export;
 pub mod figures;
+pub mod fused;
 pub mod hooks;
 pub mod io;
 pub mod loader;

@@ -37,19 +37,19 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     }
 }
 
-/// Rotary embedding in the "rotate half" convention used by HF Llama and GPT-NeoX.
-/// `x`: [batch, heads, pos, rot_dim]; `cos`/`sin`: [batch, pos, rot_dim / 2].
+/// Rotary embedding in the "rotate half" convention used by HF Llama and GPT-NeoX, token-major.
+/// `x`: [batch, pos, heads, rot_dim]; `cos`/`sin`: [batch, pos, rot_dim / 2].
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     if x.track_op() {
         let half = x.dim(D::Minus1)? / 2;
-        let cos = Tensor::cat(&[cos, cos], D::Minus1)?.unsqueeze(1)?;
-        let sin = Tensor::cat(&[sin, sin], D::Minus1)?.unsqueeze(1)?;
+        let cos = Tensor::cat(&[cos, cos], D::Minus1)?.unsqueeze(2)?;
+        let sin = Tensor::cat(&[sin, sin], D::Minus1)?.unsqueeze(2)?;
         let x1 = x.narrow(D::Minus1, 0, half)?;
         let x2 = x.narrow(D::Minus1, half, half)?;
         let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
         x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
     } else {
-        candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin)
+        candle_nn::rotary_emb::rope_thd(&x.contiguous()?, cos, sin)
     }
 }
 

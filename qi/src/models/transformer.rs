@@ -1,6 +1,7 @@
 //! The hooked forward pass shared by every family.
-use super::{Block, Linear, Mlp, ModelConfig, Norm, Positional, QkvProj, SourceInfo};
+use super::{Activation, Block, Linear, Mlp, ModelConfig, Norm, Positional, QkvProj, SourceInfo};
 use crate::batch::Batch;
+use crate::fused;
 use crate::hooks::{names, ActivationCache, HookFilter, Hooks};
 use crate::tokenizer::Tokenizer;
 use crate::QiError;
@@ -35,6 +36,11 @@ struct Sink<'h, 'a> {
 }
 
 impl Sink<'_, '_> {
+    /// Whether a hook or the cache asks for this point (else its value need not exist).
+    fn wants(&self, name: &str) -> bool {
+        self.hooks.as_deref().is_some_and(|h| h.filters().any(|f| f.matches(name))) || self.cache.as_ref().is_some_and(|(f, _)| f.matches(name))
+    }
+
     fn point(&mut self, name: &str, x: Tensor) -> Result<Tensor> {
         let x = match self.hooks.as_deref_mut() {
             Some(h) => h.run(name, x)?,
@@ -345,28 +351,44 @@ impl HookedTransformer {
             }
             QkvProj::Separate { q, k, v } => (q.forward(x)?, k.forward(x)?, v.forward(x)?),
         };
+        // Token-major throughout, [b, pos, heads, d_head]: the layout of the hooks, of the
+        // projections' output and of the output projection's input, so nothing is transposed.
         let q = sink.point(&names::q(l), q.reshape((b, p, nh, dh))?)?;
         let k = sink.point(&names::k(l), k.reshape((b, p, nkv, dh))?)?;
         let v = sink.point(&names::v(l), v.reshape((b, p, nkv, dh))?)?;
-        // [b, heads, pos, d_head]
-        let mut q = q.transpose(1, 2)?.contiguous()?;
-        let mut k = k.transpose(1, 2)?.contiguous()?;
-        let v = v.transpose(1, 2)?.contiguous()?;
-        if let (Some((cos, sin)), Positional::Rotary { dim, .. }) = (rope, cfg.positional) {
-            q = apply_rotary(&q, cos, sin, dim)?;
-            k = apply_rotary(&k, cos, sin, dim)?;
-            q = sink.point(&names::rot_q(l), q.transpose(1, 2)?)?.transpose(1, 2)?.contiguous()?;
-            k = sink.point(&names::rot_k(l), k.transpose(1, 2)?)?.transpose(1, 2)?.contiguous()?;
-        }
-        // Grouped-query attention without copying K/V: queries of the heads sharing one KV head are
-        // stacked along the position axis and multiplied by that KV head once.
-        let rep = nh / nkv;
-        let qg = q.reshape((b, nkv, rep * p, dh))?;
-        let scores = (qg.matmul(&k.t()?)? * (1.0 / (dh as f64).sqrt()))?.reshape((b, nh, p, p))?;
-        let scores = sink.point(&names::attn_scores(l), scores.broadcast_add(mask)?)?;
-        let pattern = sink.point(&names::pattern(l), crate::ops::softmax_last(&scores)?)?;
-        let z = pattern.reshape((b, nkv, rep * p, p))?.matmul(&v)?.reshape((b, nh, p, dh))?;
-        let z = sink.point(&names::z(l), z.transpose(1, 2)?)?;
+        let (q, k) = match (rope, cfg.positional) {
+            (Some((cos, sin)), Positional::Rotary { dim, .. }) => (
+                sink.point(&names::rot_q(l), apply_rotary(&q, cos, sin, dim)?)?,
+                sink.point(&names::rot_k(l), apply_rotary(&k, cos, sin, dim)?)?,
+            ),
+            _ => (q, k),
+        };
+        let scale = 1.0 / (dh as f64).sqrt();
+        let scores_name = names::attn_scores(l);
+        let pattern = if !fused::fusable(&[&q, &k]) {
+            // Autograd: composed ops. Grouped-query attention without copying K: queries of the
+            // heads sharing one KV head are stacked along the position axis.
+            let rep = nh / nkv;
+            let qg = q.transpose(1, 2)?.contiguous()?.reshape((b, nkv, rep * p, dh))?;
+            let kt = k.transpose(1, 2)?.contiguous()?.t()?;
+            let scores = (qg.matmul(&kt)? * scale)?.reshape((b, nh, p, p))?;
+            let scores = sink.point(&scores_name, scores.broadcast_add(mask)?)?;
+            crate::ops::softmax_last(&scores)?
+        } else if sink.wants(&scores_name) {
+            let scores = sink.point(&scores_name, fused::attention_scores(&q, &k, mask, scale)?)?;
+            if fused::fusable(&[&scores]) { fused::softmax_rows(&scores)? } else { crate::ops::softmax_last(&scores)? }
+        } else {
+            fused::attention_pattern(&q, &k, mask, scale)?
+        };
+        let pattern = sink.point(&names::pattern(l), pattern)?;
+        let z = if fused::fusable(&[&pattern, &v]) {
+            fused::attention_mix(&pattern, &v)?
+        } else {
+            let rep = nh / nkv;
+            let vh = v.transpose(1, 2)?.contiguous()?;
+            pattern.reshape((b, nkv, rep * p, p))?.matmul(&vh)?.reshape((b, nh, p, dh))?.transpose(1, 2)?
+        };
+        let z = sink.point(&names::z(l), z)?;
         Ok(block.attn.out.forward(&z.reshape((b, p, nh * dh))?)?)
     }
 
@@ -380,7 +402,11 @@ impl HookedTransformer {
             Mlp::Gated { gate, up, .. } => {
                 let pre = sink.point(&names::mlp_pre(l), gate.forward(x)?)?;
                 let lin = sink.point(&names::mlp_pre_linear(l), up.forward(x)?)?;
-                (act.apply(&pre)? * lin)?
+                if act == Activation::Silu && fused::fusable(&[&pre, &lin]) {
+                    fused::silu_mul(&pre, &lin)?
+                } else {
+                    (act.apply(&pre)? * lin)?
+                }
             }
         };
         let post = sink.point(&names::mlp_post(l), post)?;

@@ -1,0 +1,286 @@
+//! Fused CPU kernels for the hot spots of the forward pass: the attention core and the gated MLP
+//! activation.
+//!
+//! Composed from candle ops, attention is a batched matmul whose small per-head products each go
+//! through a separately threaded gemm, then scale, mask and softmax passes that each allocate a
+//! full `[batch, heads, pos, pos]` tensor, then a copy from head-major back to token-major
+//! layout. Here one task per (sequence, head) runs a single-threaded gemm straight from the
+//! token-major q/k/v (strides, no transposes), applies scale, mask and softmax in one pass over
+//! each row, and writes `z` token-major. The gated activation `act(gate) * up` is one parallel
+//! pass instead of two allocating ones.
+//!
+//! These kernels have no backward pass and expose no intermediates: callers use them only for
+//! f32 CPU tensors that autograd does not track ([`fusable`]), and compute with the composed ops
+//! otherwise (when a hook needs `hook_attn_scores`, or for gradients). Both paths compute the same
+//! function; `tests` checks them against each other.
+use candle_core::{CpuStorage, DType, Device, Layout, Result, Storage, Tensor};
+use rayon::prelude::*;
+use std::mem::MaybeUninit;
+
+/// Whether the fused kernels can take these tensors: f32, on the CPU, not tracked by autograd.
+pub fn fusable(ts: &[&Tensor]) -> bool {
+    ts.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op())
+}
+
+/// Runs `f` on the f32 storage slice and layout of a CPU tensor.
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32], &Layout) -> Result<R>) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(CpuStorage::F32(data)) => f(data, layout),
+        _ => candle_core::bail!("fused kernel: expected an f32 CPU tensor, got {:?} on {:?}", t.dtype(), t.device().location()),
+    }
+}
+
+/// Strides of a rank-4 tensor whose last axis is contiguous (the layout gemm reads directly).
+fn strides4(l: &Layout, what: &str) -> Result<[usize; 4]> {
+    match *l.stride() {
+        [s0, s1, s2, 1] => Ok([s0, s1, s2, 1]),
+        ref s => candle_core::bail!("fused kernel: {what} must be rank 4 with a contiguous last axis, got strides {s:?}"),
+    }
+}
+
+/// A raw pointer that may cross into rayon tasks writing disjoint parts of one buffer.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// Single-threaded `dst = beta * lhs · rhs` on strided f32 matrices (`rs` row, `cs` column stride).
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_f32(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: usize, lhs: *const f32, lhs_rs: usize, lhs_cs: usize, rhs: *const f32, rhs_rs: usize, rhs_cs: usize, beta: f32) {
+    gemm::gemm(
+        m, n, k, dst, 1, dst_rs as isize, false, lhs, lhs_cs as isize, lhs_rs as isize, rhs, rhs_cs as isize, rhs_rs as isize, 0.0, beta, false, false, false,
+        gemm::Parallelism::None,
+    );
+}
+
+/// Attention pattern `softmax(q·kᵀ · scale + mask)`, `[batch, n_heads, pos, pos]`, from token-major
+/// `q` `[batch, pos, n_heads, d_head]` and `k` `[batch, pos, n_kv_heads, d_head]` (query head `h`
+/// reads key head `h / (n_heads / n_kv_heads)`, as Hugging Face's `repeat_kv`). `mask` is additive,
+/// `[batch or 1, 1, pos, pos]`. A row whose keys are all masked gets all-zero weights.
+pub fn attention_pattern(q: &Tensor, k: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
+    attention_rows(q, k, mask, scale, true)
+}
+
+/// The attention scores `q·kᵀ · scale + mask` alone (for a `hook_attn_scores`); [`softmax_rows`]
+/// of them is bit-for-bit [`attention_pattern`], so what a run caches does not depend on what
+/// else it asks for.
+pub fn attention_scores(q: &Tensor, k: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
+    attention_rows(q, k, mask, scale, false)
+}
+
+fn attention_rows(q: &Tensor, k: &Tensor, mask: &Tensor, scale: f64, softmax: bool) -> Result<Tensor> {
+    let (b, p, nh, dh) = q.dims4()?;
+    let (kb, kp, nkv, kdh) = k.dims4()?;
+    if (kb, kp, kdh) != (b, p, dh) || nkv == 0 || nh % nkv != 0 {
+        candle_core::bail!("attention kernel: q {:?} and k {:?} do not fit", q.dims(), k.dims());
+    }
+    let mask = mask.contiguous()?;
+    let (mb, _, mq, mk) = mask.dims4()?;
+    if (mq, mk) != (p, p) || (mb != 1 && mb != b) {
+        candle_core::bail!("attention kernel: mask {:?} does not fit {p} positions and batch {b}", mask.dims());
+    }
+    let rep = nh / nkv;
+    let mut out: Vec<f32> = Vec::with_capacity(b * nh * p * p);
+    with_f32(q, |qd, ql| {
+        with_f32(k, |kd, kl| {
+            with_f32(&mask, |md, ml| {
+                let (qs, ks) = (strides4(ql, "q")?, strides4(kl, "k")?);
+                let (qd, kd, md) = (&qd[ql.start_offset()..], &kd[kl.start_offset()..], &md[ml.start_offset()..]);
+                out.spare_capacity_mut()[..b * nh * p * p].par_chunks_mut(p * p).enumerate().for_each(|(task, dst)| {
+                    let (bi, h) = (task / nh, task % nh);
+                    // SAFETY: q/k offsets stay inside their tensors (dims checked above); gemm
+                    // writes all p·p elements of this task's own chunk, which is then initialized.
+                    let rows = unsafe {
+                        let q0 = qd.as_ptr().add(bi * qs[0] + h * qs[2]);
+                        let k0 = kd.as_ptr().add(bi * ks[0] + (h / rep) * ks[2]);
+                        gemm_f32(p, p, dh, dst.as_mut_ptr() as *mut f32, p, q0, qs[1], 1, k0, 1, ks[1], scale as f32);
+                        &mut *(dst as *mut [MaybeUninit<f32>] as *mut [f32])
+                    };
+                    let mrows = &md[(if mb == 1 { 0 } else { bi }) * p * p..][..p * p];
+                    for (row, mrow) in rows.chunks_exact_mut(p).zip(mrows.chunks_exact(p)) {
+                        for (x, &m) in row.iter_mut().zip(mrow) {
+                            *x += m;
+                        }
+                        if softmax {
+                            softmax_in_place(row);
+                        }
+                    }
+                });
+                Ok(())
+            })
+        })
+    })?;
+    // SAFETY: every chunk was fully written above.
+    unsafe { out.set_len(b * nh * p * p) };
+    Tensor::from_vec(out, (b, nh, p, p), &Device::Cpu)
+}
+
+/// Softmax over the last axis of (already masked) scores, with [`attention_pattern`]'s arithmetic.
+pub fn softmax_rows(scores: &Tensor) -> Result<Tensor> {
+    let p = scores.dim(candle_core::D::Minus1)?;
+    let mut out = scores.flatten_all()?.to_vec1::<f32>()?;
+    out.par_chunks_mut(p).for_each(softmax_in_place);
+    Tensor::from_vec(out, scores.shape(), &Device::Cpu)
+}
+
+/// `row = softmax(row)`; −∞ entries become exactly 0 without an `exp`, and an all −∞ row all 0.
+fn softmax_in_place(row: &mut [f32]) {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    if max == f32::NEG_INFINITY {
+        row.fill(0.0);
+        return;
+    }
+    let mut sum = 0f32;
+    for x in row.iter_mut() {
+        *x = if *x == f32::NEG_INFINITY { 0.0 } else { (*x - max).exp() };
+        sum += *x;
+    }
+    let inv = 1.0 / sum;
+    for x in row.iter_mut() {
+        *x *= inv;
+    }
+}
+
+/// `z = pattern · v` per head, written token-major: `pattern` `[batch, n_heads, pos, pos]`, `v`
+/// `[batch, pos, n_kv_heads, d_head]` → `z` `[batch, pos, n_heads, d_head]` (hook_z's layout).
+pub fn attention_mix(pattern: &Tensor, v: &Tensor) -> Result<Tensor> {
+    let (b, nh, p, pk) = pattern.dims4()?;
+    let (vb, vp, nkv, dh) = v.dims4()?;
+    if (vb, vp, pk) != (b, p, p) || nkv == 0 || nh % nkv != 0 {
+        candle_core::bail!("attention_mix: pattern {:?} and v {:?} do not fit", pattern.dims(), v.dims());
+    }
+    let rep = nh / nkv;
+    let mut out: Vec<f32> = Vec::with_capacity(b * p * nh * dh);
+    let dst = SendPtr(out.as_mut_ptr());
+    with_f32(pattern, |pd, pl| {
+        with_f32(v, |vd, vl| {
+            let (ps, vs) = (strides4(pl, "pattern")?, strides4(vl, "v")?);
+            let (pd, vd) = (&pd[pl.start_offset()..], &vd[vl.start_offset()..]);
+            (0..b * nh).into_par_iter().for_each(|task| {
+                let (bi, h) = (task / nh, task % nh);
+                let dst = dst;
+                // SAFETY: offsets stay inside the tensors (dims checked above); each task writes
+                // only the d_head columns of head h in sequence bi's rows, disjoint from the rest.
+                unsafe {
+                    let p0 = pd.as_ptr().add(bi * ps[0] + h * ps[1]);
+                    let v0 = vd.as_ptr().add(bi * vs[0] + (h / rep) * vs[2]);
+                    let z0 = dst.0.add(bi * p * nh * dh + h * dh);
+                    gemm_f32(p, dh, p, z0, nh * dh, p0, ps[2], 1, v0, vs[1], 1, 1.0);
+                }
+            });
+            Ok(())
+        })
+    })?;
+    // SAFETY: the (sequence, head) tasks together wrote every element.
+    unsafe { out.set_len(b * p * nh * dh) };
+    Tensor::from_vec(out, (b, p, nh, dh), &Device::Cpu)
+}
+
+/// `silu(gate) · up` elementwise in one parallel pass (the same formula as candle's `silu`).
+pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if gate.dims() != up.dims() {
+        candle_core::bail!("silu_mul: gate {:?} and up {:?} differ in shape", gate.dims(), up.dims());
+    }
+    let (gate, up) = (gate.contiguous()?, up.contiguous()?);
+    let n = gate.elem_count();
+    let mut out: Vec<f32> = Vec::with_capacity(n);
+    with_f32(&gate, |gd, gl| {
+        with_f32(&up, |ud, ul| {
+            let (gd, ud) = (&gd[gl.start_offset()..][..n], &ud[ul.start_offset()..][..n]);
+            const CHUNK: usize = 16 * 1024;
+            out.spare_capacity_mut()[..n].par_chunks_mut(CHUNK).enumerate().for_each(|(c, dst)| {
+                let (g, u) = (&gd[c * CHUNK..][..dst.len()], &ud[c * CHUNK..][..dst.len()]);
+                for ((d, &g), &u) in dst.iter_mut().zip(g).zip(u) {
+                    d.write(g / (1.0 + (-g).exp()) * u);
+                }
+            });
+            Ok(())
+        })
+    })?;
+    // SAFETY: the chunks cover all n elements.
+    unsafe { out.set_len(n) };
+    Tensor::from_vec(out, gate.shape(), &Device::Cpu)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::D;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    /// Composed reference: head-major q/k/v, broadcast GQA, candle softmax.
+    fn reference(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> (Tensor, Tensor) {
+        let (b, p, nh, dh) = q.dims4().unwrap();
+        let nkv = k.dim(2).unwrap();
+        let rep = nh / nkv;
+        let expand = |t: &Tensor| t.transpose(1, 2).unwrap().unsqueeze(2).unwrap().expand((b, nkv, rep, p, dh)).unwrap().reshape((b, nh, p, dh)).unwrap();
+        let qh = q.transpose(1, 2).unwrap().contiguous().unwrap();
+        let scores = ((qh.matmul(&expand(k).t().unwrap()).unwrap() * scale).unwrap().broadcast_add(mask)).unwrap();
+        let pattern = candle_nn::ops::softmax(&scores, D::Minus1).unwrap();
+        let z = pattern.matmul(&expand(v)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
+        (pattern, z)
+    }
+
+    #[test]
+    fn attention_matches_composed_ops_with_gqa_padding_and_strided_inputs() {
+        let dev = Device::Cpu;
+        let (b, p, nh, nkv, dh) = (2, 7, 6, 2, 5);
+        // q, k, v as strided views into one fused projection output, like GPT-2's c_attn.
+        let qkv = Tensor::randn(0f32, 1.0, (b, p, (nh + 2 * nkv) * dh), &dev).unwrap();
+        let q = qkv.narrow(2, 0, nh * dh).unwrap().reshape((b, p, nh, dh)).unwrap();
+        let k = qkv.narrow(2, nh * dh, nkv * dh).unwrap().reshape((b, p, nkv, dh)).unwrap();
+        let v = qkv.narrow(2, (nh + nkv) * dh, nkv * dh).unwrap().reshape((b, p, nkv, dh)).unwrap();
+        // Sequence 1 is left-padded by 2: its padding queries see only themselves.
+        let ninf = f32::NEG_INFINITY;
+        let mut m = vec![ninf; b * p * p];
+        for bi in 0..b {
+            for i in 0..p {
+                for j in 0..=i {
+                    let pad = bi == 1 && (i < 2 || j < 2);
+                    if !pad || i == j {
+                        m[(bi * p + i) * p + j] = 0.0;
+                    }
+                }
+            }
+        }
+        let mask = Tensor::from_vec(m, (b, 1, p, p), &dev).unwrap();
+        let scale = 1.0 / (dh as f64).sqrt();
+        let (want_pattern, want_z) = reference(&q, &k, &v, &mask, scale);
+        let pattern = attention_pattern(&q, &k, &mask, scale).unwrap();
+        assert!(max_diff(&pattern, &want_pattern) < 1e-6);
+        let scores = attention_scores(&q, &k, &mask, scale).unwrap();
+        assert_eq!(max_diff(&softmax_rows(&scores).unwrap(), &pattern), 0.0, "the two paths agree bit for bit");
+        let z = attention_mix(&pattern, &v).unwrap();
+        assert_eq!(z.dims(), &[b, p, nh, dh]);
+        assert!(max_diff(&z, &want_z) < 1e-5);
+        // Rows sum to one and the causal upper triangle is exactly zero.
+        let sums = pattern.sum(D::Minus1).unwrap();
+        assert!(max_diff(&sums, &sums.ones_like().unwrap()) < 1e-6);
+        assert_eq!(pattern.get(0).unwrap().get(0).unwrap().get(0).unwrap().get(1).unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    }
+
+    #[test]
+    fn fully_masked_rows_get_zero_weights() {
+        let mut row = [f32::NEG_INFINITY; 3];
+        softmax_in_place(&mut row);
+        assert_eq!(row, [0.0; 3]);
+        let mut row = [0.0f32, 0.0, f32::NEG_INFINITY];
+        softmax_in_place(&mut row);
+        assert_eq!(row, [0.5, 0.5, 0.0]);
+    }
+
+    #[test]
+    fn silu_mul_matches_candle() {
+        let dev = Device::Cpu;
+        let g = Tensor::randn(0f32, 3.0, (3, 40_000), &dev).unwrap();
+        let u = Tensor::randn(0f32, 1.0, (3, 40_000), &dev).unwrap();
+        let want = (g.silu().unwrap() * &u).unwrap();
+        assert_eq!(max_diff(&silu_mul(&g, &u).unwrap(), &want), 0.0);
+        assert!(!fusable(&[&candle_core::Var::from_tensor(&g).unwrap().as_tensor().clone()]));
+        assert!(fusable(&[&g, &u]));
+    }
+}
