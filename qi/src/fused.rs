@@ -177,6 +177,59 @@ pub fn attention_mix(pattern: &Tensor, v: &Tensor) -> Result<Tensor> {
     Tensor::from_vec(out, (b, p, nh, dh), &Device::Cpu)
 }
 
+/// `x · w` for `x` `[rows, k]` and a row-major `w` `[k, n]`: the same gemm call as candle's
+/// matmul (same strides and threads, so the same bits), minus candle's zero-fill of the output.
+/// Large outputs (the unembedding's logits: 201 MB at 8 × 128 tokens) are backed by transparent
+/// huge pages where the kernel allows it: first-touch faults on 4 KiB pages otherwise cost ~15 %
+/// of that product (`cargo run --example matmul_shapes`).
+pub fn matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (m, k) = x.dims2()?;
+    let (wk, n) = w.dims2()?;
+    if wk != k {
+        candle_core::bail!("matmul: x {:?} and w {:?} do not fit", x.dims(), w.dims());
+    }
+    let mut out: Vec<f32> = Vec::with_capacity(m * n);
+    advise_huge_pages(&mut out);
+    with_f32(x, |xd, xl| {
+        with_f32(w, |wd, wl| {
+            let (xs, ws) = (xl.stride(), wl.stride());
+            let threads = candle_core::utils::get_num_threads();
+            let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+            // SAFETY: strides come from the layouts of tensors with the checked dims; gemm writes
+            // all m·n outputs (read_dst = false).
+            unsafe {
+                gemm::gemm(
+                    m, n, k, out.as_mut_ptr(), 1, n as isize, false,
+                    xd.as_ptr().add(xl.start_offset()), xs[1] as isize, xs[0] as isize,
+                    wd.as_ptr().add(wl.start_offset()), ws[1] as isize, ws[0] as isize,
+                    0.0, 1.0, false, false, false, par,
+                );
+            }
+            Ok(())
+        })
+    })?;
+    // SAFETY: written in full by gemm above.
+    unsafe { out.set_len(m * n) };
+    Tensor::from_vec(out, (m, n), &Device::Cpu)
+}
+
+/// Asks Linux for transparent huge pages under a large, not yet touched buffer (a hint: ignored
+/// where THP is off, and a no-op elsewhere).
+fn advise_huge_pages(buf: &mut Vec<f32>) {
+    const HUGE: usize = 2 << 20;
+    let bytes = buf.capacity() * std::mem::size_of::<f32>();
+    if bytes < 16 * HUGE {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        let start = buf.as_mut_ptr() as usize;
+        let (lo, hi) = (start.next_multiple_of(HUGE), (start + bytes) / HUGE * HUGE);
+        // SAFETY: the range lies inside this Vec's own allocation; MADV_HUGEPAGE changes no data.
+        unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_HUGEPAGE) };
+    }
+}
+
 /// `silu(gate) · up` elementwise in one parallel pass (the same formula as candle's `silu`).
 pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     if gate.dims() != up.dims() {
@@ -271,6 +324,20 @@ mod tests {
         let mut row = [0.0f32, 0.0, f32::NEG_INFINITY];
         softmax_in_place(&mut row);
         assert_eq!(row, [0.5, 0.5, 0.0]);
+    }
+
+    #[test]
+    fn matmul_is_candles_matmul_bit_for_bit() {
+        let dev = Device::Cpu;
+        for (m, k, n) in [(3, 5, 7), (1024, 64, 8200)] {
+            let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (k, n), &dev).unwrap();
+            assert_eq!(max_diff(&matmul(&x, &w).unwrap(), &x.matmul(&w).unwrap()), 0.0);
+            // a transposed view on either side reads through its strides
+            let wt = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+            assert_eq!(max_diff(&matmul(&x, &wt.t().unwrap()).unwrap(), &x.matmul(&wt.t().unwrap()).unwrap()), 0.0);
+        }
+        assert!(matmul(&Tensor::zeros((2, 3), DType::F32, &dev).unwrap(), &Tensor::zeros((4, 2), DType::F32, &dev).unwrap()).is_err());
     }
 
     #[test]
