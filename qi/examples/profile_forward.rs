@@ -29,7 +29,26 @@ fn main() -> anyhow::Result<()> {
     time("matmul with pre-transposed weight", &mut || { x2.matmul(&w)?; Ok(()) })?;
     let xn = m.ln_final.forward(&x)?;
     time("unembed", &mut || { m.unembed.forward(&xn)?; Ok(()) })?;
-    let s = Tensor::randn(0f32, 1., (8, 9, 128, 128), &Device::Cpu)?;
-    time("softmax 8x9x128x128", &mut || { qi::ops::softmax_last(&s)?; Ok(()) })?;
+    // The pieces of one block at these shapes (the sum vs "one block" shows the glue's cost).
+    let c = &m.cfg;
+    let (bp, d, nh, nkv, dh) = (b.tokens.dims2()?, c.d_model, c.n_heads, c.n_kv_heads, c.d_head);
+    let blk = &m.blocks[10];
+    time("  ln1 (norm)", &mut || { blk.ln1.forward(&x)?; Ok(()) })?;
+    for lin in blk.linears() {
+        let xi = Tensor::randn(0f32, 1., (bp.0, bp.1, lin.in_features()), &Device::Cpu)?;
+        time(&format!("  linear {} {}x{}", lin.name.rsplit('.').nth(1).unwrap_or(""), lin.in_features(), lin.out_features()), &mut || { lin.forward(&xi)?; Ok(()) })?;
+    }
+    let q = Tensor::randn(0f32, 1., (bp.0, bp.1, nh, dh), &Device::Cpu)?;
+    let k = Tensor::randn(0f32, 1., (bp.0, bp.1, nkv, dh), &Device::Cpu)?;
+    let cs = Tensor::randn(0f32, 1., (bp.0, bp.1, dh / 2), &Device::Cpu)?;
+    time("  rope q", &mut || { qi::ops::rope(&q, &cs, &cs)?; Ok(()) })?;
+    let mask = Tensor::zeros((1, 1, bp.1, bp.1), candle_core::DType::F32, &Device::Cpu)?;
+    time("  attention pattern", &mut || { qi::fused::attention_pattern(&q, &k, &mask, 0.125)?; Ok(()) })?;
+    let pat = qi::fused::attention_pattern(&q, &k, &mask, 0.125)?;
+    time("  attention mix (z)", &mut || { qi::fused::attention_mix(&pat, &k)?; Ok(()) })?;
+    let g = Tensor::randn(0f32, 1., (bp.0, bp.1, c.d_mlp), &Device::Cpu)?;
+    time("  silu(gate) * up", &mut || { qi::fused::silu_mul(&g, &g)?; Ok(()) })?;
+    let r = Tensor::randn(0f32, 1., (bp.0, bp.1, d), &Device::Cpu)?;
+    time("  residual add", &mut || { (&r + &r)?; Ok(()) })?;
     Ok(())
 }
