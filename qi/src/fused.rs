@@ -214,11 +214,10 @@ pub fn attention_mix(pattern: &Tensor, v: &Tensor) -> Result<Tensor> {
     Tensor::from_vec(out, (b, p, nh, dh), &Device::Cpu)
 }
 
-/// `x · w` for `x` `[rows, k]` and a row-major `w` `[k, n]`: the same gemm call as candle's
-/// matmul (same strides and threads, so the same bits), minus candle's zero-fill of the output.
-/// Large outputs (the unembedding's logits: 201 MB at 8 × 128 tokens) are backed by transparent
-/// huge pages where the kernel allows it: first-touch faults on 4 KiB pages otherwise cost ~15 %
-/// of that product (`cargo run --example matmul_shapes`).
+/// `x · w` for `x` `[rows, k]` and `w` `[k, n]`: the same gemm call as candle's matmul (same
+/// strides and threads, so the same bits), minus candle's zero-fill of the output. (Asking for
+/// transparent huge pages under the unembedding's 201 MB of logits made the isolated product
+/// ~15 % faster but the whole forward no faster: measured, then dropped.)
 pub fn matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (m, k) = x.dims2()?;
     let (wk, n) = w.dims2()?;
@@ -226,7 +225,6 @@ pub fn matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
         candle_core::bail!("matmul: x {:?} and w {:?} do not fit", x.dims(), w.dims());
     }
     let mut out: Vec<f32> = Vec::with_capacity(m * n);
-    advise_huge_pages(&mut out);
     with_f32(x, |xd, xl| {
         with_f32(w, |wd, wl| {
             let (xs, ws) = (xl.stride(), wl.stride());
@@ -248,23 +246,6 @@ pub fn matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     // SAFETY: written in full by gemm above.
     unsafe { out.set_len(m * n) };
     Tensor::from_vec(out, (m, n), &Device::Cpu)
-}
-
-/// Asks Linux for transparent huge pages under a large, not yet touched buffer (a hint: ignored
-/// where THP is off, and a no-op elsewhere).
-fn advise_huge_pages(buf: &mut Vec<f32>) {
-    const HUGE: usize = 2 << 20;
-    let bytes = buf.capacity() * std::mem::size_of::<f32>();
-    if bytes < 16 * HUGE {
-        return;
-    }
-    #[cfg(target_os = "linux")]
-    {
-        let start = buf.as_mut_ptr() as usize;
-        let (lo, hi) = (start.next_multiple_of(HUGE), (start + bytes) / HUGE * HUGE);
-        // SAFETY: the range lies inside this Vec's own allocation; MADV_HUGEPAGE changes no data.
-        unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_HUGEPAGE) };
-    }
 }
 
 /// `silu(gate) · up` elementwise in one parallel pass (candle's `silu` formula, with [`exp_approx`]).
