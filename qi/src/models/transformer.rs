@@ -366,8 +366,9 @@ impl HookedTransformer {
         let scale = 1.0 / (dh as f64).sqrt();
         let scores_name = names::attn_scores(l);
         let pattern = if !fused::fusable(&[&q, &k]) {
-            // Autograd: composed ops. Grouped-query attention without copying K: queries of the
-            // heads sharing one KV head are stacked along the position axis.
+            // Autograd (or not f32 on the CPU): composed candle ops. Grouped-query attention
+            // without copying K: queries of the heads sharing one KV head are stacked along the
+            // position axis.
             let rep = nh / nkv;
             let qg = q.transpose(1, 2)?.contiguous()?.reshape((b, nkv, rep * p, dh))?;
             let kt = k.transpose(1, 2)?.contiguous()?.t()?;
