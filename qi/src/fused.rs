@@ -80,6 +80,9 @@ fn attention_rows(q: &Tensor, k: &Tensor, mask: &Tensor, scale: f64, softmax: bo
     if (mq, mk) != (p, p) || (mb != 1 && mb != b) {
         candle_core::bail!("attention kernel: mask {:?} does not fit {p} positions and batch {b}", mask.dims());
     }
+    if b * nh * p == 0 {
+        return Tensor::zeros((b, nh, p, p), DType::F32, &Device::Cpu);
+    }
     let rep = nh / nkv;
     let mut out: Vec<f32> = Vec::with_capacity(b * nh * p * p);
     with_f32(q, |qd, ql| {
@@ -119,6 +122,9 @@ fn attention_rows(q: &Tensor, k: &Tensor, mask: &Tensor, scale: f64, softmax: bo
 /// Softmax over the last axis of (already masked) scores, with [`attention_pattern`]'s arithmetic.
 pub fn softmax_rows(scores: &Tensor) -> Result<Tensor> {
     let p = scores.dim(candle_core::D::Minus1)?;
+    if scores.elem_count() == 0 {
+        return Ok(scores.clone());
+    }
     let mut out = scores.flatten_all()?.to_vec1::<f32>()?;
     out.par_chunks_mut(p).for_each(softmax_in_place);
     Tensor::from_vec(out, scores.shape(), &Device::Cpu)
@@ -187,6 +193,9 @@ pub fn attention_mix(pattern: &Tensor, v: &Tensor) -> Result<Tensor> {
     if (vb, vp, pk) != (b, p, p) || nkv == 0 || nh % nkv != 0 {
         candle_core::bail!("attention_mix: pattern {:?} and v {:?} do not fit", pattern.dims(), v.dims());
     }
+    if b * p * nh * dh == 0 {
+        return Tensor::zeros((b, p, nh, dh), DType::F32, &Device::Cpu);
+    }
     let rep = nh / nkv;
     let mut out: Vec<f32> = Vec::with_capacity(b * p * nh * dh);
     let dst = SendPtr(out.as_mut_ptr());
@@ -223,6 +232,9 @@ pub fn matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (wk, n) = w.dims2()?;
     if wk != k {
         candle_core::bail!("matmul: x {:?} and w {:?} do not fit", x.dims(), w.dims());
+    }
+    if m * n * k == 0 {
+        return Tensor::zeros((m, n), DType::F32, &Device::Cpu); // an empty sum is 0
     }
     let mut out: Vec<f32> = Vec::with_capacity(m * n);
     with_f32(x, |xd, xl| {
@@ -377,6 +389,12 @@ mod tests {
             assert_eq!(max_diff(&matmul(&x, &wt.t().unwrap()).unwrap(), &x.matmul(&wt.t().unwrap()).unwrap()), 0.0);
         }
         assert!(matmul(&Tensor::zeros((2, 3), DType::F32, &dev).unwrap(), &Tensor::zeros((4, 2), DType::F32, &dev).unwrap()).is_err());
+        // empty shapes: no gemm call, and an empty inner dimension sums to zero
+        let y = matmul(&Tensor::zeros((2, 0), DType::F32, &dev).unwrap(), &Tensor::zeros((0, 3), DType::F32, &dev).unwrap()).unwrap();
+        assert_eq!(y.to_vec2::<f32>().unwrap(), vec![vec![0.0; 3]; 2]);
+        let none = Tensor::zeros((0, 0, 2, 4), DType::F32, &dev).unwrap();
+        let mask = Tensor::zeros((1, 1, 0, 0), DType::F32, &dev).unwrap();
+        assert_eq!(attention_pattern(&none, &none, &mask, 1.0).unwrap().dims(), &[0, 2, 0, 0]);
     }
 
     #[test]
