@@ -114,6 +114,7 @@ pub fn integrated_gradients(
     if steps == 0 {
         return Err(QiError::invalid("ig_steps", 0, "need at least one integration step").into());
     }
+    let model = &model.with_fresh_tensor_ids()?; // see there: notebooks' duplicated tensor-id counters
     let p = tokens.len();
     let dev = resid_pre.device();
     // rows 0..steps: midpoints; then α = 0 and α = 1 for the completeness check

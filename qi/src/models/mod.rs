@@ -194,7 +194,18 @@ impl ActQuant {
     }
 }
 
+/// The same tensor (shared storage, no copy) under a new identity: see
+/// [`HookedTransformer::with_fresh_tensor_ids`].
+pub(crate) fn fresh_id(t: &Tensor) -> candle_core::Result<Tensor> {
+    t.reshape(t.shape())
+}
+
 impl Linear {
+    /// This layer with fresh tensor ids ([`HookedTransformer::with_fresh_tensor_ids`]).
+    pub(crate) fn with_fresh_ids(&self) -> candle_core::Result<Self> {
+        Ok(Linear { weight_t: fresh_id(&self.weight_t)?, bias: self.bias.as_ref().map(fresh_id).transpose()?, ..self.clone() })
+    }
+
     /// A linear layer from its `[out, in]` weight, without activation quantization.
     pub fn new(name: impl Into<String>, weight: Tensor, bias: Option<Tensor>, transposed_in_checkpoint: bool) -> candle_core::Result<Self> {
         Ok(Linear { name: name.into(), weight_t: weight.t()?.contiguous()?, bias, transposed_in_checkpoint, act_quant: None })
@@ -274,6 +285,10 @@ pub struct Norm {
 }
 
 impl Norm {
+    pub(crate) fn with_fresh_ids(&self) -> candle_core::Result<Self> {
+        Ok(Norm { weight: fresh_id(&self.weight)?, bias: self.bias.as_ref().map(fresh_id).transpose()?, ..self.clone() })
+    }
+
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match &self.bias {
             Some(b) => crate::ops::layer_norm(x, &self.weight, b, self.eps),
@@ -315,6 +330,24 @@ pub struct Block {
 }
 
 impl Block {
+    pub(crate) fn with_fresh_ids(&self) -> candle_core::Result<Self> {
+        let qkv = match &self.attn.qkv {
+            QkvProj::FusedContiguous(l) => QkvProj::FusedContiguous(l.with_fresh_ids()?),
+            QkvProj::FusedPerHead(l) => QkvProj::FusedPerHead(l.with_fresh_ids()?),
+            QkvProj::Separate { q, k, v } => QkvProj::Separate { q: q.with_fresh_ids()?, k: k.with_fresh_ids()?, v: v.with_fresh_ids()? },
+        };
+        let mlp = match &self.mlp {
+            Mlp::Standard { fc_in, fc_out } => Mlp::Standard { fc_in: fc_in.with_fresh_ids()?, fc_out: fc_out.with_fresh_ids()? },
+            Mlp::Gated { gate, up, down } => Mlp::Gated { gate: gate.with_fresh_ids()?, up: up.with_fresh_ids()?, down: down.with_fresh_ids()? },
+        };
+        Ok(Block {
+            ln1: self.ln1.with_fresh_ids()?,
+            attn: Attention { qkv, out: self.attn.out.with_fresh_ids()? },
+            ln2: self.ln2.with_fresh_ids()?,
+            mlp,
+        })
+    }
+
     /// The block's linear layers in forward order.
     pub fn linears(&self) -> Vec<&Linear> {
         let mut v = match &self.attn.qkv {

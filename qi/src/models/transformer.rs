@@ -114,6 +114,25 @@ impl HookedTransformer {
         Ok((logits.expect("full forward returns logits"), cache.expect("cache requested")))
     }
 
+    /// This model with every tensor under a new identity, sharing storage (no copy). candle's
+    /// autograd keys gradients by tensor id, drawn from a counter that is a `static`; evcxr links
+    /// a copy of each dependency into every notebook cell, so a model loaded in one cell and
+    /// differentiated in another can meet ids its weights already hold (seen as a shape mismatch
+    /// inside `backward`, or worse, a silently mixed gradient). Ids drawn by the code that runs
+    /// the backward pass cannot repeat within that pass.
+    pub fn with_fresh_tensor_ids(&self) -> Result<Self> {
+        use super::fresh_id;
+        Ok(HookedTransformer {
+            embed: fresh_id(&self.embed)?,
+            pos_embed: self.pos_embed.as_ref().map(|(n, t)| Ok::<_, candle_core::Error>((n.clone(), fresh_id(t)?))).transpose()?,
+            blocks: self.blocks.iter().map(|b| b.with_fresh_ids()).collect::<candle_core::Result<_>>()?,
+            ln_final: self.ln_final.with_fresh_ids()?,
+            unembed: self.unembed.with_fresh_ids()?,
+            rope: self.rope.as_ref().map(|(c, s)| Ok::<_, candle_core::Error>((fresh_id(c)?, fresh_id(s)?))).transpose()?,
+            ..self.clone()
+        })
+    }
+
     /// Gradient of a scalar `metric(logits)` with respect to the activations at `hook_names`.
     /// Returns the metric value and, per hook, (activation, d metric / d activation).
     pub fn gradients_at(
@@ -122,6 +141,7 @@ impl HookedTransformer {
         hook_names: &[&str],
         metric: impl Fn(&Tensor) -> Result<Tensor>,
     ) -> Result<(f64, BTreeMap<String, (Tensor, Tensor)>)> {
+        let model = self.with_fresh_tensor_ids()?;
         let vars: RefCell<BTreeMap<String, Var>> = RefCell::new(BTreeMap::new());
         let names: Vec<String> = hook_names.iter().map(|s| s.to_string()).collect();
         let logits = {
@@ -132,7 +152,7 @@ impl HookedTransformer {
                 vars.borrow_mut().insert(name.to_string(), v);
                 Ok(Some(t))
             });
-            self.run_with_hooks(batch, &mut hooks)?
+            model.run_with_hooks(batch, &mut hooks)?
         };
         let m = metric(&logits)?;
         if m.elem_count() != 1 {
