@@ -9,10 +9,10 @@
 //! each row, and writes `z` token-major. The gated activation `act(gate) * up` is one parallel
 //! pass instead of two allocating ones.
 //!
-//! These kernels have no backward pass and expose no intermediates: callers use them only for
-//! f32 CPU tensors that autograd does not track ([`fusable`]), and compute with the composed ops
-//! otherwise (when a hook needs `hook_attn_scores`, or for gradients). Both paths compute the same
-//! function; `tests` checks them against each other.
+//! These kernels have no backward pass: callers use them only for f32 CPU tensors that autograd
+//! does not track ([`fusable`]) and compute with the composed candle ops otherwise. When a hook or
+//! the cache asks for `hook_attn_scores`, [`attention_scores`] and [`softmax_rows`] split the
+//! kernel in two with the same arithmetic. `tests` checks the kernels against the composed ops.
 use candle_core::{CpuStorage, DType, Device, Layout, Result, Storage, Tensor};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -28,6 +28,16 @@ fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32], &Layout) -> Result<R>) -> Resu
     match &*storage {
         Storage::Cpu(CpuStorage::F32(data)) => f(data, layout),
         _ => candle_core::bail!("fused kernel: expected an f32 CPU tensor, got {:?} on {:?}", t.dtype(), t.device().location()),
+    }
+}
+
+/// `t` itself if its last axis is contiguous (gemm reads any other strides), else a contiguous
+/// copy (e.g. a transposed view a hook returned).
+fn unit_last_stride(t: &Tensor) -> Result<Tensor> {
+    if t.stride().last() == Some(&1) {
+        Ok(t.clone())
+    } else {
+        t.contiguous()
     }
 }
 
@@ -84,9 +94,10 @@ fn attention_rows(q: &Tensor, k: &Tensor, mask: &Tensor, scale: f64, softmax: bo
         return Tensor::zeros((b, nh, p, p), DType::F32, &Device::Cpu);
     }
     let rep = nh / nkv;
+    let (q, k) = (unit_last_stride(q)?, unit_last_stride(k)?);
     let mut out: Vec<f32> = Vec::with_capacity(b * nh * p * p);
-    with_f32(q, |qd, ql| {
-        with_f32(k, |kd, kl| {
+    with_f32(&q, |qd, ql| {
+        with_f32(&k, |kd, kl| {
             with_f32(&mask, |md, ml| {
                 let (qs, ks) = (strides4(ql, "q")?, strides4(kl, "k")?);
                 let (qd, kd, md) = (&qd[ql.start_offset()..], &kd[kl.start_offset()..], &md[ml.start_offset()..]);
@@ -197,10 +208,11 @@ pub fn attention_mix(pattern: &Tensor, v: &Tensor) -> Result<Tensor> {
         return Tensor::zeros((b, p, nh, dh), DType::F32, &Device::Cpu);
     }
     let rep = nh / nkv;
+    let (pattern, v) = (unit_last_stride(pattern)?, unit_last_stride(v)?);
     let mut out: Vec<f32> = Vec::with_capacity(b * p * nh * dh);
     let dst = SendPtr(out.as_mut_ptr());
-    with_f32(pattern, |pd, pl| {
-        with_f32(v, |vd, vl| {
+    with_f32(&pattern, |pd, pl| {
+        with_f32(&v, |vd, vl| {
             let (ps, vs) = (strides4(pl, "pattern")?, strides4(vl, "v")?);
             let (pd, vd) = (&pd[pl.start_offset()..], &vd[vl.start_offset()..]);
             (0..b * nh).into_par_iter().for_each(|task| {
@@ -339,6 +351,9 @@ mod tests {
         assert_eq!(max_diff(&softmax_rows(&scores).unwrap(), &pattern), 0.0, "the two paths agree bit for bit");
         let z = attention_mix(&pattern, &v).unwrap();
         assert_eq!(z.dims(), &[b, p, nh, dh]);
+        // a pattern whose last axis is strided (as a hook might return) is taken too
+        let pattern_t = pattern.transpose(2, 3).unwrap().contiguous().unwrap().transpose(2, 3).unwrap();
+        assert_eq!(max_diff(&attention_mix(&pattern_t, &v).unwrap(), &z), 0.0);
         assert!(max_diff(&z, &want_z) < 1e-5);
         // Rows sum to one and the causal upper triangle is exactly zero.
         let sums = pattern.sum(D::Minus1).unwrap();
