@@ -3,7 +3,9 @@ use candle_core::{Device, Tensor};
 use std::time::Instant;
 
 fn main() -> anyhow::Result<()> {
-    let src = std::env::args().nth(1).expect("usage: profile_forward MODEL");
+    let Some(src) = std::env::args().nth(1) else {
+        anyhow::bail!("usage: profile_forward MODEL (a .gguf, .safetensors, HF directory or Hub id)");
+    };
     let m = qi::load_model(&src)?;
     let mut rng = qi::rng::Rng::new(0);
     let rows: Vec<Vec<u32>> = (0..8).map(|_| rng.tokens(128, m.cfg.d_vocab, &[])).collect();
