@@ -20,6 +20,24 @@ impl Labels {
     pub fn new(title: impl Into<String>, x: impl Into<String>, y: impl Into<String>) -> Self {
         Labels { title: title.into(), x: x.into(), y: y.into() }
     }
+
+    /// Title, axis titles and size.
+    fn layout(&self, width: usize, height: usize) -> Layout {
+        Layout::new()
+            .title(Title::with_text(&self.title))
+            .x_axis(Axis::new().title(Title::with_text(&self.x)))
+            .y_axis(Axis::new().title(Title::with_text(&self.y)))
+            .width(width)
+            .height(height)
+    }
+
+    /// An empty table is an error naming the figure, not an empty figure.
+    fn require_rows(&self, df: &DataFrame) -> Result<()> {
+        if df.height() == 0 {
+            bail!("nothing to plot: the table has no rows for '{}'", self.title);
+        }
+        Ok(())
+    }
 }
 
 fn ci_error(df: &DataFrame, idx: &[usize], value: &[f64]) -> Result<Option<ErrorData>> {
@@ -35,9 +53,7 @@ fn ci_error(df: &DataFrame, idx: &[usize], value: &[f64]) -> Result<Option<Error
 /// One line per distinct value of `series` (e.g. `spec`), `value` against numeric column `x`,
 /// with CI error bars when the frame has `ci_low`/`ci_high`.
 pub fn lines(df: &DataFrame, x: &str, series: &str, labels: &Labels) -> Result<Plot> {
-    if df.height() == 0 {
-        bail!("nothing to plot: the table has no rows for '{}'", labels.title);
-    }
+    labels.require_rows(df)?;
     let xs = f64_values(df, x)?;
     let ys = f64_values(df, "value")?;
     let ss = str_values(df, series)?;
@@ -53,17 +69,13 @@ pub fn lines(df: &DataFrame, x: &str, series: &str, labels: &Labels) -> Result<P
         }
         plot.add_trace(tr);
     }
-    plot.set_layout(
-        Layout::new().title(Title::with_text(&labels.title)).x_axis(Axis::new().title(Title::with_text(&labels.x))).y_axis(Axis::new().title(Title::with_text(&labels.y))).width(800).height(480),
-    );
+    plot.set_layout(labels.layout(800, 480));
     Ok(plot)
 }
 
 /// Grouped bars: x = distinct values of `category`, one bar group per distinct `series`.
 pub fn bars(df: &DataFrame, category: &str, series: &str, labels: &Labels) -> Result<Plot> {
-    if df.height() == 0 {
-        bail!("nothing to plot: the table has no rows for '{}'", labels.title);
-    }
+    labels.require_rows(df)?;
     let cs = str_values(df, category)?;
     let ys = f64_values(df, "value")?;
     let ss = str_values(df, series)?;
@@ -76,9 +88,7 @@ pub fn bars(df: &DataFrame, category: &str, series: &str, labels: &Labels) -> Re
         }
         plot.add_trace(tr);
     }
-    plot.set_layout(
-        Layout::new().title(Title::with_text(&labels.title)).x_axis(Axis::new().title(Title::with_text(&labels.x))).y_axis(Axis::new().title(Title::with_text(&labels.y))).width(800).height(480),
-    );
+    plot.set_layout(labels.layout(800, 480));
     Ok(plot)
 }
 
@@ -163,9 +173,7 @@ pub fn paired_scatter(series: &[(String, Vec<f64>, Vec<f64>, Vec<String>)], labe
                 .line(plotly::common::Line::new().dash(plotly::common::DashType::Dash).color("gray")),
         );
     }
-    plot.set_layout(
-        Layout::new().title(Title::with_text(&labels.title)).x_axis(Axis::new().title(Title::with_text(&labels.x))).y_axis(Axis::new().title(Title::with_text(&labels.y))).width(700).height(600),
-    );
+    plot.set_layout(labels.layout(700, 600));
     Ok(plot)
 }
 
@@ -201,6 +209,9 @@ mod tests {
         assert!(z[1][0].is_nan());
         let h = heatmap_panels(&[("ref".into(), z.clone(), false), ("diff".into(), z, true)], "t", "v").unwrap();
         assert!(h.to_json().contains("\"xaxis\":\"x2\""));
+        assert!(json.contains("\"width\":800") && json.contains("\"text\":\"cosine\""), "{json}");
+        let err = bars(&df.head(Some(0)), "layer", "spec", &Labels::new("empty bars", "", "")).err().expect("an empty table is an error");
+        assert!(err.to_string().contains("'empty bars'"), "{err}");
         assert!(lines(&df.head(Some(0)), "layer", "spec", &Labels::default()).is_err());
     }
 }
