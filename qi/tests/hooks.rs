@@ -205,6 +205,11 @@ fn fresh_tensor_ids_share_storage_and_give_the_same_logits() {
     assert_ne!(fresh.embed.id(), model.embed.id());
     assert_ne!(fresh.unembed.weight_t().id(), model.unembed.weight_t().id());
     assert_ne!(fresh.blocks[1].ln2.weight.id(), model.blocks[1].ln2.weight.id());
+    for (a, b) in fresh.blocks.iter().zip(&model.blocks) {
+        for (la, lb) in a.linears().iter().zip(b.linears()) {
+            assert_ne!(la.weight_t().id(), lb.weight_t().id(), "{}", lb.name);
+        }
+    }
     let batch = Batch::from_ids(&[3, 14, 15, 92, 65]).unwrap();
     let d = max_abs_diff(&fresh.forward(&batch).unwrap(), &model.forward(&batch).unwrap());
     assert_eq!(d, 0.0);

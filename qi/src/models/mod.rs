@@ -331,21 +331,13 @@ pub struct Block {
 
 impl Block {
     pub(crate) fn with_fresh_ids(&self) -> candle_core::Result<Self> {
-        let qkv = match &self.attn.qkv {
-            QkvProj::FusedContiguous(l) => QkvProj::FusedContiguous(l.with_fresh_ids()?),
-            QkvProj::FusedPerHead(l) => QkvProj::FusedPerHead(l.with_fresh_ids()?),
-            QkvProj::Separate { q, k, v } => QkvProj::Separate { q: q.with_fresh_ids()?, k: k.with_fresh_ids()?, v: v.with_fresh_ids()? },
-        };
-        let mlp = match &self.mlp {
-            Mlp::Standard { fc_in, fc_out } => Mlp::Standard { fc_in: fc_in.with_fresh_ids()?, fc_out: fc_out.with_fresh_ids()? },
-            Mlp::Gated { gate, up, down } => Mlp::Gated { gate: gate.with_fresh_ids()?, up: up.with_fresh_ids()?, down: down.with_fresh_ids()? },
-        };
-        Ok(Block {
-            ln1: self.ln1.with_fresh_ids()?,
-            attn: Attention { qkv, out: self.attn.out.with_fresh_ids()? },
-            ln2: self.ln2.with_fresh_ids()?,
-            mlp,
-        })
+        let mut block = self.clone();
+        for linear in block.linears_mut() {
+            *linear = linear.with_fresh_ids()?;
+        }
+        block.ln1 = self.ln1.with_fresh_ids()?;
+        block.ln2 = self.ln2.with_fresh_ids()?;
+        Ok(block)
     }
 
     /// The block's linear layers in forward order.
