@@ -247,12 +247,15 @@ fn quantize_into_cache(src: &str, quant: &str, embeddings: bool, unembedding: bo
 
 fn perplexity(src: &str, quant: Option<&str>, seqlen: usize, windows: Option<usize>, text: Option<&std::path::Path>, json: bool) -> Result<()> {
     let m = load_maybe_quantized(src, quant)?;
-    let text = match text {
-        Some(p) => std::fs::read_to_string(p).with_context(|| format!("--text {}: cannot read", p.display()))?,
-        None => qi::data::wikitext2_test(None)?,
-    };
     let opts = qi::perplexity::PerplexityOptions { seqlen, max_windows: windows, ..Default::default() };
-    let r = qi::perplexity::perplexity_on_text(&m, &text, &opts)?;
+    let r = match text {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("--text {}: cannot read", p.display()))?;
+            qi::perplexity::perplexity_on_text(&m, &text, &opts)?
+        }
+        // the evaluation half: the rest of the split is reserved for calibration and SAE training
+        None => qi::perplexity::perplexity(&m, &qi::data::wikitext2_eval_ids(&m)?, &opts)?,
+    };
     if json {
         let mut v = serde_json::to_value(&r)?;
         v["model"] = serde_json::json!(src);

@@ -29,7 +29,8 @@ pub struct TrainArgs {
     /// Training option KEY=VALUE (repeat); VALUE is JSON, or a plain string.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    /// Windows held out for the report (drawn with seed + 1000).
+    /// Windows for the report, held out (the source's evaluation split, drawn with seed + 1000);
+    /// the report also gives the same metrics on as many training-split windows (in-sample).
     #[arg(long, default_value_t = 8)]
     pub eval_windows: usize,
     /// Output directory (sae.safetensors, config.json, report.json).
@@ -72,13 +73,17 @@ pub fn run(cmd: SaeCommand) -> Result<()> {
     let hook = opts.hook_for(&model)?;
     let (s, log) = sae::train_on_model(&model, &opts)?;
     s.save(&a.out, Some(&opts))?;
-    let rows = qi::analysis::text_windows(&model, &opts.source, a.eval_windows.max(1), opts.seq_len, opts.seed.wrapping_add(1000))?;
+    let n_eval = a.eval_windows.max(1);
+    let rows = qi::analysis::text_windows(&model, &opts.source, n_eval, opts.seq_len, opts.seed.wrapping_add(1000))?;
     let report = sae::evaluate(&s, &model, &hook, &rows, opts.forward_batch)?;
-    let out = serde_json::json!({ "report": report, "tokens": log.tokens, "seconds": log.seconds, "resampled": log.resampled,
-        "final_loss": log.losses.last().map(|l| l.total) });
+    let train_rows = qi::analysis::training_windows(&model, &opts.source, n_eval, opts.seq_len, opts.seed.wrapping_add(1000))?;
+    let in_sample = sae::evaluate(&s, &model, &hook, &train_rows, opts.forward_batch)?;
+    // "report" is held out (evaluation split); "report_in_sample" is on training-split text
+    let out = serde_json::json!({ "report": report, "report_in_sample": in_sample, "tokens": log.tokens, "seconds": log.seconds,
+        "resampled": log.resampled, "final_loss": log.losses.last().map(|l| l.total) });
     qi::io::save_text(&serde_json::to_string_pretty(&out)?, &a.out.join("report.json"))?;
     eprintln!(
-        "wrote {} ({:?} SAE at {hook}, {} features, {} tokens in {:.0} s): FVE {:.3}, L0 {:.1}, dead {:.3}, loss {:.4} → {:.4} (Δ {:+.4})",
+        "wrote {} ({:?} SAE at {hook}, {} features, {} tokens in {:.0} s): held out: FVE {:.3}, L0 {:.1}, dead {:.3}, loss {:.4} → {:.4} (Δ {:+.4}); in sample: FVE {:.3}, dead {:.3}",
         a.out.display(),
         s.cfg.variant,
         s.cfg.d_hidden,
@@ -89,7 +94,9 @@ pub fn run(cmd: SaeCommand) -> Result<()> {
         report.dead_fraction,
         report.loss_clean,
         report.loss_spliced,
-        report.delta_loss
+        report.delta_loss,
+        in_sample.fraction_variance_explained,
+        in_sample.dead_fraction
     );
     Ok(())
 }

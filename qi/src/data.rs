@@ -1,5 +1,11 @@
 //! Evaluation and calibration text: WikiText-2 raw and the C4 validation sample, and seeded
 //! window sampling as in the GPTQ paper's data loaders.
+//!
+//! Calibration (GPTQ, AWQ, LLM.int8), SAE training and evaluation never see the same text
+//! ([`Split`]): each C4 document belongs to one split, decided once by a stable hash of its text
+//! (so it does not depend on the file's row order or on any seed), and WikiText-2's test text is
+//! cut into an evaluation part (the first half, where perplexity's consecutive windows start) and
+//! two quarters for calibration and SAE training.
 use crate::rng::Rng;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -23,6 +29,66 @@ impl std::str::FromStr for Corpus {
     }
 }
 
+/// Which use a piece of text is reserved for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Split {
+    /// Quantizer calibration (GPTQ Hessians, AWQ scales, LLM.int8 outlier columns).
+    Calibration,
+    /// Training data for sparse autoencoders.
+    SaeTrain,
+    /// Everything that is measured: analyses, SAE evaluation, perplexity.
+    Eval,
+}
+
+impl Split {
+    pub const ALL: [Split; 3] = [Split::Calibration, Split::SaeTrain, Split::Eval];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Split::Calibration => "calibration",
+            Split::SaeTrain => "train",
+            Split::Eval => "eval",
+        }
+    }
+
+    /// The split of a C4 document: 40 % calibration, 40 % SAE training, 20 % evaluation, by a
+    /// stable hash of its text.
+    pub fn of_document(text: &str) -> Split {
+        match crate::hash::mix64(crate::hash::stable_hash_u64(&["qi-c4-split-v1", text])) % 10 {
+            0..=3 => Split::Calibration,
+            4..=7 => Split::SaeTrain,
+            _ => Split::Eval,
+        }
+    }
+
+    /// The part of WikiText-2's test tokens reserved for this split: evaluation the first half,
+    /// calibration the third quarter, SAE training the last quarter.
+    pub fn wikitext2_range(&self, n_tokens: usize) -> std::ops::Range<usize> {
+        let (half, three_q) = (n_tokens / 2, n_tokens * 3 / 4);
+        match self {
+            Split::Eval => 0..half,
+            Split::Calibration => half..three_q,
+            Split::SaeTrain => three_q..n_tokens,
+        }
+    }
+}
+
+impl std::str::FromStr for Split {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Split::ALL
+            .into_iter()
+            .find(|x| x.name() == s)
+            .ok_or_else(|| crate::QiError::invalid("data split", s, "expected calibration, train or eval").into())
+    }
+}
+
+/// The documents of `docs` that belong to `split` ([`Split::of_document`]), in their order.
+pub fn documents_in(docs: &[String], split: Split) -> Vec<String> {
+    docs.iter().filter(|d| Split::of_document(d) == split).cloned().collect()
+}
+
 fn shared_or(rel: &str, path: Option<&Path>) -> Result<PathBuf> {
     match path {
         Some(p) => Ok(p.to_path_buf()),
@@ -39,6 +105,16 @@ pub fn wikitext2_test(path: Option<&Path>) -> Result<String> {
     let raw = std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read WikiText-2 text", p.display()))?;
     let rows: Vec<String> = raw.split_inclusive('\n').map(str::to_string).collect();
     Ok(rows.join("\n\n"))
+}
+
+/// The evaluation half of WikiText-2's test tokens ([`Split::wikitext2_range`]) under the model's
+/// tokenizer: perplexity and every WikiText-2 analysis read these, never the calibration or SAE
+/// training quarters. (The GPTQ paper evaluates the whole split; with 20 windows of 512 tokens
+/// both read the same first windows.)
+pub fn wikitext2_eval_ids(model: &crate::HookedTransformer) -> Result<Vec<u32>> {
+    let mut ids = model.tokenizer()?.encode(&wikitext2_test(None)?, false)?;
+    ids.truncate(Split::Eval.wikitext2_range(ids.len()).end);
+    Ok(ids)
 }
 
 /// The `text` column of the C4 validation parquet file.
@@ -60,6 +136,9 @@ pub fn c4_documents(path: Option<&Path>) -> Result<Vec<String>> {
 pub fn sequential_windows(tokens: &[u32], seqlen: usize, max_windows: Option<usize>) -> Result<Vec<Vec<u32>>> {
     if seqlen == 0 {
         bail!("seqlen must be positive");
+    }
+    if max_windows == Some(0) {
+        bail!("the number of windows must be at least 1, got 0");
     }
     let n = tokens.len() / seqlen;
     if n == 0 {
@@ -99,24 +178,39 @@ pub fn random_windows(docs: &[String], n: usize, seqlen: usize, seed: u64, mut t
     Ok(out)
 }
 
-/// Calibration windows from a corpus with the model's tokenizer (C4 documents, or WikiText-2
-/// split into paragraphs).
+/// Calibration windows from a corpus with the model's tokenizer: seeded random windows from the
+/// calibration split ([`Split`]).
 pub fn calibration_windows(model: &crate::HookedTransformer, corpus: Corpus, n: usize, seqlen: usize, seed: u64) -> Result<Vec<Vec<u32>>> {
+    split_windows(model, corpus, Split::Calibration, n, seqlen, seed)
+}
+
+/// `n` seeded random windows of `seqlen` tokens from one split of a corpus: C4 as GPTQ draws
+/// them (a random document of that split, a random start), WikiText-2 from the split's part of
+/// the test text.
+pub fn split_windows(model: &crate::HookedTransformer, corpus: Corpus, split: Split, n: usize, seqlen: usize, seed: u64) -> Result<Vec<Vec<u32>>> {
     let tok = model.tokenizer()?;
     match corpus {
-        Corpus::C4 => random_windows(&c4_documents(None)?, n, seqlen, seed, |t| tok.encode(t, false)),
+        Corpus::C4 => random_windows(&documents_in(&c4_documents(None)?, split), n, seqlen, seed, |t| tok.encode(t, false))
+            .with_context(|| format!("C4 {} split", split.name())),
         Corpus::Wikitext2 => {
             let ids = tok.encode(&wikitext2_test(None)?, false)?;
-            let mut rng = Rng::new(seed);
-            if ids.len() <= seqlen {
-                bail!("WikiText-2 has only {} tokens, fewer than seqlen {seqlen}", ids.len());
-            }
-            Ok((0..n).map(|_| {
-                let s = rng.below((ids.len() - seqlen) as u64) as usize;
-                ids[s..s + seqlen].to_vec()
-            }).collect())
+            windows_in_range(&ids[split.wikitext2_range(ids.len())], n, seqlen, seed).with_context(|| format!("WikiText-2 {} split", split.name()))
         }
     }
+}
+
+/// `n` seeded random windows of `seqlen` tokens from one token stream.
+fn windows_in_range(ids: &[u32], n: usize, seqlen: usize, seed: u64) -> Result<Vec<Vec<u32>>> {
+    if ids.len() <= seqlen {
+        bail!("only {} tokens, not more than one window of {seqlen}", ids.len());
+    }
+    let mut rng = Rng::new(seed);
+    Ok((0..n)
+        .map(|_| {
+            let s = rng.below((ids.len() - seqlen) as u64) as usize;
+            ids[s..s + seqlen].to_vec()
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -128,7 +222,9 @@ mod tests {
         let t: Vec<u32> = (0..10).collect();
         assert_eq!(sequential_windows(&t, 4, None).unwrap(), vec![vec![0, 1, 2, 3], vec![4, 5, 6, 7]]);
         assert_eq!(sequential_windows(&t, 4, Some(1)).unwrap().len(), 1);
-        assert!(sequential_windows(&t, 11, None).is_err());
+        assert!(sequential_windows(&t, 11, None).unwrap_err().to_string().contains("fewer than one window of 11"));
+        // zero windows would give a NaN perplexity with exit 0
+        assert!(sequential_windows(&t, 4, Some(0)).unwrap_err().to_string().contains("at least 1, got 0"));
     }
 
     #[test]
@@ -140,5 +236,50 @@ mod tests {
         assert_eq!(a, b);
         assert!(a.iter().all(|w| w.len() == 3));
         assert!(random_windows(&docs, 2, 20, 0, tok).unwrap_err().to_string().contains("too few documents"));
+    }
+
+    #[test]
+    fn splits_are_stable_and_roughly_40_40_20() {
+        let docs: Vec<String> = (0..2000).map(|i| format!("document number {i}")).collect();
+        let count = |s| documents_in(&docs, s).len();
+        let (c, t, e) = (count(Split::Calibration), count(Split::SaeTrain), count(Split::Eval));
+        assert_eq!(c + t + e, docs.len());
+        assert!((700..900).contains(&c) && (700..900).contains(&t) && (330..470).contains(&e), "{c} {t} {e}");
+        // by content, not position: reversing the documents changes no assignment
+        let rev: Vec<String> = docs.iter().rev().cloned().collect();
+        let mut a = documents_in(&docs, Split::Eval);
+        let mut b = documents_in(&rev, Split::Eval);
+        a.sort();
+        b.sort();
+        assert_eq!(a, b);
+        for s in Split::ALL {
+            assert_eq!(s.name().parse::<Split>().unwrap(), s);
+        }
+        assert!("test".parse::<Split>().unwrap_err().to_string().contains("calibration, train or eval"));
+    }
+
+    #[test]
+    fn wikitext2_ranges_tile_the_text_without_overlap() {
+        for n in [0usize, 1, 7, 100, 299_999] {
+            let r: Vec<_> = [Split::Eval, Split::Calibration, Split::SaeTrain].iter().map(|s| s.wikitext2_range(n)).collect();
+            assert_eq!(r[0].start, 0);
+            assert_eq!(r[0].end, r[1].start);
+            assert_eq!(r[1].end, r[2].start);
+            assert_eq!(r[2].end, n);
+        }
+        assert_eq!(Split::Eval.wikitext2_range(100), 0..50);
+        assert_eq!(Split::Calibration.wikitext2_range(100), 50..75);
+    }
+
+    #[test]
+    fn range_windows_stay_inside_their_range() {
+        let ids: Vec<u32> = (0..1000).collect();
+        let r = Split::Calibration.wikitext2_range(ids.len());
+        let w = windows_in_range(&ids[r.clone()], 50, 20, 3).unwrap();
+        assert_eq!(w.len(), 50);
+        for win in &w {
+            assert!(r.contains(&(win[0] as usize)) && r.contains(&(*win.last().unwrap() as usize)), "{win:?} outside {r:?}");
+        }
+        assert_eq!(w, windows_in_range(&ids[r], 50, 20, 3).unwrap());
     }
 }

@@ -11,6 +11,7 @@ pub mod error;
 pub mod export;
 pub mod figures;
 pub mod fused;
+pub mod hash;
 pub mod hooks;
 pub mod io;
 pub mod loader;

@@ -20,7 +20,7 @@
 //! collected `buffer_windows` at a time, shuffled, consumed, then refilled from fresh windows — so
 //! memory stays bounded. Padding, the first position of each window (the attention sink, whose
 //! norm is an outlier) and BOS tokens never enter training or evaluation.
-use crate::analysis::{batches, pad_id, text_windows, valid_indices};
+use crate::analysis::{batches, pad_id, valid_indices};
 use crate::batch::Batch;
 use crate::rng::Rng;
 use crate::{HookedTransformer, Hooks, QiError};
@@ -54,8 +54,8 @@ impl Default for SaeTraining {
 
 impl SaeTraining {
     /// One training run at `hook` on windows of `source` × `seq_len`; warm-up is a tenth of the
-    /// steps. The data seed is `seed + 1`, so training windows differ from evaluation windows
-    /// drawn with `seed` (disjoint only by chance: use a saved SAE for real runs).
+    /// steps. `c4` and `wikitext2` train on their SAE-training split, disjoint from the
+    /// evaluation text ([`crate::analysis::training_windows`]).
     pub fn train_options(&self, hook: &str, source: &str, seq_len: usize, forward_batch: usize, seed: u64) -> TrainOptions {
         TrainOptions {
             variant: self.variant,
@@ -158,7 +158,8 @@ pub struct TrainOptions {
     pub resample_every: usize,
     /// Hook to train on; empty = `blocks.{n_layers/2}.hook_resid_post`.
     pub hook: String,
-    /// `c4`, `wikitext2`, `random` or a text file (see `analysis::text_windows`).
+    /// `c4`, `wikitext2` (their SAE-training splits), `random` or a text file (see
+    /// `analysis::training_windows`).
     pub source: String,
     pub seq_len: usize,
     /// Windows per activation buffer (refilled with fresh windows when used up).
@@ -678,7 +679,7 @@ impl<'a> ActivationStream<'a> {
         let o = &self.opts;
         // a different window draw per refill; for consecutive sources the windows repeat
         let seed = o.seed.wrapping_add(self.refills.wrapping_mul(0x9E37_79B9));
-        let rows = text_windows(self.model, &o.source, o.buffer_windows, o.seq_len, seed)?;
+        let rows = crate::analysis::training_windows(self.model, &o.source, o.buffer_windows, o.seq_len, seed)?;
         let x = hook_activations(self.model, &self.hook, &rows, o.forward_batch)?;
         let n = x.dim(0)?;
         if n < o.batch_size {

@@ -160,9 +160,11 @@ pub fn special_ids(model: &HookedTransformer) -> Vec<u32> {
 }
 
 /// Token windows to analyse: `wikitext2` or `c4` (from the shared folder, tokenized with the
-/// model's tokenizer; WikiText-2 as consecutive windows from the start, C4 as seeded random
-/// windows of random documents), `random` (seeded uniform tokens, special tokens excluded; works
-/// for models without a tokenizer), or a path to a UTF-8 text file (consecutive windows).
+/// model's tokenizer; both from their evaluation split, see [`crate::data::Split`]: WikiText-2
+/// as consecutive windows from the start, C4 as seeded random windows of random documents),
+/// `c4:calibration`, `c4:train`, `c4:eval` for an explicit C4 split, `random` (seeded uniform
+/// tokens, special tokens excluded; works for models without a tokenizer), or a path to a UTF-8
+/// text file (consecutive windows).
 pub fn text_windows(model: &HookedTransformer, source: &str, n: usize, seqlen: usize, seed: u64) -> Result<Vec<Vec<u32>>> {
     if n == 0 || seqlen < 2 {
         return Err(QiError::invalid("window count/length", format!("{n}×{seqlen}"), "need at least one window of at least 2 tokens").into());
@@ -183,8 +185,9 @@ pub fn text_windows(model: &HookedTransformer, source: &str, n: usize, seqlen: u
             let exclude = special_ids(model);
             Ok((0..n).map(|_| rng.tokens(seqlen, model.cfg.d_vocab, &exclude)).collect())
         }
-        "wikitext2" => consecutive(model.tokenizer()?.encode(&crate::data::wikitext2_test(None)?, false)?, "wikitext2"),
-        "c4" => crate::data::calibration_windows(model, crate::data::Corpus::C4, n, seqlen, seed),
+        "wikitext2" => consecutive(crate::data::wikitext2_eval_ids(model)?, "wikitext2 (evaluation half)"),
+        "c4" => crate::data::split_windows(model, crate::data::Corpus::C4, crate::data::Split::Eval, n, seqlen, seed),
+        s if s.starts_with("c4:") => crate::data::split_windows(model, crate::data::Corpus::C4, s[3..].parse()?, n, seqlen, seed),
         path => {
             let p = std::path::Path::new(path);
             if !p.is_file() {
@@ -193,6 +196,18 @@ pub fn text_windows(model: &HookedTransformer, source: &str, n: usize, seqlen: u
             let text = std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{path}: cannot read ({e})"))?;
             consecutive(model.tokenizer()?.encode(&text, false)?, path)
         }
+    }
+}
+
+/// Token windows to train an SAE on: [`text_windows`], except that `c4` and `wikitext2` read their
+/// SAE-training split ([`crate::data::Split::SaeTrain`]; WikiText-2 as seeded random windows of
+/// its last quarter), so training text is never the text the SAE is evaluated on.
+pub fn training_windows(model: &HookedTransformer, source: &str, n: usize, seqlen: usize, seed: u64) -> Result<Vec<Vec<u32>>> {
+    use crate::data::{split_windows, Corpus, Split};
+    match source {
+        "c4" => split_windows(model, Corpus::C4, Split::SaeTrain, n, seqlen, seed),
+        "wikitext2" => split_windows(model, Corpus::Wikitext2, Split::SaeTrain, n, seqlen, seed),
+        other => text_windows(model, other, n, seqlen, seed),
     }
 }
 

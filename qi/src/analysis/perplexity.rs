@@ -65,7 +65,7 @@ fn tokens(cmp: &Comparison, opts: &PerplexityAnalysisOptions) -> Result<Vec<u32>
         Some(n) => Ok(text_windows(model, &opts.text, n, opts.seqlen, opts.seed)?.concat()),
         None => {
             let text = match opts.text.as_str() {
-                "wikitext2" => crate::data::wikitext2_test(None)?,
+                "wikitext2" => return crate::data::wikitext2_eval_ids(model),
                 "c4" | "random" => {
                     return Err(QiError::invalid("perplexity option max_windows", "null", format!("text '{}' has no fixed length: give a number of windows", opts.text)).into())
                 }
