@@ -21,21 +21,8 @@ pub fn cache_root() -> PathBuf {
     }
 }
 
-const FNV_OFFSET: u64 = 0xcbf29ce484222325;
-
-fn fnv1a(mut h: u64, bytes: impl IntoIterator<Item = u8>) -> u64 {
-    for b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    h
-}
-
-/// 64-bit FNV-1a, hex (stable across runs and platforms, unlike std's hasher).
-pub fn stable_hash(parts: &[&str]) -> String {
-    let h = parts.iter().fold(FNV_OFFSET, |h, p| fnv1a(h, p.bytes().chain(std::iter::once(0u8))));
-    format!("{h:016x}")
-}
+pub use crate::hash::stable_hash;
+use crate::hash::{fnv1a, FNV_OFFSET};
 
 /// A content fingerprint of a file: its size and a hash of sampled bytes (the first and last MiB
 /// and 16 evenly spaced 64 KiB pieces). Content-based, so a copy, a move or a re-extracted file
@@ -83,12 +70,22 @@ pub fn model_key(model: &HookedTransformer) -> String {
     stable_hash(&parts.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
-/// The directory a twin of `model` under `spec` and `opts` is cached in.
+/// Version of the on-disk twin layout; bump when what [`save_hf_dir`] writes changes meaning.
+pub const TWIN_FORMAT_VERSION: u32 = 1;
+
+/// The directory a twin of `model` under `spec` and `opts` is cached in. The key holds the
+/// method's algorithm version ([`QuantSpec::algorithm_version`]) and [`TWIN_FORMAT_VERSION`], so
+/// a changed quantizer never reuses a twin made before the change.
 pub fn twin_dir(root: &Path, model: &HookedTransformer, spec: &QuantSpec, opts: &QuantizeOptions) -> Result<PathBuf> {
+    twin_dir_versioned(root, model, spec, opts, &format!("{}-format{TWIN_FORMAT_VERSION}", spec.algorithm_version()))
+}
+
+fn twin_dir_versioned(root: &Path, model: &HookedTransformer, spec: &QuantSpec, opts: &QuantizeOptions, versions: &str) -> Result<PathBuf> {
     let stem = Path::new(&model.source.source).file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| model.source.source.clone());
     let spec_s = spec.to_string();
     let opts_s = serde_json::to_string(opts)?;
-    Ok(root.join(format!("{}-{}", slug(&stem), &model_key(model)[..8])).join(format!("{}-{}", slug(&spec_s), &stable_hash(&[&spec_s, &opts_s])[..8])))
+    let key = stable_hash(&[&spec_s, &opts_s, versions]);
+    Ok(root.join(format!("{}-{}", slug(&stem), &model_key(model)[..8])).join(format!("{}-{}", slug(&spec_s), &key[..8])))
 }
 
 /// Where a twin came from.
@@ -221,5 +218,35 @@ mod tests {
         let other = QuantizeOptions { mlp: false, ..Default::default() };
         assert_ne!(twin_dir(&root, &m, &spec, &opts).unwrap(), twin_dir(&root, &m, &spec, &other).unwrap());
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_twin_from_an_older_algorithm_version_is_not_reused() {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/fixtures/llama");
+        let m = crate::load_model(dir.to_str().unwrap()).unwrap();
+        let root = std::env::temp_dir().join(format!("qi-twin-versions-{}", std::process::id()));
+        let spec: QuantSpec = "rtn:bits=4".parse().unwrap();
+        let opts = QuantizeOptions::default();
+        // a twin stored under another version (here: an 8-bit twin, so reusing it would show)
+        let old = twin_dir_versioned(&root, &m, &spec, &opts, "rtn-v0-format1").unwrap();
+        let (stale, _) = quantize_model(&m, &"rtn:bits=8".parse().unwrap(), &opts).unwrap();
+        save_hf_dir(&stale, &old, None).unwrap();
+        assert_ne!(old, twin_dir(&root, &m, &spec, &opts).unwrap());
+        let (fresh, _, origin) = quantize_cached(&m, &spec, &opts, Some(&root)).unwrap();
+        assert_eq!(origin, TwinOrigin::Quantized, "the old-version twin must not be read");
+        let (want, _) = quantize_model(&m, &spec, &opts).unwrap();
+        let w = |t: &HookedTransformer| -> Vec<f32> { t.blocks[0].linears()[0].weight().flatten_all().unwrap().to_vec1().unwrap() };
+        assert_eq!(w(&fresh), w(&want));
+        assert_ne!(w(&fresh), w(&stale));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn versions_name_the_method_and_calibration_data() {
+        let v = |s: &str| s.parse::<QuantSpec>().unwrap().algorithm_version();
+        assert_eq!(v("rtn:bits=4"), "rtn-v1");
+        assert_eq!(v("gptq:bits=4"), format!("gptq-v1-data{}", crate::quant::spec::CALIBRATION_DATA_VERSION));
+        assert!(v("awq:bits=4").starts_with("awq-v") && v("awq:bits=4").contains("-data"));
+        assert!(!v("nf4").contains("-data"));
     }
 }

@@ -263,7 +263,32 @@ impl QuantSpec {
     pub fn needs_calibration(&self) -> bool {
         matches!(self, QuantSpec::Gptq(_) | QuantSpec::Awq(_) | QuantSpec::Int8(_))
     }
+
+    /// The version of this method's algorithm, part of every cached twin's key: bump it with any
+    /// change that changes the weights a method produces, so twins made before the change are
+    /// never reused. Calibrated methods also carry [`CALIBRATION_DATA_VERSION`].
+    pub fn algorithm_version(&self) -> String {
+        let v = match self {
+            QuantSpec::None | QuantSpec::Fp16 | QuantSpec::Bf16 | QuantSpec::W8a8 => 1,
+            QuantSpec::Rtn(_) => 1,
+            QuantSpec::Gptq(_) => 1,
+            QuantSpec::Awq(_) => 1,
+            QuantSpec::Nf4(_) | QuantSpec::Fp4(_) => 1,
+            QuantSpec::Int8(_) => 1,
+            QuantSpec::Ggml(_) => 1,
+            QuantSpec::Prune(_) => 1,
+        };
+        if self.needs_calibration() {
+            format!("{}-v{v}-data{CALIBRATION_DATA_VERSION}", self.method_name())
+        } else {
+            format!("{}-v{v}", self.method_name())
+        }
+    }
 }
+
+/// Version of the calibration text a calibrated method draws ([`crate::data::Split`]): 2 is the
+/// calibration split, disjoint from SAE training and evaluation text (1 drew from all of C4).
+pub const CALIBRATION_DATA_VERSION: u32 = 2;
 
 fn bad(what: &str, value: impl ToString, reason: impl Into<String>) -> anyhow::Error {
     QiError::invalid(what, value, reason).into()
