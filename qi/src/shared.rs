@@ -13,6 +13,27 @@ pub fn shared_dir() -> Option<PathBuf> {
     dir.is_dir().then_some(dir)
 }
 
+/// The folder `./dev models` assembles the larger reference models into: `QI_MODELS`, else
+/// `$XDG_CACHE_HOME/qi/models`, else `~/.cache/qi/models`.
+pub fn models_dir() -> PathBuf {
+    let nonempty = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    nonempty("QI_MODELS")
+        .or_else(|| nonempty("XDG_CACHE_HOME").map(|d| d.join("qi").join("models")))
+        .or_else(|| nonempty("HOME").map(|d| d.join(".cache").join("qi").join("models")))
+        .unwrap_or_else(|| PathBuf::from(".cache/qi/models"))
+}
+
+/// A model file in [`models_dir`], if it is there; prints why not otherwise (tests skip on None).
+pub fn model_path(file: &str) -> Option<PathBuf> {
+    let p = models_dir().join(file);
+    if p.is_file() {
+        Some(p)
+    } else {
+        eprintln!("skipping: {} not found (run ./dev models to fetch it)", p.display());
+        None
+    }
+}
+
 /// A file inside the shared folder, if the folder and the file exist. Prints why not otherwise,
 /// so a skipped test says what it skipped.
 pub fn shared_path(relative: &str) -> Option<PathBuf> {

@@ -29,6 +29,7 @@
 //!   with explicit `bits` and methods without bits (`nf4`, `q4_0`, `fp16`) stay as written. `none`
 //!   is not listed: reference cells are always part of the grid.
 //! - **models**: `shared:REL` is `REL` inside the shared folder (`QI_SHARED`, else `../shared`);
+//!   `models:FILE` is `FILE` in the models folder that `./dev models` fills ([`crate::shared::models_dir`]);
 //!   paths starting with `/`, `./` or `../` are local (relative ones against the spec file's
 //!   folder); anything else goes to [`crate::load_model`] as written (a Hub id, `id@revision`).
 //!   The display name (the `model` column) defaults to the file stem or the Hub id.
@@ -321,6 +322,9 @@ fn resolve_source(source: &str, file: &Path) -> String {
         });
         return dir.join(rel.trim_start_matches('/')).display().to_string();
     }
+    if let Some(rel) = source.strip_prefix("models:") {
+        return crate::shared::models_dir().join(rel.trim_start_matches('/')).display().to_string();
+    }
     if source.starts_with("./") || source.starts_with("../") {
         let base = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         return base.join(source).display().to_string();
@@ -330,12 +334,12 @@ fn resolve_source(source: &str, file: &Path) -> String {
 
 /// The file stem (directory name) of a path, or the Hub id as written.
 fn default_name(source: &str) -> String {
-    crate::loader::display_name(source.strip_prefix("shared:").unwrap_or(source))
+    crate::loader::display_name(source.strip_prefix("shared:").or_else(|| source.strip_prefix("models:")).unwrap_or(source))
 }
 
 /// Whether a local source (`shared:`, `/`, `./`, `../`) exists; Hub ids are not checked.
 fn is_local(source: &str) -> bool {
-    source.starts_with("shared:") || source.starts_with('/') || source.starts_with("./") || source.starts_with("../")
+    source.starts_with("shared:") || source.starts_with("models:") || source.starts_with('/') || source.starts_with("./") || source.starts_with("../")
 }
 
 fn parse_quantizers(v: Option<&Value>, bits: Option<&Value>, err: &ErrFn) -> Result<Vec<QuantSpec>> {
