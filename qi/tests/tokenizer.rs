@@ -612,7 +612,7 @@ mod tokenizer {
     }
 
     /// Every text of real-texts.json against the ids transformers gives (count + checksum, full
-    /// ids for the hand-written ones), and decode(encode(x)) == x. Returns how many texts.
+    /// ids for the hand-written ones), and decode(encode(x)) == x. Returns the fixture.
     fn check_real_fixture(name: &str, tok: &Tokenizer) -> RealFixture {
         let texts: RealTexts = fixtures("real-texts.json");
         let fx: RealFixture = fixtures(&format!("{name}.json"));
