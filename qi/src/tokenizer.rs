@@ -2,25 +2,39 @@
 //!
 //! A thin wrapper over HF `tokenizers`, buildable from the three places our tokenizers live: a
 //! `tokenizer.json`, GPT-2's `vocab.json` + `merges.txt`, or the vocabulary embedded in a GGUF file.
-//! Encoding never adds special tokens on its own (BOS only when asked), so the ids an analysis sees
-//! are exactly the text's; [`Tokenizer::special_ids`] tells samplers which ids to leave out.
+//! Encoding never adds special tokens on its own (BOS only when asked; [`Tokenizer::adds_bos`] says
+//! whether the model's own tokenizer would), so the ids an analysis sees are exactly the text's;
+//! [`Tokenizer::special_ids`] tells samplers which ids to leave out.
+use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::quantized::gguf_file::{self, Value};
+use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+use tokenizers::decoders::strip::Strip;
+use tokenizers::decoders::DecoderWrapper;
 use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::normalizers::unicode::NFC;
+use tokenizers::normalizers::{Prepend, Replace, Sequence as NormalizerSequence};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
 
-/// llama.cpp's token types (`tokenizer.ggml.token_type`).
+/// llama.cpp's token types (`tokenizer.ggml.token_type`) that change how a token is handled:
+/// control tokens are special, user-defined ones encode whole. Normal (1), unknown (2), unused (5)
+/// and byte (6) tokens are plain vocabulary entries (byte tokens are found by their `<0xNN>` name).
 const TOKEN_TYPE_CONTROL: i64 = 3;
 const TOKEN_TYPE_USER_DEFINED: i64 = 4;
+
+/// `tokenizer.ggml.model` values qi can build: byte-level BPE and SentencePiece.
+pub const SUPPORTED_GGUF_MODELS: &[&str] = &["gpt2", "llama"];
 
 /// The Llama 3 split regex, as in Llama 3's tokenizer.json and transformers' GGUF loader.
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -55,6 +69,9 @@ pub struct Tokenizer {
     /// Special ids besides BOS/EOS/PAD (which [`Tokenizer::special_ids`] always adds).
     special: BTreeSet<u32>,
     vocab_size: usize,
+    /// Whether the model's own tokenizer puts BOS/EOS around a text by default.
+    add_bos: bool,
+    add_eos: bool,
     warnings: Vec<String>,
 }
 
@@ -65,6 +82,7 @@ impl std::fmt::Debug for Tokenizer {
             .field("bos", &self.bos)
             .field("eos", &self.eos)
             .field("pad", &self.pad)
+            .field("add_bos", &self.add_bos)
             .field("special", &self.special.len())
             .field("warnings", &self.warnings)
             .finish()
@@ -77,7 +95,8 @@ impl Tokenizer {
     /// tokenizer.json does not say which token is BOS/EOS/PAD; they are read from a
     /// `tokenizer_config.json` beside it when there is one, otherwise recognised by name
     /// (`<|endoftext|>`, `<s>`, `<|begin_of_text|>`, `<pad>`, ...). Override with
-    /// [`Tokenizer::with_bos`] and friends. Padding and truncation settings in the file are
+    /// [`Tokenizer::with_bos`] and friends. [`Tokenizer::adds_bos`] is the config's
+    /// `add_bos_token` (false without one). Padding and truncation settings in the file are
     /// dropped: they would add tokens behind the caller's back. Decoding gives back the text as
     /// the file's normalizer left it (GPT-NeoX: NFC), so round trips are exact for NFC text.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
@@ -93,18 +112,19 @@ impl Tokenizer {
 
         let mut warnings = Vec::new();
         let config = path.with_file_name("tokenizer_config.json");
-        let named = if config.is_file() {
+        let (named, adds) = if config.is_file() {
             match read_config_special_tokens(&config) {
-                Ok(named) => named,
+                Ok(found) => found,
                 Err(e) => {
                     warnings.push(format!("{e:#}; recognising BOS/EOS/PAD by name instead"));
-                    [None, None, None]
+                    Default::default()
                 }
             }
         } else {
-            [None, None, None]
+            Default::default()
         };
         let [bos, eos, pad] = named;
+        let [add_bos, add_eos] = adds.map(|a| a.unwrap_or(false));
         let mut find = |what: &str, given: Option<String>, candidates: &[&str]| match given {
             Some(tok) => {
                 let id = inner.token_to_id(&tok);
@@ -135,14 +155,10 @@ impl Tokenizer {
             &["<|end_of_text|>", "</s>", "<eos>", "<|endoftext|>"],
         );
         let pad = find("PAD", pad, &["<|padding|>", "<pad>", "<|pad|>", "[PAD]"]);
-        Ok(Self::finish(
-            inner,
-            bos,
-            eos,
-            pad,
-            BTreeSet::new(),
-            warnings,
-        ))
+        let mut tok = Self::finish(inner, bos, eos, pad, BTreeSet::new(), warnings);
+        tok.add_bos = add_bos;
+        tok.add_eos = add_eos;
+        Ok(tok)
     }
 
     /// Builds GPT-2's tokenizer from `vocab.json` + `merges.txt`, exactly as HF's GPT2Tokenizer
@@ -211,23 +227,46 @@ impl Tokenizer {
             .with_context(|| format!("{}: building its tokenizer", path.display()))
     }
 
-    /// Builds the tokenizer a GGUF file describes, as llama.cpp and transformers read it.
+    /// Builds the tokenizer a GGUF file describes, giving the ids transformers gives for it.
     ///
-    /// Only `tokenizer.ggml.model = "gpt2"` (byte-level BPE) is supported. `tokenizer.ggml.pre`
-    /// chooses how text is split before BPE: GPT-2's regex (missing, "default", "gpt2"), digits
-    /// split off one by one first ("smollm", "starcoder", ...), Llama 3's regex ("llama-bpe",
-    /// "llama3") or Qwen2's ("qwen2"); any other value falls back to GPT-2 and leaves a note in
-    /// [`Tokenizer::warnings`], since ids may then differ from the model's own tokenizer.
-    /// Control tokens (type 3) and the BOS/EOS/PAD/UNK tokens become special tokens, user-defined
-    /// ones (type 4) plain added tokens, so both encode whole (e.g. `<|im_start|>`).
+    /// Where transformers' GGUF loader departs from the model's own tokenizer (it skips SmolLM's
+    /// digit split and Qwen2's NFC step), qi follows the model's own tokenizer.
+    ///
+    /// Two kinds of vocabulary (`tokenizer.ggml.model`) are supported:
+    ///
+    /// - `"gpt2"`: byte-level BPE from `tokenizer.ggml.tokens` and `tokenizer.ggml.merges`.
+    ///   `tokenizer.ggml.pre` chooses how text is split before BPE: GPT-2's regex (missing,
+    ///   "default", "gpt2"), digits split off one by one first ("smollm", "starcoder", ...),
+    ///   Llama 3's regex ("llama-bpe", "llama3") or Qwen2's ("qwen2", which also composes text to
+    ///   NFC first, as Qwen's own tokenizer does); any other value falls back to GPT-2 and leaves a
+    ///   note in [`Tokenizer::warnings`], since ids may then differ from the model's own tokenizer.
+    /// - `"llama"`: SentencePiece BPE with byte fallback (`<0x41>` tokens for characters the
+    ///   vocabulary lacks) and spaces written as "▁". The merges are `tokenizer.ggml.merges` if the
+    ///   file has them, otherwise every split of a token into two tokens, best first: by
+    ///   `tokenizer.ggml.scores`, or for Gemma files (`general.architecture` gemma, gemma2,
+    ///   gemma3) by position in the file, as transformers does (Gemma files give byte, control
+    ///   and user-defined tokens placeholder scores that would misplace their merges).
+    ///   Gemma files store runs of spaces as real spaces; they are respelled with "▁". Gemma text
+    ///   gets no leading "▁"; Llama-style files get one at the start of the text unless
+    ///   `tokenizer.ggml.add_space_prefix` is false, Phi-3 files one at the start of every piece
+    ///   of text between special tokens (a normalizer). Characters whose bytes have no `<0xNN>`
+    ///   token become the unknown token (Gemma) or are dropped (others, as transformers does);
+    ///   [`Tokenizer::warnings`] says when the vocabulary lacks byte tokens.
+    ///
+    /// In both, control tokens (type 3) and the BOS/EOS/PAD/UNK tokens become special tokens and
+    /// user-defined ones (type 4) plain added tokens, so both encode whole (e.g. `<|im_start|>`,
+    /// `<start_of_turn>`). `tokenizer.ggml.add_bos_token` (default: true for "llama", false for
+    /// "gpt2", as llama.cpp reads it) is reported by [`Tokenizer::adds_bos`]; encoding still adds
+    /// BOS only when asked.
     pub fn from_gguf_metadata(metadata: &HashMap<String, Value>) -> Result<Self> {
         let model = gguf_str(metadata, "tokenizer.ggml.model")?
             .context("GGUF metadata has no tokenizer.ggml.model: the file carries no tokenizer")?;
-        if model != "gpt2" {
+        if !SUPPORTED_GGUF_MODELS.contains(&model) {
             bail!(
-                "tokenizer.ggml.model = {model:?} is not supported: only \"gpt2\" (byte-level BPE) \
-                 tokenizers can be built from GGUF metadata; for a SentencePiece (\"llama\") or other \
-                 vocabulary, load the model's tokenizer.json with Tokenizer::from_file"
+                "tokenizer.ggml.model = {model:?} is not supported: qi builds tokenizers from GGUF \
+                 metadata for {} only (\"gpt2\": byte-level BPE, \"llama\": SentencePiece); for \
+                 another kind, load the model's tokenizer.json with Tokenizer::from_file",
+                SUPPORTED_GGUF_MODELS.iter().map(|m| format!("{m:?}")).collect::<Vec<_>>().join(", ")
             );
         }
         let tokens = gguf_strings(metadata, "tokenizer.ggml.tokens")?;
@@ -235,15 +274,6 @@ impl Tokenizer {
             bail!("tokenizer.ggml.tokens: expected a non-empty array of strings, found an empty array");
         }
         let n = tokens.len();
-        let merges = gguf_strings(metadata, "tokenizer.ggml.merges")?
-            .into_iter()
-            .enumerate()
-            .map(|(i, m)| {
-                m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())).with_context(|| {
-                    format!("tokenizer.ggml.merges[{i}] = {m:?}: expected two tokens separated by a space")
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
         let token_types = match gguf_ints(metadata, "tokenizer.ggml.token_type")? {
             Some(t) if t.len() != n => bail!(
                 "tokenizer.ggml.token_type: expected one entry per token ({n}), found {}",
@@ -267,75 +297,28 @@ impl Tokenizer {
         let eos = special_id("tokenizer.ggml.eos_token_id")?;
         let pad = special_id("tokenizer.ggml.padding_token_id")?;
         let unk = special_id("tokenizer.ggml.unknown_token_id")?;
+        let sentencepiece = model == "llama";
+        let add_bos = gguf_bool(metadata, "tokenizer.ggml.add_bos_token")?.unwrap_or(sentencepiece);
+        let add_eos = gguf_bool(metadata, "tokenizer.ggml.add_eos_token")?.unwrap_or(false);
 
-        // Vocabulary in the byte alphabet. Tokens written otherwise (llama.cpp keeps some added
-        // tokens as raw text) are respelled byte by byte, as transformers does.
-        let bytes_char = bytes_char();
-        let in_alphabet = |t: &str| t.chars().all(|c| bytes_char.contains(&c));
-        let spelled: Vec<String> = tokens
-            .iter()
-            .map(|t| {
-                if in_alphabet(t) {
-                    t.to_string()
-                } else {
-                    t.bytes().map(|b| bytes_char[b as usize]).collect()
-                }
-            })
-            .collect();
-        let vocab: Vocab = spelled
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.clone(), i as u32))
-            .collect();
-        if vocab.len() != n {
-            warnings.push(format!(
-                "tokenizer.ggml.tokens: {} tokens share a spelling with another; the later id wins",
-                n - vocab.len()
-            ));
-        }
-        check_byte_alphabet(spelled.iter().map(String::as_str), &mut warnings);
-
-        let pre_name = gguf_str(metadata, "tokenizer.ggml.pre")?;
-        let (pre, nfc, ignore_merges) = match pre_name.unwrap_or("default") {
-            "default" | "gpt2" | "gpt-2" => (gpt2_pre_tokenizer(), false, false),
-            "smollm" | "starcoder" | "refact" | "codeshell" | "command-r" | "exaone" => {
-                let digits = Digits::new(true).into();
-                (
-                    Sequence::new(vec![digits, gpt2_pre_tokenizer()]).into(),
-                    false,
-                    false,
-                )
-            }
-            "llama-bpe" | "llama3" | "llama-v3" => {
-                (split_pre_tokenizer(LLAMA3_SPLIT)?, false, true)
-            }
-            "qwen2" => (split_pre_tokenizer(QWEN2_SPLIT)?, true, false),
-            other => {
-                warnings.push(format!(
-                    "tokenizer.ggml.pre = {other:?} is not known to qi; splitting text with GPT-2's \
-                     regex, so ids may differ from the model's own tokenizer (known: {})",
-                    SUPPORTED_GGUF_PRE.join(", ")
-                ));
-                (gpt2_pre_tokenizer(), false, false)
-            }
+        let (mut inner, spelling) = if sentencepiece {
+            let unk_token = unk.map(|id| tokens[id as usize]).or_else(|| {
+                tokens.contains(&"<unk>").then_some("<unk>")
+            });
+            (
+                sentencepiece_from_gguf(metadata, &tokens, unk_token, &mut warnings)?,
+                Spelling::AsIs,
+            )
+        } else {
+            byte_level_from_gguf(metadata, &tokens, &mut warnings)?
         };
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .ignore_merges(ignore_merges)
-            .build()
-            .map_err(|e| anyhow!("tokenizer.ggml.tokens/merges: cannot build BPE: {e}"))?;
-        let mut inner = byte_level_tokenizer(bpe, pre);
-        if nfc {
-            inner.with_normalizer(Some(NFC)).map_err(|e| anyhow!("cannot set the NFC normalizer: {e}"))?;
-        }
 
-        // Tokens that must encode whole. Only ones spelled in the byte alphabet can be: any other
-        // would be added under a new id past the model's vocabulary (transformers skips them too).
+        // Tokens that must encode whole.
         let mut special = BTreeSet::new();
         let mut special_tokens = Vec::new();
         let mut user_tokens = Vec::new();
         let named: BTreeSet<u32> = [bos, eos, pad, unk].into_iter().flatten().collect();
-        for (i, token) in tokens.iter().enumerate() {
+        for (i, &token) in tokens.iter().enumerate() {
             let ty = token_types.as_ref().map(|t| t[i]);
             let is_special = ty == Some(TOKEN_TYPE_CONTROL) || named.contains(&(i as u32));
             if !is_special && ty != Some(TOKEN_TYPE_USER_DEFINED) {
@@ -344,12 +327,24 @@ impl Tokenizer {
             if is_special {
                 special.insert(i as u32);
             }
-            if !in_alphabet(token) {
-                warnings.push(format!(
-                    "token {i} {token:?} (type {}) is not spelled in the byte alphabet; it will not encode whole",
-                    ty.unwrap_or(TOKEN_TYPE_CONTROL)
-                ));
-            } else if is_special {
+            match &spelling {
+                // Only tokens spelled in the byte alphabet can be added: any other would get a new
+                // id past the model's vocabulary (transformers skips them too).
+                Spelling::ByteLevel(in_alphabet) if !in_alphabet(token) => {
+                    warnings.push(format!(
+                        "token {i} {token:?} (type {}) is not spelled in the byte alphabet; it will not encode whole",
+                        ty.unwrap_or(TOKEN_TYPE_CONTROL)
+                    ));
+                    continue;
+                }
+                // User-defined tokens the vocabulary respelled (Gemma's space runs) are left to the
+                // merges, as transformers does.
+                Spelling::AsIs if !is_special && inner.token_to_id(token).is_none() => {
+                    continue
+                }
+                _ => {}
+            }
+            if is_special {
                 special_tokens.push(AddedToken::from(token.to_string(), true));
             } else {
                 user_tokens.push(AddedToken::from(token.to_string(), false).normalized(false));
@@ -359,6 +354,8 @@ impl Tokenizer {
         inner.add_tokens(user_tokens).map_err(|e| anyhow!("tokenizer.ggml.tokens: cannot add user-defined tokens: {e}"))?;
         let mut tok = Self::finish(inner, bos, eos, pad, special, warnings);
         tok.vocab_size = tok.vocab_size.max(n);
+        tok.add_bos = add_bos;
+        tok.add_eos = add_eos;
         Ok(tok)
     }
 
@@ -390,6 +387,8 @@ impl Tokenizer {
             pad,
             special,
             vocab_size,
+            add_bos: false,
+            add_eos: false,
             warnings,
         }
     }
@@ -445,6 +444,18 @@ impl Tokenizer {
 
     pub fn pad_id(&self) -> Option<u32> {
         self.pad
+    }
+
+    /// Whether the model's own tokenizer starts every text with BOS (GGUF
+    /// `tokenizer.ggml.add_bos_token`; tokenizer_config.json `add_bos_token`): true for Gemma,
+    /// false for Qwen2.5 and GPT-2. Use it as the default for `add_bos` in [`Tokenizer::encode`].
+    pub fn adds_bos(&self) -> bool {
+        self.add_bos && self.bos.is_some()
+    }
+
+    /// Whether the model's own tokenizer ends every text with EOS (`add_eos_token`; rarely true).
+    pub fn adds_eos(&self) -> bool {
+        self.add_eos && self.eos.is_some()
     }
 
     /// The vocabulary entry for `id`, as the tokenizer spells it (byte-level: `Ġthe` for " the").
@@ -536,6 +547,317 @@ fn byte_level_tokenizer(bpe: BPE, pre: PreTokenizerWrapper) -> tokenizers::Token
     inner
 }
 
+/// How a GGUF vocabulary spells its tokens, for deciding which can be added whole.
+enum Spelling {
+    /// Byte-level BPE: only tokens in GPT-2's byte alphabet are real vocabulary entries.
+    ByteLevel(Box<dyn Fn(&str) -> bool>),
+    /// SentencePiece: tokens are spelled as text (with "▁" for spaces).
+    AsIs,
+}
+
+/// The byte-level BPE (`tokenizer.ggml.model = "gpt2"`) of a GGUF file, without added tokens.
+fn byte_level_from_gguf(
+    metadata: &HashMap<String, Value>,
+    tokens: &[&str],
+    warnings: &mut Vec<String>,
+) -> Result<(tokenizers::Tokenizer, Spelling)> {
+    let n = tokens.len();
+    let merges = gguf_strings(metadata, "tokenizer.ggml.merges")?
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())).with_context(|| {
+                format!("tokenizer.ggml.merges[{i}] = {m:?}: expected two tokens separated by a space")
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+
+    // Vocabulary in the byte alphabet. Tokens written otherwise (llama.cpp keeps some added
+    // tokens as raw text) are respelled byte by byte, as transformers does.
+    let table = bytes_char();
+    let alphabet: BTreeSet<char> = table.iter().copied().collect();
+    let in_alphabet = move |t: &str| t.chars().all(|c| alphabet.contains(&c));
+    let spelled: Vec<String> = tokens
+        .iter()
+        .map(|t| {
+            if in_alphabet(t) {
+                t.to_string()
+            } else {
+                t.bytes().map(|b| table[b as usize]).collect()
+            }
+        })
+        .collect();
+    let vocab: Vocab = spelled
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    if vocab.len() != n {
+        warnings.push(format!(
+            "tokenizer.ggml.tokens: {} tokens share a spelling with another; the later id wins",
+            n - vocab.len()
+        ));
+    }
+    check_byte_alphabet(spelled.iter().map(String::as_str), warnings);
+
+    let pre_name = gguf_str(metadata, "tokenizer.ggml.pre")?;
+    let (pre, nfc, ignore_merges) = match pre_name.unwrap_or("default") {
+        "default" | "gpt2" | "gpt-2" => (gpt2_pre_tokenizer(), false, false),
+        "smollm" | "starcoder" | "refact" | "codeshell" | "command-r" | "exaone" => {
+            let digits = Digits::new(true).into();
+            (
+                Sequence::new(vec![digits, gpt2_pre_tokenizer()]).into(),
+                false,
+                false,
+            )
+        }
+        "llama-bpe" | "llama3" | "llama-v3" => (split_pre_tokenizer(LLAMA3_SPLIT)?, false, true),
+        "qwen2" => (split_pre_tokenizer(QWEN2_SPLIT)?, true, false),
+        other => {
+            warnings.push(format!(
+                "tokenizer.ggml.pre = {other:?} is not known to qi; splitting text with GPT-2's \
+                 regex, so ids may differ from the model's own tokenizer (known: {})",
+                SUPPORTED_GGUF_PRE.join(", ")
+            ));
+            (gpt2_pre_tokenizer(), false, false)
+        }
+    };
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .ignore_merges(ignore_merges)
+        .build()
+        .map_err(|e| anyhow!("tokenizer.ggml.tokens/merges: cannot build BPE: {e}"))?;
+    let mut inner = byte_level_tokenizer(bpe, pre);
+    if nfc {
+        inner
+            .with_normalizer(Some(NFC))
+            .map_err(|e| anyhow!("cannot set the NFC normalizer: {e}"))?;
+    }
+    Ok((inner, Spelling::ByteLevel(Box::new(in_alphabet))))
+}
+
+/// How a SentencePiece GGUF's text is prepared, which transformers picks by architecture.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum SpmStyle {
+    /// Spaces become "▁", nothing prepended; merges ranked by position; space runs respelled.
+    Gemma,
+    /// "▁" prepended once, to the start of the text (Metaspace); merges ranked by score.
+    Llama { prefix: bool },
+    /// "▁" prepended to every piece of text between added tokens (a normalizer).
+    Phi3,
+}
+
+/// The SentencePiece BPE (`tokenizer.ggml.model = "llama"`) of a GGUF file, without added tokens.
+fn sentencepiece_from_gguf(
+    metadata: &HashMap<String, Value>,
+    tokens: &[&str],
+    unk_token: Option<&str>,
+    warnings: &mut Vec<String>,
+) -> Result<tokenizers::Tokenizer> {
+    let n = tokens.len();
+    let style = match gguf_str(metadata, "general.architecture")?.unwrap_or("") {
+        "gemma" | "gemma2" | "gemma3" => SpmStyle::Gemma,
+        "phi3" => SpmStyle::Phi3,
+        _ => SpmStyle::Llama {
+            prefix: gguf_bool(metadata, "tokenizer.ggml.add_space_prefix")?.unwrap_or(true),
+        },
+    };
+    let scores = match gguf_floats(metadata, "tokenizer.ggml.scores")? {
+        Some(s) if s.len() != n => bail!(
+            "tokenizer.ggml.scores: expected one score per token ({n}), found {}",
+            s.len()
+        ),
+        s => s,
+    };
+    let spelled: Vec<String> = tokens
+        .iter()
+        .map(|&t| {
+            // Gemma files store a run of spaces as the spaces themselves; the tokenizer (and the
+            // merges through it) know it as "▁▁...".
+            if style == SpmStyle::Gemma && t.contains(' ') && t.chars().all(python_isspace) {
+                "▁".repeat(t.chars().count())
+            } else {
+                t.to_string()
+            }
+        })
+        .collect();
+    let mut vocab: HashMap<&str, u32> = HashMap::with_capacity(n);
+    for (i, t) in spelled.iter().enumerate() {
+        vocab.insert(t.as_str(), i as u32);
+    }
+    if vocab.len() != n {
+        warnings.push(format!(
+            "tokenizer.ggml.tokens: {} tokens share a spelling with another; the later id wins",
+            n - vocab.len()
+        ));
+    }
+    let missing_bytes: Vec<String> = (0..=255u8)
+        .map(|b| format!("<0x{b:02X}>"))
+        .filter(|t| !vocab.contains_key(t.as_str()))
+        .collect();
+    if !missing_bytes.is_empty() {
+        let shown = if missing_bytes.len() > 8 {
+            format!("{} ...", missing_bytes[..8].join(" "))
+        } else {
+            missing_bytes.join(" ")
+        };
+        warnings.push(format!(
+            "vocabulary lacks {} of the 256 byte tokens ({shown}); characters needing them {}",
+            missing_bytes.len(),
+            if style == SpmStyle::Gemma {
+                "encode as the unknown token"
+            } else {
+                "are dropped, as transformers does"
+            }
+        ));
+    }
+
+    let merges = match metadata.get("tokenizer.ggml.merges") {
+        Some(_) => gguf_strings(metadata, "tokenizer.ggml.merges")?
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| {
+                m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())).with_context(|| {
+                    format!("tokenizer.ggml.merges[{i}] = {m:?}: expected two tokens separated by a space")
+                })
+            })
+            .collect::<Result<Vec<_>>>()?,
+        None => {
+            let rank: Vec<f64> = match (style, &scores) {
+                (SpmStyle::Gemma, _) => (0..n).map(|i| -(i as f64)).collect(),
+                (_, Some(s)) => s.iter().map(|&x| x as f64).collect(),
+                (_, None) => bail!(
+                    "GGUF metadata has neither tokenizer.ggml.merges nor tokenizer.ggml.scores: a \
+                     SentencePiece vocabulary needs one of them to know which pieces merge first"
+                ),
+            };
+            derive_merges(&spelled, &vocab, &rank)
+        }
+    };
+    let vocab: Vocab = vocab.into_iter().map(|(t, i)| (t.to_string(), i)).collect();
+    let mut builder = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .byte_fallback(true)
+        .fuse_unk(true);
+    // transformers' GemmaTokenizer names its unknown token; LlamaTokenizer's has none (unknown
+    // characters without byte tokens are then dropped).
+    if let (SpmStyle::Gemma, Some(unk)) = (style, unk_token) {
+        builder = builder.unk_token(unk.to_string());
+    }
+    let bpe = builder
+        .build()
+        .map_err(|e| anyhow!("tokenizer.ggml.tokens/merges: cannot build SentencePiece BPE: {e}"))?;
+
+    let mut inner = tokenizers::Tokenizer::new(bpe);
+    let replace = |from: &str, to: &str| {
+        Replace::new(from, to).map_err(|e| anyhow!("cannot build the {from:?} -> {to:?} replacement: {e}"))
+    };
+    let mut decoders: Vec<DecoderWrapper> = vec![
+        replace("▁", " ")?.into(),
+        ByteFallback::new().into(),
+        Fuse::new().into(),
+    ];
+    match style {
+        SpmStyle::Gemma => {
+            inner
+                .with_normalizer(Some(replace(" ", "▁")?))
+                .map_err(|e| anyhow!("cannot set the normalizer: {e}"))?;
+            // GemmaTokenizer's split on " "; after the normalizer no " " is left, so it only
+            // matters for text that skipped normalization. Kept to mirror it exactly.
+            let split = Split::new(
+                SplitPattern::String(" ".into()),
+                SplitDelimiterBehavior::MergedWithPrevious,
+                false,
+            )
+            .map_err(|e| anyhow!("cannot build the space split: {e}"))?;
+            inner.with_pre_tokenizer(Some(split));
+        }
+        SpmStyle::Llama { prefix } => {
+            let scheme = if prefix { PrependScheme::First } else { PrependScheme::Never };
+            inner.with_pre_tokenizer(Some(Metaspace::new('▁', scheme, false)));
+            if prefix {
+                decoders.push(Strip::new(' ', 1, 0).into());
+            }
+        }
+        SpmStyle::Phi3 => {
+            let normalizer = NormalizerSequence::new(vec![
+                Prepend::new("▁".into()).into(),
+                replace(" ", "▁")?.into(),
+            ]);
+            inner
+                .with_normalizer(Some(normalizer))
+                .map_err(|e| anyhow!("cannot set the normalizer: {e}"))?;
+            decoders.push(Strip::new(' ', 1, 0).into());
+        }
+    }
+    inner.with_decoder(Some(DecoderSequence::new(decoders)));
+    Ok(inner)
+}
+
+/// Python's `str.isspace` for one character (Rust's `char::is_whitespace` leaves out 0x1C..=0x1F).
+fn python_isspace(c: char) -> bool {
+    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
+}
+
+/// The merges a SentencePiece vocabulary implies, as transformers derives them: every split of a
+/// token into two tokens, best `rank` first; a token's splits with a longer left piece first, then
+/// by the pieces' ids. Ties keep vocabulary order.
+fn derive_merges(
+    spelled: &[String],
+    vocab: &HashMap<&str, u32>,
+    rank: &[f64],
+) -> Vec<(String, String)> {
+    struct Cand {
+        left: u32,
+        right: u32,
+        rank: f64,
+        left_chars: usize,
+        right_chars: usize,
+    }
+    let mut seen = std::collections::HashSet::with_capacity(spelled.len());
+    let mut all = Vec::new();
+    let mut local = Vec::new();
+    for token in spelled {
+        // A token spelled twice counts once, with the rank of its last id (a Python dict).
+        if !seen.insert(token.as_str()) {
+            continue;
+        }
+        let id = vocab[token.as_str()];
+        let total = token.chars().count();
+        local.clear();
+        for (k, (at, _)) in token.char_indices().enumerate().skip(1) {
+            let (l, r) = token.split_at(at);
+            if let (Some(&left), Some(&right)) = (vocab.get(l), vocab.get(r)) {
+                local.push(Cand {
+                    left,
+                    right,
+                    rank: rank[id as usize],
+                    left_chars: k,
+                    right_chars: total - k,
+                });
+            }
+        }
+        local.sort_by_key(|c| (c.left, c.right));
+        all.append(&mut local);
+    }
+    // Stable, best first.
+    all.sort_by(|a, b| {
+        b.rank
+            .partial_cmp(&a.rank)
+            .unwrap_or(Ordering::Equal)
+            .then(b.left_chars.cmp(&a.left_chars))
+            .then(b.right_chars.cmp(&a.right_chars))
+    });
+    all.into_iter()
+        .map(|c| {
+            (
+                spelled[c.left as usize].clone(),
+                spelled[c.right as usize].clone(),
+            )
+        })
+        .collect()
+}
+
 /// GPT-2's byte → printable char table (`bytes_to_unicode`).
 fn bytes_char() -> Vec<char> {
     let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
@@ -579,8 +901,11 @@ fn check_byte_alphabet<'a>(tokens: impl Iterator<Item = &'a str>, warnings: &mut
     }
 }
 
-/// `bos_token`/`eos_token`/`pad_token` of a tokenizer_config.json (strings or `{"content": ...}`).
-fn read_config_special_tokens(path: &Path) -> Result<[Option<String>; 3]> {
+/// `bos_token`/`eos_token`/`pad_token` of a tokenizer_config.json (strings or `{"content": ...}`),
+/// and its `add_bos_token`/`add_eos_token` flags.
+type ConfigTokens = ([Option<String>; 3], [Option<bool>; 2]);
+
+fn read_config_special_tokens(path: &Path) -> Result<ConfigTokens> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let json: serde_json::Value = serde_json::from_str(&text)
@@ -593,7 +918,11 @@ fn read_config_special_tokens(path: &Path) -> Result<[Option<String>; 3]> {
             .map(str::to_string),
         _ => None,
     };
-    Ok([get("bos_token"), get("eos_token"), get("pad_token")])
+    let flag = |key: &str| json.get(key).and_then(serde_json::Value::as_bool);
+    Ok((
+        [get("bos_token"), get("eos_token"), get("pad_token")],
+        [flag("add_bos_token"), flag("add_eos_token")],
+    ))
 }
 
 fn value_kind(v: &Value) -> String {
@@ -627,6 +956,34 @@ fn gguf_str<'a>(m: &'a HashMap<String, Value>, key: &str) -> Result<Option<&'a s
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
         Some(v) => bail!("{key}: expected a string, found {}", value_kind(v)),
+    }
+}
+
+fn gguf_bool(m: &HashMap<String, Value>, key: &str) -> Result<Option<bool>> {
+    match m.get(key) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(v) => bail!("{key}: expected a bool, found {}", value_kind(v)),
+    }
+}
+
+fn gguf_floats(m: &HashMap<String, Value>, key: &str) -> Result<Option<Vec<f32>>> {
+    match m.get(key) {
+        None => Ok(None),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| match *v {
+                Value::F32(x) => Ok(x),
+                Value::F64(x) => Ok(x as f32),
+                ref other => bail!(
+                    "{key}: expected an array of floats, found {} at index {i}",
+                    value_kind(other)
+                ),
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some),
+        Some(v) => bail!("{key}: expected an array of floats, found {}", value_kind(v)),
     }
 }
 
