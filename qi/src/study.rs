@@ -748,6 +748,32 @@ pub fn collect_to(results: &Path, out: &Path) -> Result<DataFrame> {
     tidy::write_parquet(&df, out)?;
     Ok(df)
 }
+/// One summary column against model size, as a tidy frame for [`crate::analysis::plots::lines`]:
+/// `params` (the summary's size column), `spec`, `value` = column `metric`, and `ci_low`/`ci_high`
+/// from `{metric}_ci` when the summary has it, clamped to `range` (a survival share cannot leave
+/// [0, 1], whatever a t-interval over few seeds says). Rows without a size or a value are left out;
+/// the reference (`none`) is left out unless `with_reference`.
+pub fn against_size(summary: &DataFrame, metric: &str, range: Option<(f64, f64)>, with_reference: bool) -> Result<DataFrame> {
+    let (specs, params, values) = (tidy::str_values(summary, "spec")?, tidy::f64_values(summary, "params")?, tidy::f64_values(summary, metric)?);
+    let ci = match summary.column(&format!("{metric}_ci")) {
+        Ok(_) => Some(tidy::f64_values(summary, &format!("{metric}_ci"))?),
+        Err(_) => None,
+    };
+    let clamp = |x: f64| range.map_or(x, |(lo, hi)| x.clamp(lo, hi));
+    let keep: Vec<usize> = (0..specs.len()).filter(|&i| params[i].is_finite() && values[i].is_finite() && (with_reference || specs[i] != "none")).collect();
+    let mut cols = vec![
+        Column::new("params".into(), keep.iter().map(|&i| params[i]).collect::<Vec<_>>()),
+        Column::new("spec".into(), keep.iter().map(|&i| specs[i].clone()).collect::<Vec<_>>()),
+        Column::new("value".into(), keep.iter().map(|&i| values[i]).collect::<Vec<_>>()),
+    ];
+    if let Some(ci) = ci {
+        let half = |i: usize| if ci[i].is_finite() { ci[i] } else { 0.0 };
+        cols.push(Column::new("ci_low".into(), keep.iter().map(|&i| clamp(values[i] - half(i))).collect::<Vec<_>>()));
+        cols.push(Column::new("ci_high".into(), keep.iter().map(|&i| clamp(values[i] + half(i))).collect::<Vec<_>>()));
+    }
+    Ok(DataFrame::new_infer_height(cols)?)
+}
+
 /// The summary in the original study's shape, one row per (model, spec): `model`, `params`
 /// (from `params`, by model name; null when absent), `method`, `spec`, `bits`, `perplexity`,
 /// `survival` (induction heads detected by the stripe score ≥ threshold in the reference that stay
@@ -755,7 +781,8 @@ pub fn collect_to(results: &Path, out: &Path) -> Result<DataFrame> {
 /// study's rule), `score_r` (Pearson r of all heads' stripe scores, reference vs twin),
 /// `feature_survival` (share of the SAE's active features in the `survived` category, from the
 /// `features` analysis) and the 95% t-CI half-widths over seeds `*_ci` and the number of seeds
-/// `n_seeds`. Built from a collected frame ([`collect`]) with the `perplexity`, `induction` and
+/// `n_seeds`, and `perplexity_ratio` (perplexity over the same model's reference perplexity).
+/// Built from a collected frame ([`collect`]) with the `perplexity`, `induction` and
 /// (optionally) `features` analyses; a metric that is missing is null.
 pub fn summary(df: &DataFrame, params: &std::collections::BTreeMap<String, usize>) -> Result<DataFrame> {
     use std::collections::BTreeMap;
@@ -816,6 +843,16 @@ pub fn summary(df: &DataFrame, params: &std::collections::BTreeMap<String, usize
         }
     }
     cols.push(Column::new("n_seeds".into(), groups.iter().map(|g| g.1 .2.get("survival").map(|v| v.len() as u64)).collect::<Vec<_>>()));
+    // perplexity relative to the same model's reference: comparable across model sizes
+    let ppl = |g: &(_, (_, _, BTreeMap<&str, Vec<f64>>))| g.1 .2.get("perplexity").and_then(|v| v.first().copied());
+    let ratio: Vec<Option<f64>> = groups
+        .iter()
+        .map(|g| {
+            let reference = groups.iter().find(|r| r.0 .0 == g.0 .0 && r.0 .1 == "none").and_then(ppl);
+            Some(ppl(g)? / reference?)
+        })
+        .collect();
+    cols.push(Column::new("perplexity_ratio".into(), ratio));
     Ok(DataFrame::new_infer_height(cols)?)
 }
 

@@ -334,4 +334,15 @@ fn summary_has_the_original_studys_shape() {
     assert!(f("feature_survival")[0].is_nan());
     assert!((f("feature_survival")[1] - 0.25).abs() < 1e-12);
     assert_eq!(f("n_seeds")[1], 2.0);
+    assert_eq!(f("perplexity_ratio"), [1.0, 40.0 / 30.0]);
+    // against size: the reference is left out, and the CI (0.75 ± 3.18) is clamped to [0, 1]
+    let a = qi::study::against_size(&s, "survival", Some((0.0, 1.0)), false).unwrap();
+    let g = |c: &str| qi::analysis::tidy::f64_values(&a, c).unwrap();
+    assert_eq!(qi::analysis::tidy::str_values(&a, "spec").unwrap(), ["rtn:bits=4"]);
+    assert_eq!((g("params"), g("value"), g("ci_low"), g("ci_high")), (vec![1234.0], vec![0.75], vec![0.0], vec![1.0]));
+    let unclamped = qi::study::against_size(&s, "survival", None, false).unwrap();
+    assert!(qi::analysis::tidy::f64_values(&unclamped, "ci_high").unwrap()[0] > 3.0);
+    // perplexity has no CI column: no error bars
+    let p = qi::study::against_size(&s, "perplexity_ratio", None, true).unwrap();
+    assert!(p.column("ci_low").is_err() && p.height() == 2);
 }

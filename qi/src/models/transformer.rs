@@ -216,6 +216,16 @@ impl HookedTransformer {
         n + self.unembed.bias.as_ref().map_or(0, |b| b.elem_count())
     }
 
+    /// Parameters outside the token/position embeddings and an untied unembedding: the size axis
+    /// of scaling studies (a 262k-token vocabulary is half of Gemma 3 270M's parameters).
+    pub fn n_params_non_embedding(&self) -> usize {
+        let mut emb = self.embed.elem_count() + self.pos_embed.as_ref().map_or(0, |p| p.1.elem_count());
+        if !self.cfg.tied_embeddings {
+            emb += self.unembed.weight_t().elem_count();
+        }
+        self.n_params() - emb
+    }
+
     /// All block linear layers, in forward order.
     pub fn linears(&self) -> Vec<&Linear> {
         self.blocks.iter().flat_map(|b| b.linears()).collect()
