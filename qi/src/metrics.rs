@@ -379,6 +379,29 @@ pub fn top_k_overlap<T: Copy + Into<f64>>(p: &[T], q: &[T], k: usize) -> f64 {
     tp.iter().filter(|i| tq.contains(i)).count() as f64 / tp.len() as f64
 }
 
+/// Overlap of the tokens on which a feature fires most, reference `p` vs quantized `q`
+/// (activations over the same tokens). Only tokens where a feature fires (> 0) compete: with
+/// `k' = min(k, tokens where p fires)`, it is the fraction of p's `k'` strongest firing tokens
+/// that are also among q's `k'` strongest firing tokens (q may fire on fewer). A feature firing
+/// on fewer than `k` tokens is thus judged on all of its firing tokens, and zero-activation tokens
+/// never fill a top-k by index. NaN when `p` never fires.
+pub fn active_top_k_overlap(p: &[f64], q: &[f64], k: usize) -> f64 {
+    assert_eq!(p.len(), q.len(), "active_top_k_overlap: activations differ in length");
+    let firing = |x: &[f64]| -> Vec<usize> { (0..x.len()).filter(|&i| x[i] > 0.0).collect() };
+    let strongest = |x: &[f64], idx: Vec<usize>, k: usize| -> Vec<usize> {
+        let vals: Vec<f64> = idx.iter().map(|&i| x[i]).collect();
+        top_k_indices(&vals, k).into_iter().map(|j| idx[j]).collect()
+    };
+    let fp = firing(p);
+    let k = k.min(fp.len());
+    if k == 0 {
+        return f64::NAN;
+    }
+    let tp = strongest(p, fp, k);
+    let tq = strongest(q, firing(q), k);
+    tp.iter().filter(|i| tq.contains(i)).count() as f64 / k as f64
+}
+
 /// 1-based rank of entry `i` of `x` by decreasing value: 1 + the number of strictly larger entries.
 pub fn rank_of(x: &[f32], i: usize) -> usize {
     1 + x.iter().filter(|&&v| v > x[i]).count()
@@ -854,6 +877,30 @@ mod tests {
         // top-2 of a = {0, 1}, of b = {1, 3}: one shared → ½
         assert_eq!(top_k_overlap(&[5., 4., 1., 0.], &[0., 4., 1., 9.], 2), 0.5);
         assert_eq!(top_k_overlap(&[1., 2.], &[1., 2.], 5), 1.0);
+    }
+
+    #[test]
+    fn active_top_k_overlap_compares_only_firing_tokens() {
+        // The feature fires on 3 of 20 tokens; the twin keeps those 3 and adds weak firing on
+        // 7 others. Ranking all tokens, the reference's top 10 is {10, 11, 12} padded with the
+        // zero tokens 0..6 by index, the twin's {10..19}: overlap 3/10. Among firing tokens
+        // (k' = 3) the strongest three agree: 1.
+        let mut p = vec![0.0; 20];
+        p[10..13].copy_from_slice(&[3.0, 2.0, 1.0]);
+        let mut q = p.clone();
+        q[13..20].iter_mut().for_each(|v| *v = 0.1);
+        assert_eq!(top_k_overlap(&p, &q, 10), 0.3);
+        assert_eq!(active_top_k_overlap(&p, &q, 10), 1.0);
+        // a twin that never fires: the old rule scores 7/10 (the index-chosen zeros agree), the
+        // new one 0
+        let dead = vec![0.0; 20];
+        assert_eq!(top_k_overlap(&p, &dead, 10), 0.7);
+        assert_eq!(active_top_k_overlap(&p, &dead, 10), 0.0);
+        // the twin fires on only one of the three: 1/3; and k below the firing count ranks by value
+        assert_eq!(active_top_k_overlap(&p, &[&[0.0; 10][..], &[0.0, 0.0, 5.0], &[0.0; 7][..]].concat(), 10), 1.0 / 3.0);
+        let q2: Vec<f64> = p.iter().enumerate().map(|(i, &v)| if i == 10 { 0.5 } else { v }).collect();
+        assert_eq!(active_top_k_overlap(&p, &q2, 2), 0.5); // top-2 {10, 11} vs {11, 12}
+        assert!(active_top_k_overlap(&dead, &p, 10).is_nan());
     }
 
     #[test]
