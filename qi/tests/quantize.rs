@@ -83,6 +83,38 @@ fn gptq_beats_rtn_end_to_end_at_3_bits() {
 }
 
 #[test]
+fn gptq_counts_each_calibration_sequence_as_one_sample() {
+    // The reference's H = 2/N · Σ XᵀX takes N = calibration sequences. A [b, t, in] input adds b
+    // samples, the same H as b single-sequence inputs.
+    let mut rng = qi::rng::Rng::new(4);
+    let v: Vec<f32> = (0..2 * 5 * 3).map(|_| rng.normal() as f32).collect();
+    let x = candle_core::Tensor::from_vec(v, (2, 5, 3), &candle_core::Device::Cpu).unwrap();
+    let mut batched = qi::quant::HessianAccumulator::new(3);
+    batched.add_batch(&x).unwrap();
+    let mut single = qi::quant::HessianAccumulator::new(3);
+    for i in 0..2 {
+        single.add_batch(&x.get(i).unwrap()).unwrap();
+    }
+    assert_eq!((batched.nsamples(), single.nsamples()), (2, 2));
+    assert!(max_abs_diff(&batched.hessian().unwrap(), &single.hessian().unwrap()) < 1e-5);
+    // So the reported loss does not depend on how sequences are batched. Counting a batch of 4 as
+    // one sample makes H, and with it the loss, 4× larger (the weights are unchanged: GPTQ's
+    // updates are invariant to scaling H).
+    let model = load_model(fixture("llama").to_str().unwrap()).unwrap();
+    let run = |batch| {
+        let o = QuantizeOptions { calibration: Some(windows(8, 16, 11)), calibration_batch: batch, ..Default::default() };
+        let (q, r) = quantize_model(&model, &"gptq:bits=4".parse().unwrap(), &o).unwrap();
+        (q, r.matrices.iter().map(|m| m.gptq_loss.unwrap()).collect::<Vec<f64>>())
+    };
+    let ((q1, one), (q4, four)) = (run(1), run(4));
+    for (i, (a, b)) in one.iter().zip(&four).enumerate() {
+        assert!((a - b).abs() <= 1e-3 * a, "matrix {i}: loss {a} with one sequence per batch, {b} with four");
+    }
+    let b = Batch::from_ids(&[1, 2, 3, 4, 5]).unwrap();
+    assert!(max_abs_diff(&q1.forward(&b).unwrap(), &q4.forward(&b).unwrap()) < 1e-4);
+}
+
+#[test]
 fn embeddings_are_quantized_only_when_asked() {
     let model = load_model(fixture("llama-tied").to_str().unwrap()).unwrap();
     let o = QuantizeOptions { embeddings: true, unembedding: true, ..Default::default() };
