@@ -138,6 +138,51 @@ pub fn bootstrap_mean_ci(x: &[f64], n_boot: usize, level: f64, seed: u64) -> (f6
     (m, means[lo], means[hi])
 }
 
+/// Mean of `x` and a percentile-bootstrap confidence interval that resamples clusters instead of
+/// values: `x` is the concatenation of clusters of sizes `cluster_sizes` (e.g. the tokens of each
+/// sequence), each resample draws as many clusters as there are, with replacement, and its
+/// statistic is the mean over all values of the drawn clusters. Use it when values within a
+/// cluster are correlated (neighbouring tokens): resampling values then treats them as
+/// independent and makes the interval too narrow. With one value per cluster it is
+/// [`bootstrap_mean_ci`] (same draws for the same seed).
+pub fn cluster_bootstrap_mean_ci(x: &[f64], cluster_sizes: &[usize], n_boot: usize, level: f64, seed: u64) -> Result<(f64, f64, f64)> {
+    let total: usize = cluster_sizes.iter().sum();
+    if total != x.len() {
+        bail!("cluster bootstrap: cluster sizes sum to {total}, but there are {} values", x.len());
+    }
+    let m = mean(x);
+    let mut sums = Vec::with_capacity(cluster_sizes.len());
+    let mut start = 0;
+    for &n in cluster_sizes {
+        sums.push(x[start..start + n].iter().sum::<f64>());
+        start += n;
+    }
+    let k = cluster_sizes.len();
+    if k < 2 || n_boot == 0 {
+        return Ok((m, m, m));
+    }
+    let mut rng = Rng::new(seed);
+    let mut means: Vec<f64> = (0..n_boot)
+        .map(|_| {
+            let (mut s, mut n) = (0.0, 0usize);
+            for _ in 0..k {
+                let c = rng.below(k as u64) as usize;
+                s += sums[c];
+                n += cluster_sizes[c];
+            }
+            if n == 0 {
+                f64::NAN
+            } else {
+                s / n as f64
+            }
+        })
+        .collect();
+    means.sort_by(|a, b| a.total_cmp(b));
+    let lo = ((1.0 - level) / 2.0 * n_boot as f64).floor() as usize;
+    let hi = (((1.0 + level) / 2.0 * n_boot as f64).ceil() as usize).min(n_boot) - 1;
+    Ok((m, means[lo], means[hi]))
+}
+
 /// Half-width of a Student-t confidence interval for the mean (level 0.95), for small samples
 /// such as seeds. Returns NaN for fewer than two values.
 pub fn t_ci95_half_width(x: &[f64]) -> f64 {
@@ -901,6 +946,28 @@ mod tests {
         let q2: Vec<f64> = p.iter().enumerate().map(|(i, &v)| if i == 10 { 0.5 } else { v }).collect();
         assert_eq!(active_top_k_overlap(&p, &q2, 2), 0.5); // top-2 {10, 11} vs {11, 12}
         assert!(active_top_k_overlap(&dead, &p, 10).is_nan());
+    }
+
+    #[test]
+    fn cluster_bootstrap_resamples_sequences_not_tokens() {
+        // 12 sequences, each a constant value repeated over its tokens (perfectly correlated
+        // tokens). Resampling sequences gives the sequence-level interval whatever the length;
+        // resampling tokens narrows it roughly as 1/√tokens.
+        let seq_means: Vec<f64> = (0..12).map(|i| ((i * 7) % 12) as f64 / 4.0).collect();
+        let (m1, lo1, hi1) = bootstrap_mean_ci(&seq_means, 2000, 0.95, 5);
+        for len in [1, 50] {
+            let tokens: Vec<f64> = seq_means.iter().flat_map(|&v| std::iter::repeat_n(v, len)).collect();
+            let (m, lo, hi) = cluster_bootstrap_mean_ci(&tokens, &[len; 12], 2000, 0.95, 5).unwrap();
+            assert!((m - m1).abs() < 1e-12 && (lo - lo1).abs() < 1e-12 && (hi - hi1).abs() < 1e-12, "{len}: {lo}..{hi} vs {lo1}..{hi1}");
+        }
+        let tokens: Vec<f64> = seq_means.iter().flat_map(|&v| std::iter::repeat_n(v, 50)).collect();
+        let (_, lo, hi) = bootstrap_mean_ci(&tokens, 2000, 0.95, 5);
+        assert!(hi - lo < 0.3 * (hi1 - lo1), "token bootstrap {} vs sequence {}", hi - lo, hi1 - lo1);
+        // unequal sizes: the statistic is the token mean of the drawn sequences
+        let (m, lo, hi) = cluster_bootstrap_mean_ci(&[1.0, 1.0, 1.0, 4.0], &[3, 1], 500, 0.95, 1).unwrap();
+        assert_eq!(m, 1.75);
+        assert!(lo == 1.0 && hi == 4.0, "{lo} {hi}"); // all-first or all-second draws bound it
+        assert!(cluster_bootstrap_mean_ci(&[1.0, 2.0], &[3], 10, 0.95, 0).unwrap_err().to_string().contains("sum to 3"));
     }
 
     #[test]
