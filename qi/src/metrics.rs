@@ -138,6 +138,51 @@ pub fn bootstrap_mean_ci(x: &[f64], n_boot: usize, level: f64, seed: u64) -> (f6
     (m, means[lo], means[hi])
 }
 
+/// Mean of `x` and a percentile-bootstrap confidence interval that resamples clusters instead of
+/// values: `x` is the concatenation of clusters of sizes `cluster_sizes` (e.g. the tokens of each
+/// sequence), each resample draws as many clusters as there are, with replacement, and its
+/// statistic is the mean over all values of the drawn clusters. Use it when values within a
+/// cluster are correlated (neighbouring tokens): resampling values then treats them as
+/// independent and makes the interval too narrow. With one value per cluster it is
+/// [`bootstrap_mean_ci`] (same draws for the same seed).
+pub fn cluster_bootstrap_mean_ci(x: &[f64], cluster_sizes: &[usize], n_boot: usize, level: f64, seed: u64) -> Result<(f64, f64, f64)> {
+    let total: usize = cluster_sizes.iter().sum();
+    if total != x.len() {
+        bail!("cluster bootstrap: cluster sizes sum to {total}, but there are {} values", x.len());
+    }
+    let m = mean(x);
+    let mut sums = Vec::with_capacity(cluster_sizes.len());
+    let mut start = 0;
+    for &n in cluster_sizes {
+        sums.push(x[start..start + n].iter().sum::<f64>());
+        start += n;
+    }
+    let k = cluster_sizes.len();
+    if k < 2 || n_boot == 0 {
+        return Ok((m, m, m));
+    }
+    let mut rng = Rng::new(seed);
+    let mut means: Vec<f64> = (0..n_boot)
+        .map(|_| {
+            let (mut s, mut n) = (0.0, 0usize);
+            for _ in 0..k {
+                let c = rng.below(k as u64) as usize;
+                s += sums[c];
+                n += cluster_sizes[c];
+            }
+            if n == 0 {
+                f64::NAN
+            } else {
+                s / n as f64
+            }
+        })
+        .collect();
+    means.sort_by(|a, b| a.total_cmp(b));
+    let lo = ((1.0 - level) / 2.0 * n_boot as f64).floor() as usize;
+    let hi = (((1.0 + level) / 2.0 * n_boot as f64).ceil() as usize).min(n_boot) - 1;
+    Ok((m, means[lo], means[hi]))
+}
+
 /// Half-width of a Student-t confidence interval for the mean (level 0.95), for small samples
 /// such as seeds. Returns NaN for fewer than two values.
 pub fn t_ci95_half_width(x: &[f64]) -> f64 {
@@ -377,6 +422,29 @@ pub fn top_k_overlap<T: Copy + Into<f64>>(p: &[T], q: &[T], k: usize) -> f64 {
         return f64::NAN;
     }
     tp.iter().filter(|i| tq.contains(i)).count() as f64 / tp.len() as f64
+}
+
+/// Overlap of the tokens on which a feature fires most, reference `p` vs quantized `q`
+/// (activations over the same tokens). Only tokens where a feature fires (> 0) compete: with
+/// `k' = min(k, tokens where p fires)`, it is the fraction of p's `k'` strongest firing tokens
+/// that are also among q's `k'` strongest firing tokens (q may fire on fewer). A feature firing
+/// on fewer than `k` tokens is thus judged on all of its firing tokens, and zero-activation tokens
+/// never fill a top-k by index. NaN when `p` never fires.
+pub fn active_top_k_overlap(p: &[f64], q: &[f64], k: usize) -> f64 {
+    assert_eq!(p.len(), q.len(), "active_top_k_overlap: activations differ in length");
+    let firing = |x: &[f64]| -> Vec<usize> { (0..x.len()).filter(|&i| x[i] > 0.0).collect() };
+    let strongest = |x: &[f64], idx: Vec<usize>, k: usize| -> Vec<usize> {
+        let vals: Vec<f64> = idx.iter().map(|&i| x[i]).collect();
+        top_k_indices(&vals, k).into_iter().map(|j| idx[j]).collect()
+    };
+    let fp = firing(p);
+    let k = k.min(fp.len());
+    if k == 0 {
+        return f64::NAN;
+    }
+    let tp = strongest(p, fp, k);
+    let tq = strongest(q, firing(q), k);
+    tp.iter().filter(|i| tq.contains(i)).count() as f64 / k as f64
 }
 
 /// 1-based rank of entry `i` of `x` by decreasing value: 1 + the number of strictly larger entries.
@@ -854,6 +922,52 @@ mod tests {
         // top-2 of a = {0, 1}, of b = {1, 3}: one shared → ½
         assert_eq!(top_k_overlap(&[5., 4., 1., 0.], &[0., 4., 1., 9.], 2), 0.5);
         assert_eq!(top_k_overlap(&[1., 2.], &[1., 2.], 5), 1.0);
+    }
+
+    #[test]
+    fn active_top_k_overlap_compares_only_firing_tokens() {
+        // The feature fires on 3 of 20 tokens; the twin keeps those 3 and adds weak firing on
+        // 7 others. Ranking all tokens, the reference's top 10 is {10, 11, 12} padded with the
+        // zero tokens 0..6 by index, the twin's {10..19}: overlap 3/10. Among firing tokens
+        // (k' = 3) the strongest three agree: 1.
+        let mut p = vec![0.0; 20];
+        p[10..13].copy_from_slice(&[3.0, 2.0, 1.0]);
+        let mut q = p.clone();
+        q[13..20].iter_mut().for_each(|v| *v = 0.1);
+        assert_eq!(top_k_overlap(&p, &q, 10), 0.3);
+        assert_eq!(active_top_k_overlap(&p, &q, 10), 1.0);
+        // a twin that never fires: the old rule scores 7/10 (the index-chosen zeros agree), the
+        // new one 0
+        let dead = vec![0.0; 20];
+        assert_eq!(top_k_overlap(&p, &dead, 10), 0.7);
+        assert_eq!(active_top_k_overlap(&p, &dead, 10), 0.0);
+        // the twin fires on only one of the three: 1/3; and k below the firing count ranks by value
+        assert_eq!(active_top_k_overlap(&p, &[&[0.0; 10][..], &[0.0, 0.0, 5.0], &[0.0; 7][..]].concat(), 10), 1.0 / 3.0);
+        let q2: Vec<f64> = p.iter().enumerate().map(|(i, &v)| if i == 10 { 0.5 } else { v }).collect();
+        assert_eq!(active_top_k_overlap(&p, &q2, 2), 0.5); // top-2 {10, 11} vs {11, 12}
+        assert!(active_top_k_overlap(&dead, &p, 10).is_nan());
+    }
+
+    #[test]
+    fn cluster_bootstrap_resamples_sequences_not_tokens() {
+        // 12 sequences, each a constant value repeated over its tokens (perfectly correlated
+        // tokens). Resampling sequences gives the sequence-level interval whatever the length;
+        // resampling tokens narrows it roughly as 1/√tokens.
+        let seq_means: Vec<f64> = (0..12).map(|i| ((i * 7) % 12) as f64 / 4.0).collect();
+        let (m1, lo1, hi1) = bootstrap_mean_ci(&seq_means, 2000, 0.95, 5);
+        for len in [1, 50] {
+            let tokens: Vec<f64> = seq_means.iter().flat_map(|&v| std::iter::repeat_n(v, len)).collect();
+            let (m, lo, hi) = cluster_bootstrap_mean_ci(&tokens, &[len; 12], 2000, 0.95, 5).unwrap();
+            assert!((m - m1).abs() < 1e-12 && (lo - lo1).abs() < 1e-12 && (hi - hi1).abs() < 1e-12, "{len}: {lo}..{hi} vs {lo1}..{hi1}");
+        }
+        let tokens: Vec<f64> = seq_means.iter().flat_map(|&v| std::iter::repeat_n(v, 50)).collect();
+        let (_, lo, hi) = bootstrap_mean_ci(&tokens, 2000, 0.95, 5);
+        assert!(hi - lo < 0.3 * (hi1 - lo1), "token bootstrap {} vs sequence {}", hi - lo, hi1 - lo1);
+        // unequal sizes: the statistic is the token mean of the drawn sequences
+        let (m, lo, hi) = cluster_bootstrap_mean_ci(&[1.0, 1.0, 1.0, 4.0], &[3, 1], 500, 0.95, 1).unwrap();
+        assert_eq!(m, 1.75);
+        assert!(lo == 1.0 && hi == 4.0, "{lo} {hi}"); // all-first or all-second draws bound it
+        assert!(cluster_bootstrap_mean_ci(&[1.0, 2.0], &[3], 10, 0.95, 0).unwrap_err().to_string().contains("sum to 3"));
     }
 
     #[test]

@@ -350,15 +350,16 @@ fn window_batches(windows: &[Vec<u32>], batch: usize) -> Result<Vec<Batch>> {
     windows.chunks(batch.max(1)).map(|c| Batch::from_rows(c, crate::Padding::Right, 0)).collect()
 }
 
-/// Runs block `l` of `model` on each batch's input, calling `visit(hook, x [tokens, features])`
-/// for each requested linear-input hook; returns the block outputs when `want_output`.
+/// Runs block `l` of `model` on each batch's input, calling `visit(hook, x [tokens, features],
+/// batch)` for each requested linear-input hook (tokens = the batch's rows × positions, row-major);
+/// returns the block outputs.
 fn visit_block_inputs(
     model: &HookedTransformer,
     l: usize,
     batches: &[Batch],
     inputs: &[Tensor],
     hooks_wanted: &[String],
-    mut visit: impl FnMut(&str, &Tensor) -> Result<()>,
+    mut visit: impl FnMut(&str, &Tensor, &Batch) -> Result<()>,
 ) -> Result<Vec<Tensor>> {
     let mut outs = Vec::with_capacity(batches.len());
     for (b, x) in batches.iter().zip(inputs) {
@@ -375,7 +376,7 @@ fn visit_block_inputs(
         outs.push(model.run_block(l, x, b, Some(&mut hooks))?);
         drop(hooks);
         for (name, t) in seen.into_inner() {
-            visit(&name, &t)?;
+            visit(&name, &t, b)?;
         }
     }
     Ok(outs)
@@ -403,9 +404,11 @@ fn gptq_model(model: &HookedTransformer, q: &mut HookedTransformer, spec: &Quant
                 v
             };
             let mut acc: HashMap<String, HessianAccumulator> = HashMap::new();
-            visit_block_inputs(q, l, &batches, &inputs, &wanted, |name, x| {
+            visit_block_inputs(q, l, &batches, &inputs, &wanted, |name, x, b| {
                 let a = acc.entry(name.to_string()).or_insert_with(|| HessianAccumulator::new(x.dim(1).unwrap_or(0)));
-                a.add_batch(x)
+                // Each calibration sequence is one sample of H = 2/N · Σ XᵀX, as in the reference
+                // (which feeds one sequence per add_batch); a flat [b·t, in] would count as one.
+                a.add_batch(&x.reshape((b.batch_size(), b.seq_len(), x.dim(1)?))?)
             })?;
             for (role, lin) in q.blocks[l].linears_labeled_mut() {
                 if !group.contains(&role) {
@@ -418,7 +421,7 @@ fn gptq_model(model: &HookedTransformer, q: &mut HookedTransformer, spec: &Quant
             }
         }
         // Inputs of the next block come from this block with its weights quantized.
-        inputs = visit_block_inputs(q, l, &batches, &inputs, &[], |_, _| Ok(()))?;
+        inputs = visit_block_inputs(q, l, &batches, &inputs, &[], |_, _, _| Ok(()))?;
         pb.inc(1);
     }
     pb.finish_and_clear();
@@ -530,7 +533,7 @@ fn awq_model(model: &HookedTransformer, q: &mut HookedTransformer, spec: &QuantS
         };
         // Linear inputs of this block (concatenated over batches), for the scale search.
         let mut xs: HashMap<String, Vec<Tensor>> = HashMap::new();
-        let outputs = visit_block_inputs(model, l, &batches, &inputs, &hooks, |name, x| {
+        let outputs = visit_block_inputs(model, l, &batches, &inputs, &hooks, |name, x, _| {
             xs.entry(name.to_string()).or_default().push(x.clone());
             Ok(())
         })?;

@@ -157,7 +157,12 @@ fn ablation_rows_and_bad_input() {
     assert_eq!(metric_rows(&t, "ablation_delta").len(), nh * 2 * 2);
     assert!(metric_rows(&t, "ablation_delta").iter().all(|r| r.layer == Some(1)));
     assert_eq!(metric_rows(&t, "importance_x_drift").len(), 2 * nh);
-    assert!(metric_rows(&t, "drift_js").iter().all(|r| r.value >= 0.0 && r.value.is_finite()));
+    // every head's pattern moves under RTN (JS > 0, at most ln 2), more at 2 bits than at 4
+    let js = |spec: &str| -> Vec<f64> { metric_rows(&t, "drift_js").iter().filter(|r| r.spec == spec).map(|r| r.value).collect() };
+    let (j4, j2) = (js("rtn:bits=4"), js("rtn:bits=2"));
+    assert_eq!((j4.len(), j2.len()), (nh, nh));
+    assert!(j4.iter().chain(&j2).all(|&v| v > 0.0 && v <= std::f64::consts::LN_2), "{j4:?} {j2:?}");
+    assert!(qi::metrics::mean(&j2) > qi::metrics::mean(&j4), "{j2:?} vs {j4:?}");
     assert!(same(&t, &HeadAblation::run(&cmp, &o).unwrap()));
     // importance from an ablation not in the list, drift from the induction score
     let o2 = AblationOptions { ablations: vec!["zero".into()], importance: "mean".into(), drift: "induction".into(), loss: LossTarget { target: "induction".into(), ..o.loss.clone() }, ..o.clone() };
@@ -186,7 +191,9 @@ fn patching_sites_repair_and_bad_input() {
     // the shared loss options read flat, like every other option (`--set n_seqs=3`)
     let parsed: PatchingOptions = options_from_json("patching", &qi::serde_json::json!({"n_seqs": 3, "seq_len": 6, "k_max": 3})).unwrap();
     assert_eq!((parsed.loss.n_seqs, parsed.loss.seq_len, parsed.loss.target.as_str()), (3, 6, "induction"));
-    assert!(options_from_json::<PatchingOptions>("patching", &qi::serde_json::json!({"loss": {}})).is_err());
+    // the nested form is not an option name: the error names it and lists the valid ones
+    let e = options_from_json::<PatchingOptions>("patching", &qi::serde_json::json!({"loss": {}})).unwrap_err().to_string();
+    assert!(e.contains("patching option 'loss'") && e.contains("n_seqs"), "{e}");
     let t = Patching::run(&cmp, &base).unwrap();
     // sweep of attn_out over every layer, per twin
     assert_eq!(metric_rows(&t, "recovery").len(), 2 * cmp.n_layers());
@@ -230,10 +237,20 @@ fn attribution_all_heads_and_spearman() {
     let n = cmp.n_layers() * cmp.n_heads();
     assert_eq!(metric_rows(&t, "attribution").len(), 2 * n);
     assert_eq!(metric_rows(&t, "measured_delta").len(), 2 * n);
-    assert!(metric_rows(&t, "attribution").iter().all(|r| r.value >= 0.0 && r.value.is_finite()));
+    // every head's z differs under RTN, so each attribution is positive, and 2 bits move z (and
+    // the attributed damage) more than 4 bits
+    let of = |metric: &str, spec: &str| -> Vec<f64> { metric_rows(&t, metric).iter().filter(|r| r.spec == spec).map(|r| r.value).collect() };
+    let (a4, a2) = (of("attribution", "rtn:bits=4"), of("attribution", "rtn:bits=2"));
+    assert!(a4.iter().chain(&a2).all(|&a| a > 0.0), "{a4:?} {a2:?}");
+    assert!(a2.iter().sum::<f64>() > a4.iter().sum::<f64>(), "{a2:?} vs {a4:?}");
+    // spearman is attribution vs |measured delta| over the heads, paired by (layer, head)
     let sp = metric_rows(&t, "spearman");
     assert_eq!(sp.len(), 2);
-    assert!(sp.iter().all(|r| r.value.is_finite() && r.n == Some(n)), "{sp:?}");
+    for r in &sp {
+        let d: Vec<f64> = of("measured_delta", &r.spec).iter().map(|d| d.abs()).collect();
+        let want = qi::metrics::spearman(&of("attribution", &r.spec), &d);
+        assert!((r.value - want).abs() < 1e-12 && r.n == Some(n), "{r:?} vs {want}");
+    }
     assert!(same(&t, &Attribution::run(&cmp, &o).unwrap()));
     qi::analysis::attribution::attribution_figure(&t.to_frame().unwrap()).unwrap();
     // the measured subset, without K/V
@@ -336,5 +353,6 @@ fn original_study_rules_run_next_to_qis() {
     let cuts: Vec<f64> = metric_rows(&t, "cutoff").into_iter().filter(rule).map(|r| r.value).collect();
     assert_eq!(cuts.len(), 3);
     assert!((cuts[1] - cuts[0] / 2.0).abs() < 1e-12 && cuts[1] == cuts[2]);
-    assert!(induction::repeated_tokens_in(&m, 5, 8, 0, Some((10, 5))).is_err());
+    let e = induction::repeated_tokens_in(&m, 5, 8, 0, Some((10, 5))).unwrap_err().to_string();
+    assert!(e.contains("token range '[10, 5)'") && e.contains("non-empty range"), "{e}");
 }

@@ -90,7 +90,8 @@ fn unknown_hook_names_are_errors_naming_the_hook() {
     }
     let mut hooks = Hooks::new();
     hooks.add("hook_nonsense", |_, _| Ok(None));
-    assert!(model.run_with_hooks(&batch, &mut hooks).is_err());
+    let e = format!("{:#}", model.run_with_hooks(&batch, &mut hooks).unwrap_err());
+    assert!(e.contains("hook_nonsense"), "{e}");
 }
 
 #[test]

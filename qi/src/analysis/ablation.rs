@@ -9,7 +9,7 @@
 //! `resid_pre`), which halves the cost on average.
 //!
 //! Per twin and head: `drift_js` (Jensen–Shannon divergence between the reference's and the twin's
-//! attention rows, nats, mean over real query positions of the induction inputs), `drift_induction`
+//! attention rows, nats, mean over real query positions after the first of the induction inputs), `drift_induction`
 //! (|Δ stripe induction score|), and `importance_x_drift` = importance (`ablation_delta` of the
 //! `importance` ablation on the induction target, clamped at 0) × the `drift` chosen drift.
 use super::induction::{head_scores, loss_target_doc, LossInputs, LossTarget};
@@ -106,7 +106,8 @@ pub fn head_importance(model: &HookedTransformer, inputs: &LossInputs, heads: &[
 }
 
 /// Per head `[layer][head]`: JS divergence between `reference`'s and `twin`'s attention rows (nats),
-/// mean over the real query positions of `inputs`.
+/// mean over the real query positions of `inputs` after the first (see
+/// [`super::attention::js_queries`]).
 pub fn attention_js_drift(reference: &HookedTransformer, twin: &HookedTransformer, inputs: &LossInputs) -> Result<Vec<Vec<f64>>> {
     let (nl, nh) = (reference.cfg.n_layers, reference.cfg.n_heads);
     let mut sum = vec![vec![0.0; nh]; nl];
@@ -114,7 +115,7 @@ pub fn attention_js_drift(reference: &HookedTransformer, twin: &HookedTransforme
     for b in &inputs.batches {
         let (_, cr) = reference.run_with_cache(b, "blocks.*.attn.hook_pattern")?;
         let (_, ct) = twin.run_with_cache(b, "blocks.*.attn.hook_pattern")?;
-        let mask = b.valid_mask()?;
+        let mask = super::attention::js_queries(&b.valid_mask()?)?;
         for l in 0..nl {
             // [b, h, q, k] → [b, q, h, k] so the real query rows can be selected.
             let (pr, pt) = (cr.get(&names::pattern(l))?.transpose(1, 2)?, ct.get(&names::pattern(l))?.transpose(1, 2)?);

@@ -3,12 +3,14 @@
 //!
 //! Per layer and component (`resid_pre`, `resid_post`, `attn_out`, `mlp_out`) and per real token:
 //! cosine similarity, relative L2 drift ‖a − â‖/‖a‖ and Pearson correlation of the two activation
-//! vectors; reported as the mean over tokens with a seeded percentile-bootstrap 95% CI.
+//! vectors; reported as the mean over tokens with a seeded percentile-bootstrap 95% CI that
+//! resamples whole sequences (neighbouring tokens are correlated, so resampling tokens would
+//! understate the uncertainty).
 use super::plots::{lines, Labels};
 use super::tidy::filter_eq;
 use super::{batches, pad_id, text_windows, valid_rows, Analysis, Comparison, Row, Tidy};
 use crate::hooks::{names, HookFilter};
-use crate::metrics::{bootstrap_mean_ci, cosine_rows, pearson_rows, rel_l2_rows};
+use crate::metrics::{cluster_bootstrap_mean_ci, cosine_rows, pearson_rows, rel_l2_rows};
 use crate::QiError;
 use anyhow::Result;
 use plotly::Plot;
@@ -34,7 +36,7 @@ pub struct ActivationOptions {
     pub layers: Vec<usize>,
     /// Components to compare; empty = all of [`COMPONENTS`].
     pub components: Vec<String>,
-    /// Bootstrap resamples for the CI over tokens.
+    /// Bootstrap resamples (of sequences) for the CI of the mean over tokens.
     pub n_boot: usize,
     pub seed: u64,
 }
@@ -68,7 +70,7 @@ impl Analysis for ActivationSimilarity {
          batch_size: windows per forward pass\n\
          layers: layers to compare (empty = all)\n\
          components: subset of resid_pre, resid_post, attn_out, mlp_out (empty = all)\n\
-         n_boot: bootstrap resamples for the 95% CI over tokens\n\
+         n_boot: bootstrap resamples (of sequences) for the 95% CI of the mean over tokens\n\
          seed: seeds the windows (c4, random) and the bootstrap"
     }
 
@@ -134,12 +136,15 @@ pub fn similarity_on_rows(cmp: &Comparison, rows: &[Vec<u32>], opts: &Activation
         }
     }
 
+    // real tokens per sequence, in the order their values were collected (batches keep the row
+    // order, and padding is on the right)
+    let seq_lens: Vec<usize> = rows.iter().map(|r| r.len()).collect();
     let mut out = Tidy::new(cmp.name.clone());
     for (ti, twin) in cmp.twins.iter().enumerate() {
         for (hi, (l, c, _)) in hooks.iter().enumerate() {
             for (mi, metric) in METRICS.iter().enumerate() {
                 let v = &values[ti][hi][mi];
-                let (m, lo, hi_ci) = bootstrap_mean_ci(v, opts.n_boot, 0.95, opts.seed);
+                let (m, lo, hi_ci) = cluster_bootstrap_mean_ci(v, &seq_lens, opts.n_boot, 0.95, opts.seed)?;
                 out.push(Row::new(twin.spec, metric, m).layer(*l).label("component", *c).ci(lo, hi_ci).n(v.len()));
             }
         }

@@ -3,7 +3,9 @@
 //! On sequences made of a window repeated once (`[BOS] w w`, so every second-half token has an
 //! earlier duplicate), per layer and head:
 //! - `js_divergence` (twins only): Jensen–Shannon divergence (natural log, at most ln 2) between the
-//!   reference's and the twin's attention row of each real query, averaged over real queries;
+//!   reference's and the twin's attention row of each real query, averaged over real queries
+//!   after the first (query 0 can only attend to itself, so its divergence is always 0 and would
+//!   only dilute the mean);
 //! - `prev_token`: mean attention from a query at q to q − 1 (queries q ≥ 1);
 //! - `duplicate_token`: attention from a query to the earlier positions holding the same token,
 //!   averaged over queries that have such a position (TransformerLens's duplicate-token heads).
@@ -83,6 +85,28 @@ pub fn duplicate_token_score(pattern: &[f32], t: usize, tokens: &[u32], len: usi
     (sum, count)
 }
 
+/// The queries whose attention rows enter a JS-divergence mean: `mask` `[b, t]` (1 = real
+/// token) as f32 with position 0 zeroed. Query 0 can only attend to itself, so its row is
+/// `[1, 0, …]` in every model and its divergence always 0.
+pub fn js_queries(mask: &Tensor) -> Result<Tensor> {
+    let mask = mask.to_dtype(DType::F32)?;
+    let t = mask.dim(1)?;
+    Ok(if t > 1 { Tensor::cat(&[&mask.narrow(1, 0, 1)?.zeros_like()?, &mask.narrow(1, 1, t - 1)?], 1)? } else { mask.zeros_like()? })
+}
+
+/// Per head, the sum of the JS divergences between the reference's and a twin's attention rows
+/// over the queries that count, and their number: `reference` and `twin` are `[b, h, t, t]`
+/// patterns, `mask` `[b, t]` marks real positions (1) and padding (0). Padding queries and query
+/// position 0 (whose row is always `[1, 0, …]`) are excluded.
+pub fn js_per_head(reference: &Tensor, twin: &Tensor, mask: &Tensor) -> Result<(Vec<f64>, usize)> {
+    let (b, n_heads, t, _) = reference.dims4()?;
+    let queries = js_queries(mask)?;
+    let d = js_divergence(&reference.reshape((b * n_heads * t, t))?, &twin.reshape((b * n_heads * t, t))?)?;
+    let per_head: Vec<f32> = d.reshape((b, n_heads, t))?.broadcast_mul(&queries.unsqueeze(1)?)?.sum(2)?.sum(0)?.to_vec1()?;
+    let n_queries = queries.sum_all()?.to_scalar::<f32>()? as usize;
+    Ok((per_head.into_iter().map(f64::from).collect(), n_queries))
+}
+
 /// Running sums per layer × head.
 #[derive(Clone)]
 struct Sums {
@@ -128,8 +152,7 @@ pub fn patterns_on_rows(cmp: &Comparison, rows: &[Vec<u32>], opts: &AttentionOpt
         let (b, t) = (batch.batch_size(), batch.seq_len());
         let chunk = &rows[start..start + b];
         start += b;
-        let mask = batch.valid_mask()?.to_dtype(DType::F32)?; // [b, t]
-        let query_mask = mask.unsqueeze(1)?; // [b, 1, t], broadcast over heads
+        let mask = batch.valid_mask()?; // [b, t]
         let mut reference: Vec<Tensor> = Vec::new();
         for (mi, m) in models.iter().enumerate() {
             let cache = m.model.run_with_cache_until(&batch, filter, n_layers - 1)?;
@@ -146,11 +169,9 @@ pub fn patterns_on_rows(cmp: &Comparison, rows: &[Vec<u32>], opts: &AttentionOpt
                 if mi == 0 {
                     reference.push(p);
                 } else {
-                    let d = js_divergence(&reference[l].reshape((b * n_heads * t, t))?, &p.reshape((b * n_heads * t, t))?)?;
-                    let per_head: Vec<f32> = d.reshape((b, n_heads, t))?.broadcast_mul(&query_mask)?.sum(2)?.sum(0)?.to_vec1()?;
-                    let n_queries = mask.sum_all()?.to_scalar::<f32>()? as usize;
-                    for (h, v) in per_head.iter().enumerate() {
-                        js[mi - 1].add(l * n_heads + h, (f64::from(*v), n_queries));
+                    let (per_head, n_queries) = js_per_head(&reference[l], &p, &mask)?;
+                    for (h, v) in per_head.into_iter().enumerate() {
+                        js[mi - 1].add(l * n_heads + h, (v, n_queries));
                     }
                 }
             }
@@ -222,6 +243,25 @@ mod tests {
         assert_eq!(duplicate_token_score(&PATTERN, 3, &[7, 5, 7], 2), (0.0, 0));
         // tokens [7, 7, 7]: query 1 → 0.25, query 2 → 0.5 + 0.2
         assert!(close(duplicate_token_score(&PATTERN, 3, &[7, 7, 7], 3), (0.25 + 0.5 + 0.2, 2)));
+    }
+
+    #[test]
+    fn js_mean_skips_query_zero_and_padding() {
+        let dev = candle_core::Device::Cpu;
+        // one head, 2 sequences of 3 positions; the second has its last position padded.
+        // Query 0 is [1, 0, 0] in both models. Query 1: reference [½, ½], twin [1, 0]:
+        // JS = ½(½ ln(½/¾) + ½ ln(½/¼)) + ½ ln(1/¾) = 0.215762. Query 2 of sequence 0 is equal
+        // in both (JS 0); query 2 of sequence 1 differs maximally but is padding.
+        let r = [1., 0., 0., 0.5, 0.5, 0., 0.2, 0.3, 0.5, 1., 0., 0., 0.5, 0.5, 0., 0., 0., 1.];
+        let q = [1., 0., 0., 1., 0., 0., 0.2, 0.3, 0.5, 1., 0., 0., 1., 0., 0., 1., 0., 0.];
+        let t = |v: &[f64]| Tensor::from_vec(v.iter().map(|&x| x as f32).collect::<Vec<_>>(), (2, 1, 3, 3), &dev).unwrap();
+        let mask = Tensor::from_vec(vec![1u32, 1, 1, 1, 1, 0], (2, 3), &dev).unwrap();
+        let (sum, n) = js_per_head(&t(&r), &t(&q), &mask).unwrap();
+        let js1 = 0.5 * (0.5 * (0.5f64 / 0.75).ln() + 0.5 * (0.5f64 / 0.25).ln()) + 0.5 * (1.0f64 / 0.75).ln();
+        // real queries after the first: q1, q2 of sequence 0 and q1 of sequence 1
+        assert_eq!(n, 3);
+        assert!((sum[0] - 2.0 * js1).abs() < 1e-5, "{sum:?} vs {}", 2.0 * js1);
+        // counting query 0 (n = 5) would give mean 2·js1/5 instead of 2·js1/3
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! A feature is *active* if it fires (> 0) on at least `active_frac` of the reference tokens. Per
 //! active feature: Pearson r over tokens between reference and quantized activations (a feature
 //! that never fires in the quantized model has r = 0) and the overlap of the `top_k` tokens on
-//! which it fires most. Categories:
+//! which it fires most, counting only tokens where it fires (`metrics::active_top_k_overlap`: a
+//! feature firing on fewer than `top_k` reference tokens is judged on all of them, and tokens
+//! where it is zero never fill a top-k). Categories:
 //! - `survived`: r ≥ `survived_r` and top-k overlap ≥ `survived_overlap`;
 //! - `destroyed`: r < `destroyed_r`;
 //! - `blurred`: everything in between (still correlated, but degraded).
@@ -20,7 +22,7 @@
 //! them (39 crates: ndarray, argmin, sprs, rand, …) took 77 s on this 2-core machine, more than the
 //! ~1 min budget; IRLS for a handful of predictors is 60 lines and unit-tested in `metrics`.
 use super::{Analysis, Comparison, Row, Tidy};
-use crate::metrics::{cv_logistic_auc, pearson, top_k_overlap};
+use crate::metrics::{active_top_k_overlap, cv_logistic_auc, pearson};
 use crate::sae::{self, Sae, SaeTraining, TrainOptions};
 use crate::{HookedTransformer, QiError};
 use anyhow::Result;
@@ -115,6 +117,15 @@ pub fn category(r: f64, overlap: f64, o: &FeaturesOptions) -> &'static str {
 
 pub const CATEGORIES: [&str; 3] = ["survived", "blurred", "destroyed"];
 
+/// One feature's verdict from its activations over the same tokens in the reference and a twin:
+/// (Pearson r, 0 when undefined; top-k overlap of firing tokens; category).
+pub fn feature_verdict(reference: &[f64], twin: &[f64], o: &FeaturesOptions) -> (f64, f64, &'static str) {
+    let r = pearson(reference, twin);
+    let r = if r.is_nan() { 0.0 } else { r };
+    let ov = active_top_k_overlap(reference, twin, o.top_k);
+    (r, ov, category(r, ov, o))
+}
+
 /// Per-feature columns of a `[tokens, features]` activation matrix.
 fn columns(f: &Tensor) -> Result<Vec<Vec<f64>>> {
     let t: Vec<Vec<f32>> = f.t()?.contiguous()?.to_vec2()?;
@@ -148,7 +159,7 @@ impl Analysis for Features {
          active_frac: a feature is active if it fires on at least this fraction of reference tokens, in [0, 1]\n\
          survived_r, survived_overlap: survived if r ≥ survived_r and top-k overlap ≥ survived_overlap\n\
          destroyed_r: destroyed if r < destroyed_r (blurred in between)\n\
-         top_k: tokens in the top-activating overlap\n\
+         top_k: tokens in the top-activating overlap (only tokens where the feature fires count)\n\
          folds: cross-validation folds for the survival prediction AUC\n\
          per_feature: also emit one row per feature and metric\n\
          variant, expansion, k, l1, train_steps, train_batch, train_windows: SAE training when sae is empty\n\
@@ -259,10 +270,8 @@ impl FeatureReference {
         let f = columns(&self.sae.encode(&x.to_dtype(DType::F32)?)?)?;
         let mut out = FeatureComparison { r: Vec::new(), overlap: Vec::new(), category: Vec::new(), fve, l0 };
         for (i, &j) in self.active.iter().enumerate() {
-            let r = pearson(&self.columns[i], &f[j]);
-            let r = if r.is_nan() { 0.0 } else { r };
-            let ov = top_k_overlap(&self.columns[i], &f[j], o.top_k);
-            out.category.push(category(r, ov, o));
+            let (r, ov, cat) = feature_verdict(&self.columns[i], &f[j], o);
+            out.category.push(cat);
             out.r.push(r);
             out.overlap.push(ov);
         }

@@ -130,9 +130,10 @@ impl Tidy {
     }
 
     /// Means over seeds: rows equal in everything but `seed`, `value`, `ci` and `n` are merged into
-    /// one row whose value is the mean over seeds, whose CI is the t-based 95% interval of that
-    /// mean (absent with one seed) and whose `n` is the number of seeds. Order of first appearance
-    /// is kept.
+    /// one row whose value is the mean over the seeds with a finite value (NaN seeds, e.g. an
+    /// undefined AUC, are dropped), whose CI is the t-based 95% interval of that mean (absent with
+    /// fewer than two such seeds) and whose `n` is the number of seeds averaged. Order of first
+    /// appearance is kept.
     pub fn mean_over_seeds(&self) -> Tidy {
         let mut groups: Vec<(Row, Vec<f64>)> = Vec::new();
         let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
@@ -160,7 +161,7 @@ impl Tidy {
                     let h = crate::metrics::t_ci95_half_width(&finite);
                     row.ci = Some((row.value - h, row.value + h));
                 }
-                row.n = Some(values.len());
+                row.n = Some(finite.len());
                 row
             })
             .collect();
@@ -373,6 +374,16 @@ mod tests {
         let (lo, hi) = m.rows[0].ci.unwrap();
         assert!((hi - 2.0 - 4.302653 / 3f64.sqrt()).abs() < 1e-3 && (2.0 - lo - (hi - 2.0)).abs() < 1e-12);
         assert_eq!(m.rows[1].ci, None);
+        // a NaN seed is dropped from the mean, the CI and n
+        let mut t = Tidy::new("m");
+        for (s, v) in [(0, 1.0), (1, f64::NAN), (2, 3.0)] {
+            t.push(Row::new(&rtn, "auc", v).seed(s));
+        }
+        let m = t.mean_over_seeds();
+        assert_eq!((m.rows[0].value, m.rows[0].n), (2.0, Some(2)));
+        // sd √2, n 2: half width t(0.975, 1) · √2 / √2 = 12.706
+        let (lo, hi) = m.rows[0].ci.unwrap();
+        assert!((hi - 2.0 - 12.706).abs() < 1e-9 && (2.0 - lo - 12.706).abs() < 1e-9, "{lo} {hi}");
     }
 
     #[test]
