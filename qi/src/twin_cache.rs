@@ -245,7 +245,7 @@ mod tests {
     fn versions_name_the_method_and_calibration_data() {
         let v = |s: &str| s.parse::<QuantSpec>().unwrap().algorithm_version();
         assert_eq!(v("rtn:bits=4"), "rtn-v1");
-        assert_eq!(v("gptq:bits=4"), format!("gptq-v1-data{}", crate::quant::spec::CALIBRATION_DATA_VERSION));
+        assert_eq!(v("gptq:bits=4"), format!("gptq-v2-data{}", crate::quant::spec::CALIBRATION_DATA_VERSION));
         assert!(v("awq:bits=4").starts_with("awq-v") && v("awq:bits=4").contains("-data"));
         assert!(!v("nf4").contains("-data"));
     }
