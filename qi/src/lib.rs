@@ -25,6 +25,7 @@ pub mod quantize;
 pub mod rng;
 pub mod sae;
 pub mod shared;
+pub mod size_axis;
 pub mod study;
 pub mod tokenizer;
 pub mod twin_cache;

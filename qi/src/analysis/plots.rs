@@ -4,7 +4,7 @@
 use super::tidy::{f64_values, str_values};
 use anyhow::{bail, Result};
 use plotly::common::{ColorBar, ColorScale, ColorScalePalette, ErrorData, ErrorType, Mode, Title};
-use plotly::layout::{Axis, GridPattern, LayoutGrid};
+use plotly::layout::{Axis, AxisType, GridPattern, LayoutGrid};
 use plotly::{Bar, HeatMap, Layout, Plot, Scatter};
 use polars::prelude::DataFrame;
 
@@ -23,12 +23,20 @@ impl Labels {
 
     /// Title, axis titles and size.
     fn layout(&self, width: usize, height: usize) -> Layout {
-        Layout::new()
-            .title(Title::with_text(&self.title))
-            .x_axis(Axis::new().title(Title::with_text(&self.x)))
-            .y_axis(Axis::new().title(Title::with_text(&self.y)))
-            .width(width)
-            .height(height)
+        self.layout_with(width, height, false, None)
+    }
+
+    /// [`Labels::layout`] with a logarithmic x axis and/or a fixed y range.
+    fn layout_with(&self, width: usize, height: usize, log_x: bool, y_range: Option<(f64, f64)>) -> Layout {
+        let mut x = Axis::new().title(Title::with_text(&self.x));
+        if log_x {
+            x = x.type_(AxisType::Log);
+        }
+        let mut y = Axis::new().title(Title::with_text(&self.y));
+        if let Some((lo, hi)) = y_range {
+            y = y.range(vec![lo, hi]);
+        }
+        Layout::new().title(Title::with_text(&self.title)).x_axis(x).y_axis(y).width(width).height(height)
     }
 
     /// An empty table is an error naming the figure, not an empty figure.
@@ -53,6 +61,15 @@ fn ci_error(df: &DataFrame, idx: &[usize], value: &[f64]) -> Result<Option<Error
 /// One line per distinct value of `series` (e.g. `spec`), `value` against numeric column `x`,
 /// with CI error bars when the frame has `ci_low`/`ci_high`.
 pub fn lines(df: &DataFrame, x: &str, series: &str, labels: &Labels) -> Result<Plot> {
+    lines_with(df, x, series, labels, false, None)
+}
+
+/// [`lines`] on a logarithmic x axis (e.g. model size), with an optional fixed y range.
+pub fn lines_log_x(df: &DataFrame, x: &str, series: &str, labels: &Labels, y_range: Option<(f64, f64)>) -> Result<Plot> {
+    lines_with(df, x, series, labels, true, y_range)
+}
+
+fn lines_with(df: &DataFrame, x: &str, series: &str, labels: &Labels, log_x: bool, y_range: Option<(f64, f64)>) -> Result<Plot> {
     labels.require_rows(df)?;
     let xs = f64_values(df, x)?;
     let ys = f64_values(df, "value")?;
@@ -69,7 +86,7 @@ pub fn lines(df: &DataFrame, x: &str, series: &str, labels: &Labels) -> Result<P
         }
         plot.add_trace(tr);
     }
-    plot.set_layout(labels.layout(800, 480));
+    plot.set_layout(labels.layout_with(800, 480, log_x, y_range));
     Ok(plot)
 }
 
@@ -204,6 +221,13 @@ mod tests {
         let p = lines(&df, "layer", "spec", &Labels::new("t", "layer", "cosine")).unwrap();
         let json = p.to_json();
         assert!(json.contains("\"error_y\"") || json.contains("\"error_y\":"), "{json}");
+        // log x axis and fixed y range are in the layout; the plain figure has neither
+        let v: serde_json::Value = serde_json::from_str(&lines_log_x(&df, "layer", "spec", &Labels::new("t", "size", "share"), Some((-0.05, 1.05))).unwrap().to_json()).unwrap();
+        assert_eq!(v["layout"]["xaxis"]["type"], "log");
+        assert_eq!(v["layout"]["xaxis"]["title"]["text"], "size");
+        assert_eq!(v["layout"]["yaxis"]["range"], serde_json::json!([-0.05, 1.05]));
+        let plain: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert!(plain["layout"]["xaxis"].get("type").is_none() && plain["layout"]["yaxis"].get("range").is_none());
         let z = layer_head_grid(&df, 3, 2).unwrap();
         assert_eq!(z[1][1], 0.9);
         assert!(z[1][0].is_nan());

@@ -1,0 +1,247 @@
+//! The size axis of a study (notebook 09, `studies/sizes.toml`): a study file run with optional
+//! small-run overrides, model sizes as non-embedding parameters, and the finding in words,
+//! computed from the summary table ([`crate::study::summary`]).
+use crate::quant::QuantSpec;
+use crate::study::Study;
+use crate::QiError;
+use anyhow::{anyhow, Context, Result};
+use polars::prelude::DataFrame;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Changes to a study file for a quick run (every `None` keeps the file's value).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `;`-separated QuantSpecs replacing the file's quantizers.
+    pub methods: Option<String>,
+    /// Seeds `0..n` for every analysis with more than one seed.
+    pub seeds: Option<u64>,
+    /// `(n_seqs, seq_len)` for every analysis that has those options (0 keeps the value).
+    pub windows: Option<(usize, usize)>,
+    /// Perplexity `(max_windows, seqlen)` (0 keeps the value).
+    pub perplexity: Option<(usize, usize)>,
+    /// Results folder (default: see [`load`]).
+    pub results: Option<PathBuf>,
+}
+
+impl Overrides {
+    fn any(&self) -> bool {
+        self.methods.is_some() || self.seeds.is_some() || self.windows.is_some() || self.perplexity.is_some()
+    }
+}
+
+/// Loads a study file, applies `o`, and leaves out local models whose file is absent (printing
+/// which, and how to fetch them). Returns the study and its results folder: `o.results`, else
+/// `data/results/NAME` beside the file's folder (the committed cells) when nothing is overridden,
+/// else the scratch folder `target/study/NAME-custom`, so small runs never mix with the study's
+/// cells.
+pub fn load(path: &Path, o: &Overrides) -> Result<(Study, PathBuf)> {
+    let mut study = Study::load(path)?;
+    if let Some(m) = &o.methods {
+        study.specs = QuantSpec::parse_list(m).with_context(|| format!("methods '{m}'"))?;
+    }
+    for a in study.analyses.iter_mut() {
+        if let Some(n) = o.seeds {
+            if n == 0 {
+                return Err(QiError::invalid("seeds", 0, "need at least one seed").into());
+            }
+            if a.seeds.len() > 1 {
+                a.seeds = (0..n).collect();
+            }
+        }
+        let mut set = |key: &str, v: usize| {
+            if v > 0 {
+                if let Some(slot) = a.options.get_mut(key) {
+                    *slot = serde_json::json!(v);
+                }
+            }
+        };
+        if let Some((n_seqs, seq_len)) = o.windows {
+            set("n_seqs", n_seqs);
+            set("seq_len", seq_len);
+        }
+        if a.name == "perplexity" {
+            if let Some((windows, seqlen)) = o.perplexity {
+                set("max_windows", windows);
+                set("seqlen", seqlen);
+            }
+        }
+    }
+    let before = study.models.len();
+    study.models.retain(|m| {
+        let local = m.source.starts_with("shared:") || m.source.starts_with("models:") || m.source.starts_with('/') || m.source.starts_with('.');
+        let keep = !local || Path::new(&m.resolved).exists();
+        if !keep {
+            eprintln!("skipping {}: {} not found (./dev models fetches the larger models)", m.name, m.resolved);
+        }
+        keep
+    });
+    if study.models.is_empty() {
+        return Err(anyhow!("{}: none of the study's {before} models is on this machine (run ./dev models)", path.display()));
+    }
+    let root = path.canonicalize().ok().and_then(|p| p.parent().and_then(Path::parent).map(Path::to_path_buf)).unwrap_or_else(|| PathBuf::from("."));
+    let results = match &o.results {
+        Some(r) => r.clone(),
+        None if o.any() => root.join("target").join("study").join(format!("{}-custom", study.name)),
+        None => root.join("data").join("results").join(&study.name),
+    };
+    Ok((study, results))
+}
+
+/// Non-embedding parameters of a model file: GGUF tensors counted from the header (no weights are
+/// read), anything else by loading the model.
+pub fn non_embedding_params(source: &str) -> Result<usize> {
+    let p = Path::new(source);
+    if p.extension().and_then(|e| e.to_str()) == Some("gguf") {
+        let (_, content) = crate::loader::gguf::read_content(p)?;
+        const EMBEDDING: [&str; 4] = ["token_embd.weight", "position_embd.weight", "output.weight", "rope_freqs.weight"];
+        return Ok(content.tensor_infos.iter().filter(|(n, _)| !EMBEDDING.contains(&n.as_str())).map(|(_, t)| t.shape.elem_count()).sum());
+    }
+    Ok(crate::load_model(source)?.n_params_non_embedding())
+}
+
+/// Non-embedding parameters of each study model, by name: counted for the models on this machine,
+/// read from `results/params.json` for the others (written here, so committed results keep their
+/// size axis on a machine without the models).
+pub fn model_sizes(study: &Study, results: &Path) -> Result<BTreeMap<String, usize>> {
+    let file = results.join("params.json");
+    let mut sizes: BTreeMap<String, usize> = match std::fs::read_to_string(&file) {
+        Ok(t) => serde_json::from_str(&t).with_context(|| format!("{}: not a JSON object of model sizes", file.display()))?,
+        Err(_) => BTreeMap::new(),
+    };
+    for m in &study.models {
+        if Path::new(&m.resolved).exists() || !sizes.contains_key(&m.name) {
+            sizes.insert(m.name.clone(), non_embedding_params(&m.resolved).with_context(|| format!("counting the parameters of {}", m.name))?);
+        }
+    }
+    std::fs::create_dir_all(results).with_context(|| format!("cannot create {}", results.display()))?;
+    crate::io::save_text(&serde_json::to_string_pretty(&sizes)?, &file)?;
+    Ok(sizes)
+}
+
+/// The size-axis finding in words, from a summary table: per quantizer, survival (stripe ≥ 0.4) and
+/// perplexity ratio from the smallest to the largest model, and the rank correlation of survival
+/// with size; then how many quantizers' survival rises with size.
+pub fn finding(summary: &DataFrame) -> Result<String> {
+    use crate::analysis::tidy::{f64_values, str_values};
+    let (models, specs) = (str_values(summary, "model")?, str_values(summary, "spec")?);
+    let (params, surv, ppl) = (f64_values(summary, "params")?, f64_values(summary, "survival")?, f64_values(summary, "perplexity_ratio")?);
+    let mut order: Vec<String> = Vec::new();
+    for s in specs.iter().filter(|s| s.as_str() != "none") {
+        if !order.contains(s) {
+            order.push(s.clone());
+        }
+    }
+    let mut out = String::new();
+    let n_models = {
+        let mut m = models.clone();
+        m.sort();
+        m.dedup();
+        m.len()
+    };
+    out.push_str(&format!("{n_models} model(s); every reference is itself a 4-bit GGUF dequantized to f32.\n"));
+    let (mut rising, mut judged) = (0, 0);
+    for spec in &order {
+        let mut idx: Vec<usize> = (0..specs.len()).filter(|&i| &specs[i] == spec && params[i].is_finite()).collect();
+        idx.sort_by(|&a, &b| params[a].total_cmp(&params[b]));
+        let pts: Vec<String> = idx.iter().map(|&i| format!("{} {:.2} (ppl ×{:.2})", models[i], surv[i], ppl[i])).collect();
+        let with_surv: Vec<usize> = idx.iter().copied().filter(|&i| surv[i].is_finite()).collect();
+        let rho = if with_surv.len() >= 3 {
+            let r = crate::metrics::spearman(&with_surv.iter().map(|&i| params[i]).collect::<Vec<_>>(), &with_surv.iter().map(|&i| surv[i]).collect::<Vec<_>>());
+            if r.is_finite() {
+                judged += 1;
+                if r > 0.0 {
+                    rising += 1;
+                }
+            }
+            format!("; rank correlation of survival with size {r:+.2}")
+        } else {
+            String::new()
+        };
+        out.push_str(&format!("{spec}: survival by size {}{rho}\n", pts.join(" → ")));
+    }
+    if judged > 0 {
+        out.push_str(&format!(
+            "Survival rises with size for {rising} of {judged} quantizers with at least three models. Families and training data differ \
+             between the points (SmolLM2, Gemma 3, Qwen2.5-Coder), so size is confounded with family except for Qwen 0.5B vs 1.5B.\n"
+        ));
+    } else {
+        out.push_str("Fewer than three models with survival values: no size trend can be read.\n");
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::{Row, Tidy};
+
+    #[test]
+    fn gguf_header_count_equals_the_loaded_models() {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/fixtures/llama/model.gguf");
+        let src = dir.to_str().unwrap();
+        let loaded = crate::load_model(src).unwrap();
+        assert_eq!(non_embedding_params(src).unwrap(), loaded.n_params_non_embedding());
+        // the llama fixture is untied: its unembedding is not counted either
+        assert!(!loaded.cfg.tied_embeddings);
+        assert_eq!(loaded.n_params() - loaded.n_params_non_embedding(), 2 * loaded.cfg.d_vocab * loaded.cfg.d_model);
+    }
+
+    #[test]
+    fn finding_reads_the_trend_from_the_table() {
+        let rtn: QuantSpec = "rtn:bits=4".parse().unwrap();
+        let mut frames = Vec::new();
+        // survival 0.2, 0.5, 0.9 with sizes 10, 30, 20: not monotone in input order, rising in size order
+        for (m, surv) in [("a", 0.2), ("b", 0.9), ("c", 0.5)] {
+            let mut t = Tidy::new(m);
+            t.push(Row::new(&QuantSpec::None, "perplexity", 10.0));
+            t.push(Row::new(&rtn, "perplexity", 12.0));
+            t.push(Row::new(&rtn, "survival", surv).label("score", "stripe").label("rule", "threshold").seed(0));
+            frames.push(t.to_frame().unwrap());
+        }
+        let df = crate::study::concat_diagonal(&frames).unwrap();
+        let sizes = BTreeMap::from([("a".to_string(), 10), ("b".to_string(), 30), ("c".to_string(), 20)]);
+        let s = crate::study::summary(&df, &sizes).unwrap();
+        let text = finding(&s).unwrap();
+        assert!(text.contains("a 0.20 (ppl ×1.20) → c 0.50 (ppl ×1.20) → b 0.90"), "{text}");
+        assert!(text.contains("rank correlation of survival with size +1.00"), "{text}");
+        assert!(text.contains("rises with size for 1 of 1"), "{text}");
+        // two models: no trend claimed
+        let two = BTreeMap::from([("a".to_string(), 10), ("b".to_string(), 30)]);
+        let s2 = crate::study::summary(&crate::study::concat_diagonal(&frames[..2]).unwrap(), &two).unwrap();
+        assert!(finding(&s2).unwrap().contains("no size trend can be read"));
+    }
+
+    #[test]
+    fn overrides_change_options_and_pick_a_scratch_folder() {
+        let dir = std::env::temp_dir().join(format!("qi-size-axis-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("studies")).unwrap();
+        let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/fixtures/llama").canonicalize().unwrap();
+        let file = dir.join("studies/s.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "name = \"s\"\nseeds = 3\nquantizers = [\"rtn:bits=4\"]\nmodels = [\"{}\", \"models:absent-model.gguf\"]\n\
+                 [[analyses]]\nname = \"perplexity\"\nseeds = 1\noptions = {{ text = \"random\", seqlen = 16, max_windows = 4 }}\n\
+                 [[analyses]]\nname = \"induction\"\n",
+                model.display()
+            ),
+        )
+        .unwrap();
+        let (plain, r) = load(&file, &Overrides::default()).unwrap();
+        assert_eq!(plain.models.len(), 1, "the absent model is left out");
+        assert!(r.ends_with("data/results/s"), "{}", r.display());
+        let o = Overrides { methods: Some("rtn:bits=3; nf4".into()), seeds: Some(2), windows: Some((2, 0)), perplexity: Some((1, 8)), results: None };
+        let (s, r) = load(&file, &o).unwrap();
+        assert!(r.ends_with("target/study/s-custom"), "{}", r.display());
+        assert_eq!(s.specs.iter().map(|x| x.to_string()).collect::<Vec<_>>(), ["rtn:bits=3", "nf4"]);
+        let ind = s.analyses.iter().find(|a| a.name == "induction").unwrap();
+        assert_eq!(ind.seeds, [0, 1]);
+        assert_eq!(ind.options["n_seqs"], 2);
+        assert_eq!(ind.options["seq_len"], plain.analyses[1].options["seq_len"], "0 keeps the value");
+        let ppl = s.analyses.iter().find(|a| a.name == "perplexity").unwrap();
+        assert_eq!((ppl.seeds.clone(), ppl.options["max_windows"].clone(), ppl.options["seqlen"].clone()), (vec![0], serde_json::json!(1), serde_json::json!(8)));
+        assert!(load(&file, &Overrides { seeds: Some(0), ..Default::default() }).unwrap_err().to_string().contains("at least one seed"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
