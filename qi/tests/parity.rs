@@ -102,3 +102,63 @@ fn smollm2_matches_transformers_and_knows_paris() {
     let text = model.tokenizer().unwrap().decode(&out[ids.len()..], true).unwrap();
     assert!(text.contains(" Paris"), "greedy continuation was {text:?}");
 }
+
+// --- Gemma 3 (text) ---------------------------------------------------------------------------
+// data/fixtures/gemma3: 4 layers (sliding, full, sliding, sliding), window 8 on 20-token rows,
+// query_pre_attn_scalar 24 != head_dim 32, QK-norm, sandwich norms, (1 + w) norms, embeddings
+// scaled by sqrt(64), rotary base 1e5 (global) / 5e3 (local), tied, GQA 4 / 2.
+
+#[test]
+fn gemma3_sliding_window_qk_norm_sandwich_norms_match_transformers() {
+    check("gemma3", None, "reference.safetensors");
+}
+
+#[test]
+fn gemma3_gguf_with_shifted_norms_and_q8_0_matches_transformers() {
+    // GGUF norms are stored as 1 + w, q/k unpermuted; scores scaled by 1/sqrt(key_length).
+    check("gemma3", Some("model.gguf"), "reference_gguf.safetensors");
+    let model = load_model(fixture("gemma3").join("model.gguf").to_str().unwrap()).unwrap();
+    assert_eq!(model.source.tensor_types["model.layers.2.mlp.down_proj.weight"], "Q8_0");
+    assert_eq!(model.cfg.extras.sliding_layers, vec![true, false, true, true]);
+    assert_eq!(model.cfg.extras.local_rope_theta, Some(5000.0));
+}
+
+#[test]
+fn gemma3_residual_decomposition_and_hooks() {
+    let model = load_model(fixture("gemma3").to_str().unwrap()).unwrap();
+    let r = load_reference(&fixture("gemma3").join("reference.safetensors"));
+    let batch = Batch::from_rows(&ids_of(&r["input_ids"]), qi::Padding::Right, 0).unwrap();
+    let (_, cache) = model.run_with_cache(&batch, "*").unwrap();
+    // every hook the other rotary, gated families have, and no others
+    let llama = load_model(fixture("llama").to_str().unwrap()).unwrap();
+    let strip = |v: Vec<String>| v.into_iter().filter(|n| !n.starts_with("blocks.") || n.starts_with("blocks.0.")).collect::<Vec<_>>();
+    assert_eq!(strip(model.hook_names()), strip(llama.hook_names()));
+    // attn_out / mlp_out are the post-norm outputs: the residual stream is their sum
+    let l = 1;
+    let g = |n: String| cache.get(&n).unwrap().clone();
+    let mid = (g(names::resid_pre(l)) + g(names::attn_out(l))).unwrap();
+    assert!(max_abs_diff(&mid, &g(names::resid_mid(l))) < 1e-5);
+    let post = (g(names::resid_mid(l)) + g(names::mlp_out(l))).unwrap();
+    assert!(max_abs_diff(&post, &g(names::resid_post(l))) < 1e-5);
+    // post-norm output: RMS (1 + w) per position, not the raw o_proj output
+    let b = &model.blocks[l];
+    let z = g(names::z(l));
+    let (bs, p, h, dh) = z.dims4().unwrap();
+    let raw = b.attn.out.forward(&z.reshape((bs, p, h * dh)).unwrap()).unwrap();
+    assert!(max_abs_diff(&b.post_attn_norm.as_ref().unwrap().forward(&raw).unwrap(), &g(names::attn_out(l))) < 1e-5);
+    assert!(max_abs_diff(&raw, &g(names::attn_out(l))) > 0.1);
+    // hook_q is the projection before QK-norm; hook_rot_q is after QK-norm and rotary
+    let ln1 = g(names::ln1(l));
+    let qi::models::QkvProj::Separate { q, .. } = &b.attn.qkv else { panic!("gemma3 has separate q/k/v") };
+    let q = q.forward(&ln1).unwrap();
+    assert!(max_abs_diff(&q.reshape(g(names::q(l)).shape()).unwrap(), &g(names::q(l))) < 1e-5);
+    // hook_embed is the scaled embedding and is block 0's input
+    let e = model.embed.index_select(&batch.tokens.flatten_all().unwrap(), 0).unwrap().reshape((bs, p, 64)).unwrap();
+    assert!(max_abs_diff(&(e * 8.0).unwrap(), &g(names::EMBED.to_string())) < 1e-5);
+    assert_eq!(max_abs_diff(&g(names::EMBED.to_string()), &g(names::resid_pre(0))), 0.0);
+    // sliding layer 0: query 19 gives exactly zero weight to keys 0..=11, positive weight to 12..=19
+    let pat = g(names::pattern(0)).get(0).unwrap().get(0).unwrap().get(19).unwrap().to_vec1::<f32>().unwrap();
+    assert!(pat[..12].iter().all(|&x| x == 0.0) && pat[12..].iter().all(|&x| x > 0.0), "{pat:?}");
+    let pat = g(names::pattern(1)).get(0).unwrap().get(0).unwrap().get(19).unwrap().to_vec1::<f32>().unwrap();
+    assert!(pat.iter().all(|&x| x > 0.0), "global layer 1 sees every key: {pat:?}");
+}
