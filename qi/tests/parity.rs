@@ -162,3 +162,60 @@ fn gemma3_residual_decomposition_and_hooks() {
     let pat = g(names::pattern(1)).get(0).unwrap().get(0).unwrap().get(19).unwrap().to_vec1::<f32>().unwrap();
     assert!(pat.iter().all(|&x| x > 0.0), "global layer 1 sees every key: {pat:?}");
 }
+
+/// The Gemma 3 270M GGUF (Q4_K_M, fetched at set-up time, see shared/notes/more-models.md).
+fn gemma3_270m() -> Option<std::path::PathBuf> {
+    let p = std::path::PathBuf::from(std::env::var_os("HOME")?).join(".cache/qi/models/gemma-3-270m-q4_k_m.gguf");
+    if p.is_file() {
+        Some(p)
+    } else {
+        println!("skipped: {} not found (see shared/notes/more-models.md)", p.display());
+        None
+    }
+}
+
+#[test]
+fn gemma3_270m_gguf_matches_transformers_on_wikitext() {
+    let Some(gguf) = gemma3_270m() else { return };
+    let model = load_model(gguf.to_str().unwrap()).unwrap();
+    assert_eq!((model.cfg.n_layers, model.cfg.d_head, model.cfg.extras.sliding_window), (18, 256, Some(512)));
+    let r = load_reference(&fixture("gemma3-270m").join("reference.safetensors"));
+    let ids = ids_of(&r["input_ids"]);
+    let p = ids[0].len();
+    assert!(p > 512, "the prefix must be longer than the sliding window");
+    let batch = Batch::from_rows(&ids, qi::Padding::Right, 0).unwrap();
+    let hidden = [0usize, 1, 9, 18];
+    let filter: Vec<String> = hidden.iter().map(|&i| if i < 18 { names::resid_pre(i) } else { names::LN_FINAL.to_string() }).chain([names::pattern(0), names::pattern(5)]).collect();
+    let (logits, cache) = model.run_with_cache(&batch, filter).unwrap();
+    let last = logits.get(0).unwrap().narrow(0, p - 8, 8).unwrap();
+    // Both sides dequantize the same Q4_K/Q5_0/Q6_K/Q8_0 blocks to f32, so only f32 rounding over
+    // 18 layers separates them: measured 3e-5 on logits of magnitude ~30 and 4e-7 .. 2e-6 relative
+    // on hidden states (the residual stream reaches ~6e3); the bounds leave 3-5x headroom.
+    let every16 = last.index_select(&candle_core::Tensor::arange_step(0u32, 262144, 16, &candle_core::Device::Cpu).unwrap(), 1).unwrap();
+    let d = max_abs_diff(&every16, &r["last_logits_every16"]);
+    assert!(d <= 1e-4, "logits differ by {d}");
+    let top = last.gather(&r["last_top_ids"].to_dtype(candle_core::DType::U32).unwrap(), 1).unwrap();
+    let d = max_abs_diff(&top, &r["last_top_logits"]);
+    assert!(d <= 1e-4, "top-10 logits differ by {d}");
+    let argmax = last.argmax(1).unwrap().to_vec1::<u32>().unwrap();
+    let want: Vec<u32> = ids_of(&r["last_top_ids"]).iter().map(|row| row[0]).collect();
+    assert_eq!(argmax, want, "top-1 tokens differ");
+    for i in hidden {
+        let name = if i < 18 { names::resid_pre(i) } else { names::LN_FINAL.to_string() };
+        let got = cache.get(&name).unwrap().get(0).unwrap().narrow(0, p - 8, 8).unwrap();
+        let want = &r[&format!("hidden_states.{i}")];
+        let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap().max(1.0);
+        let d = max_abs_diff(&got, want);
+        assert!(d <= 1e-5 * scale, "hidden state {i} differs by {d} (scale {scale})");
+    }
+    for l in [0usize, 5] {
+        let got = cache.get(&names::pattern(l)).unwrap().get(0).unwrap().narrow(1, p - 8, 8).unwrap();
+        let d = max_abs_diff(&got, &r[&format!("attentions.{l}")]);
+        assert!(d <= TOL, "pattern {l} differs by {d}");
+    }
+    // layer 0 slides (the patterns above match transformers' over all keys): the last query gives
+    // no weight to keys 512 or more positions back, while global layer 5 does
+    let row = |l: usize| cache.get(&names::pattern(l)).unwrap().get(0).unwrap().get(0).unwrap().get(p - 1).unwrap().to_vec1::<f32>().unwrap();
+    assert!(row(0)[..p - 512].iter().all(|&x| x == 0.0));
+    assert!(row(5)[..p - 512].iter().any(|&x| x > 0.0));
+}
