@@ -219,3 +219,27 @@ fn gemma3_270m_gguf_matches_transformers_on_wikitext() {
     assert!(row(0)[..p - 512].iter().all(|&x| x == 0.0));
     assert!(row(5)[..p - 512].iter().any(|&x| x > 0.0));
 }
+
+#[test]
+fn gemma3_multimodal_wrapper_reads_text_config_and_language_model_weights() {
+    // Gemma3ForConditionalGeneration layout: settings in `text_config`, weights under
+    // `model.language_model.` (transformers 5) — same model, same logits.
+    let src = fixture("gemma3");
+    let dir = std::env::temp_dir().join(format!("qi-test-gemma3-wrapper-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let text: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    let cfg = serde_json::json!({"model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"], "text_config": text});
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    let tensors = candle_core::safetensors::load(src.join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let renamed: std::collections::HashMap<String, candle_core::Tensor> =
+        tensors.into_iter().map(|(k, v)| (k.replacen("model.", "model.language_model.", 1), v)).collect();
+    candle_core::safetensors::save(&renamed, dir.join("model.safetensors")).unwrap();
+    let model = load_model(dir.to_str().unwrap()).unwrap();
+    let r = load_reference(&src.join("reference.safetensors"));
+    let batch = Batch::from_rows(&ids_of(&r["input_ids"]), qi::Padding::Right, 0).unwrap();
+    let d = max_abs_diff(&model.forward(&batch).unwrap(), &r["logits"]);
+    assert!(d <= TOL, "logits differ by {d}");
+    assert_eq!(model.embed_name, "model.language_model.embed_tokens.weight");
+    let _ = std::fs::remove_dir_all(&dir);
+}
