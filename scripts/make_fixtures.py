@@ -568,10 +568,261 @@ def make_smollm2() -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Gemma 3 (text): tiny random Gemma3ForCausalLM, its GGUF, and the real Gemma 3 270M GGUF
+
+GEMMA3_SEQ = 20  # longer than the sliding window, so local layers really mask
+GEMMA3_WINDOW = 8
+GEMMA3_LAYER_TYPES = ["sliding_attention", "full_attention", "sliding_attention", "sliding_attention"]
+GEMMA3_Q8_TENSOR = "blk.2.ffn_down.weight"
+GEMMA3_REAL = Path.home() / ".cache" / "qi" / "models" / "gemma-3-270m-q4_k_m.gguf"
+GEMMA3_REAL_TOKENS = 600  # WikiText-2 test prefix (transformers ids); > the 512-token window
+GEMMA3_REAL_LAST = 8  # positions kept at the end of the prefix
+GEMMA3_REAL_STRIDE = 16  # vocabulary stride of the kept logits
+GEMMA3_REAL_HIDDEN = [0, 1, 9, 18]
+GEMMA3_REAL_ATTN = [0, 5]
+
+
+def gemma3_tiny_config():
+    from transformers import Gemma3TextConfig
+
+    return Gemma3TextConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=64,
+        rms_norm_eps=1e-6, query_pre_attn_scalar=24, sliding_window=GEMMA3_WINDOW,
+        layer_types=GEMMA3_LAYER_TYPES,
+        rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 100000.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 5000.0}},
+        hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True,
+        pad_token_id=0, eos_token_id=1, bos_token_id=2,
+    )
+
+
+def gemma3_reinit_(model, seed: int) -> None:
+    """reinit_, then Gemma norm weights w = 0.1·N(0, 1): the norm scale 1 + w is then ~1, and an
+    implementation using w (or the GGUF's stored 1 + w) as the scale is far off."""
+    reinit_(model, seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.sub_(1.0)
+
+
+@torch.no_grad()
+def make_gemma3():
+    out = FIXTURES / "gemma3"
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    seed = 1006
+    config = gemma3_tiny_config()
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32)
+    gemma3_reinit_(model, seed)
+    model.eval()
+    model.save_pretrained(out, safe_serialization=True)
+    clean_dir(out)
+    check_config_json(out / "config.json", {
+        "model_type": "gemma3_text", "hidden_size": 64, "num_hidden_layers": 4, "head_dim": 32,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "query_pre_attn_scalar": 24,
+        "sliding_window": GEMMA3_WINDOW, "layer_types": GEMMA3_LAYER_TYPES,
+        "rope_parameters.full_attention.rope_theta": 100000.0,
+        "rope_parameters.sliding_attention.rope_theta": 5000.0,
+        "hidden_activation": "gelu_pytorch_tanh", "tie_word_embeddings": True,
+        "final_logit_softcapping": None, "attn_logit_softcapping": None})
+    loaded = AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager",
+                                                  dtype=torch.float32).eval()
+    for (n1, p1), (n2, p2) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert n1 == n2 and torch.equal(p1, p2), (n1, n2)
+    gen = torch.Generator().manual_seed(seed + 100)
+    input_ids = torch.randint(0, VOCAB, (BATCH, GEMMA3_SEQ), generator=gen, dtype=torch.int64)
+    ref = run_reference(loaded, input_ids)
+    check_sliding_window(ref)
+    assert ref["logits"].abs().max() < 30
+    save_file(ref, str(out / "reference.safetensors"))
+    print(describe("gemma3", ref))
+    make_gemma3_gguf(loaded, input_ids)
+
+
+def check_sliding_window(ref) -> None:
+    """transformers' sliding-window mask: query q sees key k iff q - window < k <= q."""
+    for l, kind in enumerate(GEMMA3_LAYER_TYPES):
+        a = ref[f"attentions.{l}"]
+        q = GEMMA3_SEQ - 1
+        seen = (a[:, :, q, :] > 0).all(dim=(0, 1))
+        first = q - GEMMA3_WINDOW + 1 if kind == "sliding_attention" else 0
+        assert seen[first:].all() and not seen[:first].any(), (l, kind, seen)
+
+
+def gemma3_gguf_tensors(model) -> list[tuple[str, np.ndarray]]:
+    """HF tensors under llama.cpp's gemma3 names, as convert_hf_to_gguf.py writes them: every
+    `*norm.weight` stored as 1 + w, q/k rows not permuted, no output.weight (tied)."""
+    cfg = model.config
+    sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+    names = [("attn_norm", "input_layernorm"), ("attn_q", "self_attn.q_proj"),
+             ("attn_k", "self_attn.k_proj"), ("attn_v", "self_attn.v_proj"),
+             ("attn_output", "self_attn.o_proj"), ("attn_q_norm", "self_attn.q_norm"),
+             ("attn_k_norm", "self_attn.k_norm"), ("post_attention_norm", "post_attention_layernorm"),
+             ("ffn_norm", "pre_feedforward_layernorm"), ("ffn_gate", "mlp.gate_proj"),
+             ("ffn_up", "mlp.up_proj"), ("ffn_down", "mlp.down_proj"),
+             ("post_ffw_norm", "post_feedforward_layernorm")]
+    shift = lambda hf, w: w + np.float32(1.0) if hf.endswith("norm.weight") else w
+    tensors = [("token_embd.weight", sd["model.embed_tokens.weight"])]
+    for i in range(cfg.num_hidden_layers):
+        for g, hf in names:
+            key = f"model.layers.{i}.{hf}.weight"
+            tensors.append((f"blk.{i}.{g}.weight", shift(key, sd[key])))
+    tensors.append(("output_norm.weight", shift("model.norm.weight", sd["model.norm.weight"])))
+    return tensors
+
+
+def write_gemma3_gguf(model, path: Path) -> np.ndarray:
+    """The tiny Gemma 3 as llama.cpp's converter writes it (metadata keys of Gemma3Model's
+    set_gguf_parameters), plus the layer pattern and the local rotary base under gguf-py's
+    `attention.sliding_window_pattern` / `rope.freq_base_swa` keys: llama.cpp's gemma3 loader
+    hard-codes a period of 6 and base 10000, which a 4-layer model with base 5000 cannot follow.
+    No tokenizer (token ids only). Returns the dequantized Q8_0 tensor."""
+    cfg = model.config
+    w = gguf.GGUFWriter(str(path), "gemma3")
+    w.add_name("qi tiny gemma3 fixture")
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
+    w.add_key_length(cfg.head_dim)
+    w.add_value_length(cfg.head_dim)
+    w.add_rope_freq_base(float(cfg.rope_parameters["full_attention"]["rope_theta"]))
+    w.add_sliding_window(cfg.sliding_window)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_sliding_window_pattern([t == "sliding_attention" for t in cfg.layer_types])
+    w.add_rope_freq_base_swa(float(cfg.rope_parameters["sliding_attention"]["rope_theta"]))
+    w.add_vocab_size(cfg.vocab_size)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    deq = None
+    for name, t in gemma3_gguf_tensors(model):
+        t = np.ascontiguousarray(t, dtype=np.float32)
+        if name == GEMMA3_Q8_TENSOR:
+            q = gguf.quants.quantize(t, gguf.GGMLQuantizationType.Q8_0)
+            deq = gguf.quants.dequantize(q, gguf.GGMLQuantizationType.Q8_0).astype(np.float32)
+            w.add_tensor(name, q, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        else:
+            w.add_tensor(name, t)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    assert deq is not None
+    return deq
+
+
+@torch.no_grad()
+def make_gemma3_gguf(model, input_ids: torch.Tensor) -> None:
+    out = FIXTURES / "gemma3"
+    path = out / "model.gguf"
+    deq = write_gemma3_gguf(model, path)
+    r = gguf.GGUFReader(str(path))
+    assert r.fields["general.architecture"].contents() == "gemma3"
+    by_name = {t.name: t for t in r.tensors}
+    assert np.array_equal(np.array(by_name["blk.0.attn_q_norm.weight"].data),
+                          model.model.layers[0].self_attn.q_norm.weight.numpy() + np.float32(1))
+    # The GGUF means what llama.cpp computes: scores scaled by 1/sqrt(key_length), not by the
+    # HF config's query_pre_attn_scalar (which GGUF has no key for). Its reference is the HF model
+    # with that scaling and the Q8_0 tensor.
+    config = copy_config(model.config, query_pre_attn_scalar=model.config.head_dim)
+    gmodel = AutoModelForCausalLM.from_config(config, attn_implementation="eager",
+                                              dtype=torch.float32).eval()
+    gmodel.load_state_dict(model.state_dict())
+    gmodel.model.layers[2].mlp.down_proj.weight.copy_(torch.from_numpy(deq))
+    ref = run_reference(gmodel, input_ids)
+    check_sliding_window(ref)
+    save_file(ref, str(out / "reference_gguf.safetensors"))
+    print(describe("gemma3 (gguf, 1/sqrt(head_dim), Q8_0 blk.2.ffn_down)", ref))
+
+    # transformers' GGUF loader must read back the HF weights (norms minus one, q/k unpermuted).
+    try:
+        tmodel = AutoModelForCausalLM.from_pretrained(out, gguf_file="model.gguf", dtype=torch.float32)
+    except Exception as e:  # pragma: no cover - depends on the transformers version
+        print(f"  (skipped transformers GGUF cross-check: {type(e).__name__}: {e})")
+        return
+    want = gmodel.state_dict()
+    for name, t in tmodel.state_dict().items():
+        if name in want:
+            torch.testing.assert_close(t, want[name], rtol=0, atol=1e-6, msg=name)
+    assert tmodel.config.sliding_window == GEMMA3_WINDOW
+    print("  transformers' GGUF loader reads back the same weights")
+
+
+def copy_config(config, **changes):
+    c = type(config).from_dict({**config.to_dict(), **changes})
+    return c
+
+
+def wikitext_ids(tok, n: int) -> list[int]:
+    """The first n ids of WikiText-2 test (lines joined with "\n\n", as the GPTQ protocol)."""
+    path = SHARED / "data" / "wikitext-2-raw" / "wiki.test.raw"
+    text = "\n\n".join(path.read_text(encoding="utf-8").split("\n"))
+    ids = tok(text[:20000], add_special_tokens=True)["input_ids"]
+    return ids[:n]
+
+
+@torch.no_grad()
+def make_gemma3_real() -> None:
+    if not GEMMA3_REAL.exists():
+        print(f"gemma3-real: {GEMMA3_REAL} not found; skipped")
+        return
+    out = FIXTURES / "gemma3-270m"
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    d, f = GEMMA3_REAL.parent, GEMMA3_REAL.name
+    tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
+    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32,
+                                                 attn_implementation="eager").eval()
+    cfg = model.config
+    assert cfg.query_pre_attn_scalar == cfg.head_dim == 256
+    assert cfg.layer_types[5] == "full_attention" and cfg.layer_types[4] == "sliding_attention"
+    ids = wikitext_ids(tok, GEMMA3_REAL_TOKENS)
+    assert ids[0] == tok.bos_token_id == 2
+    input_ids = torch.tensor([ids], dtype=torch.int64)
+    o = model(input_ids=input_ids, output_hidden_states=True, output_attentions=True,
+              use_cache=False, return_dict=True)
+    # Full-vocabulary logits of 8 positions would be 8 MB: keep every 16th vocabulary entry, and
+    # the top 10 (ids and values) over the whole vocabulary.
+    last = o.logits[0, -GEMMA3_REAL_LAST:].float()
+    top = last.topk(10, dim=-1)
+    ref = {"input_ids": input_ids,
+           "last_logits_every16": last[:, ::GEMMA3_REAL_STRIDE].contiguous(),
+           "last_top_ids": top.indices.to(torch.int64).contiguous(),
+           "last_top_logits": top.values.contiguous()}
+    for i in GEMMA3_REAL_HIDDEN:
+        ref[f"hidden_states.{i}"] = o.hidden_states[i][0, -GEMMA3_REAL_LAST:].float().contiguous()
+    for l in GEMMA3_REAL_ATTN:
+        ref[f"attentions.{l}"] = o.attentions[l][0, :, -GEMMA3_REAL_LAST:].float().contiguous()
+    save_file(ref, str(out / "reference.safetensors"))
+    meta = {
+        "model": f"~/.cache/qi/models/{f}",
+        "loaded_with": f"transformers {transformers.__version__} "
+                       "AutoModelForCausalLM.from_pretrained(gguf_file=..., dtype=float32), eager",
+        "text": "first ids of WikiText-2 test (raw, lines joined with \"\\n\\n\"), BOS first",
+        "input_ids": ids,
+        "last_positions": GEMMA3_REAL_LAST,
+        "logits_vocab_stride": GEMMA3_REAL_STRIDE,
+        "hidden_states": GEMMA3_REAL_HIDDEN,
+        "attentions": GEMMA3_REAL_ATTN,
+        "top1_last": int(o.logits[0, -1].argmax()),
+    }
+    (out / "reference.json").write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"gemma3-real: {len(ids)} ids, |last logits| max {last.abs().max():.2f}, "
+          f"top-1 of the last position {int(top.indices[-1, 0])}")
+
+
+# --------------------------------------------------------------------------------------------
 
 
 def main() -> None:
-    names = list(tiny_configs()) + ["smollm2"]
+    names = list(tiny_configs()) + ["smollm2", "gemma3", "gemma3-real"]
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", help=f"comma-separated subset of {','.join(names)}")
     args = ap.parse_args()
@@ -593,6 +844,10 @@ def main() -> None:
             make_llama_gguf(model, input_ids)
     if "smollm2" in only:
         make_smollm2()
+    if "gemma3" in only:
+        make_gemma3()
+    if "gemma3-real" in only:
+        make_gemma3_real()
 
 
 if __name__ == "__main__":

@@ -177,7 +177,7 @@ fn info(src: &str, json: bool) -> Result<()> {
         "d_head": c.d_head, "d_mlp": c.d_mlp, "vocab": c.d_vocab, "context": c.n_ctx,
         "parameters": m.n_params(), "positional": c.positional, "parallel_residual": c.parallel_residual,
         "tied_embeddings": c.tied_embeddings, "source_tensor_types": types,
-        "tokenizer": m.tokenizer.is_some(), "quantization": m.source.quantization,
+        "tokenizer": m.tokenizer.is_some(), "quantization": m.source.quantization, "extras": c.extras,
     });
     if json {
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -194,6 +194,14 @@ fn info(src: &str, json: bool) -> Result<()> {
     println!("parameters    {} ({:.1} M)", m.n_params(), m.n_params() as f64 / 1e6);
     println!("positional    {:?}", c.positional);
     println!("tied          {}", c.tied_embeddings);
+    if let Some(w) = c.extras.sliding_window {
+        let local: Vec<usize> = (0..c.n_layers).filter(|&l| c.extras.is_sliding(l)).collect();
+        let theta = c.extras.local_rope_theta.map_or(String::new(), |t| format!(", rotary base {t}"));
+        println!("sliding       window {w} on layers {local:?}{theta}");
+    }
+    if let Some(s) = c.extras.query_pre_attn_scalar {
+        println!("query scale   {s}^-0.5");
+    }
     println!("source types  {}", types.iter().map(|(k, v)| format!("{k}×{v}")).collect::<Vec<_>>().join(", "));
     if let Some(q) = &m.source.quantization {
         println!("quantized by qi  {q}");

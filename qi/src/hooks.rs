@@ -24,6 +24,13 @@
 //! | `blocks.{l}.hook_resid_post` | [batch, pos, d_model] residual stream leaving block l |
 //! | `ln_final.hook_normalized` | [batch, pos, d_model] final-norm output (input of the unembedding) |
 //!
+//! Gemma 3 (as TransformerLens' Gemma 2): `hook_embed` is the embedding already scaled by
+//! sqrt(d_model); `ln1` / `ln2` are the pre-attention / pre-MLP norms; `hook_q` / `hook_k` are the
+//! projections before QK-norm, `hook_rot_q` / `hook_rot_k` after QK-norm and rotary;
+//! `hook_attn_out` / `hook_mlp_out` are the outputs of the post-attention / post-MLP norms, so
+//! `resid_mid = resid_pre + attn_out` and `resid_post = resid_mid + mlp_out` hold as everywhere.
+//! On sliding-window layers, keys `window` or more positions behind the query are masked (-inf).
+//!
 //! Padding: query rows of padding positions attend only to themselves (so every row is a proper
 //! distribution) and padding keys get zero attention from real queries. The cache carries the
 //! batch's mask so analyses can drop padding positions.

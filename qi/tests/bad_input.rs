@@ -132,3 +132,29 @@ fn unsupported_architecture_and_bad_config_are_named() {
     let e = format!("{:#}", err_of(&dir));
     assert!(e.contains("config.json") && e.contains("not valid JSON"), "{e}");
 }
+
+#[test]
+fn gemma3_gguf_whose_metadata_disagrees_with_its_tensors_is_named() {
+    use candle_core::quantized::{gguf_file, QTensor};
+    let src = fixture("gemma3").join("model.gguf");
+    let mut f = std::fs::File::open(&src).unwrap();
+    let content = gguf_file::Content::read(&mut f).unwrap();
+    let tensors: Vec<(String, QTensor)> = content.tensor_infos.keys().map(|n| (n.clone(), content.tensor(&mut f, n, &Device::Cpu).unwrap())).collect();
+    let dir = temp_dir("gemma3-bad-gguf");
+    for (key, value, tensor) in [
+        ("gemma3.feed_forward_length", gguf_file::Value::U32(96), "model.layers.0.mlp.gate_proj.weight"),
+        ("gemma3.attention.key_length", gguf_file::Value::U32(16), "model.layers.0.self_attn.q_proj.weight"),
+    ] {
+        let mut md = content.metadata.clone();
+        md.insert(key.to_string(), value);
+        let out = dir.join("bad.gguf");
+        let mut w = std::fs::File::create(&out).unwrap();
+        let md_refs: Vec<(&str, &gguf_file::Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        gguf_file::write(&mut w, &md_refs, &t_refs).unwrap();
+        drop(w);
+        let e = format!("{:#}", err_of(&out));
+        assert!(e.contains("bad.gguf") && e.contains(tensor) && e.contains("config implies"), "{key}: {e}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -228,3 +228,43 @@ fn awq_search_minimises_the_block_output_error_and_alpha_zero_is_rtn() {
     let e = (chosen.run_block(1, &inputs[0], &batches[0], None).unwrap() - &outputs[0]).unwrap().sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap() as f64;
     assert!((e - min).abs() <= 1e-6 * min, "{e} vs {min}");
 }
+
+#[test]
+fn gemma3_quantizes_with_every_calibrated_method_and_twins_round_trip_exactly() {
+    let model = load_model(fixture("gemma3").to_str().unwrap()).unwrap();
+    let b = Batch::from_rows(&windows(2, 20, 3), qi::Padding::Right, 0).unwrap();
+    let before = model.forward(&b).unwrap();
+    for s in ["rtn:bits=4,group=32", "gptq:bits=4,group=32", "awq:bits=4,group=32", "nf4", "q4_k:fallback=true"] {
+        let spec: QuantSpec = s.parse().unwrap();
+        let (q, report) = quantize_model(&model, &spec, &opts_with_calibration()).unwrap_or_else(|e| panic!("{s}: {e:#}"));
+        assert_eq!(report.matrices.len(), 4 * 7, "{s}");
+        assert_eq!(max_abs_diff(&before, &model.forward(&b).unwrap()), 0.0, "{s}: reference was mutated");
+        let kl = kl_to_reference(&model, &q);
+        assert!(kl > 0.0 && kl < 0.5, "{s}: KL to the reference {kl}");
+        // norms (q/k and sandwich norms included) are not quantized
+        for (bq, br) in q.blocks.iter().zip(&model.blocks) {
+            assert_eq!(bq.norms().len(), 6);
+            for (nq, nr) in bq.norms().iter().zip(br.norms()) {
+                assert_eq!(max_abs_diff(&nq.weight, &nr.weight), 0.0, "{s}: {} changed", nq.name);
+            }
+        }
+        let dir = temp_dir(&format!("export-gemma3-{}", s.split(':').next().unwrap()));
+        std::fs::remove_dir(&dir).unwrap();
+        qi::export::save_hf_dir(&q, &dir, Some(&report)).unwrap();
+        let back = load_model(dir.to_str().unwrap()).unwrap();
+        assert_eq!(back.cfg, q.cfg, "{s}: config changed through the HF directory");
+        assert_eq!(max_abs_diff(&q.forward(&b).unwrap(), &back.forward(&b).unwrap()), 0.0, "{s}: reloaded twin differs");
+        assert_eq!(back.n_params(), model.n_params());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn gemma3_gptq_beats_rtn_end_to_end_at_3_bits() {
+    let model = load_model(fixture("gemma3").to_str().unwrap()).unwrap();
+    let o = QuantizeOptions { calibration: Some(windows(16, 48, 5)), ..Default::default() };
+    let (rtn, _) = quantize_model(&model, &"rtn:bits=3".parse().unwrap(), &o).unwrap();
+    let (gptq, _) = quantize_model(&model, &"gptq:bits=3".parse().unwrap(), &o).unwrap();
+    let (kr, kg) = (kl_to_reference(&model, &rtn), kl_to_reference(&model, &gptq));
+    assert!(kg < kr, "GPTQ KL {kg} should be below RTN KL {kr}");
+}

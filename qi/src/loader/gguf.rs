@@ -76,6 +76,7 @@ pub fn load(path: &Path) -> Result<HookedTransformer> {
             "n_positions": md_req(md, &format!("{a}.context_length"), path)?,
             "layer_norm_epsilon": md_f(md, &format!("{a}.attention.layer_norm_epsilon")).unwrap_or(1e-5),
         }),
+        Architecture::Gemma3 => gemma3_config(md, a, d_model, n_heads, n_kv, tied, path)?,
         Architecture::GptNeox => {
             let d_head = d_model / n_heads.max(1);
             let rot = md_u(md, &format!("{a}.rope.dimension_count")).map(|x| x as usize).unwrap_or(d_head / 4);
@@ -112,18 +113,83 @@ pub fn load(path: &Path) -> Result<HookedTransformer> {
         if arch == Architecture::Gpt2 && is_gpt2_conv1d(&hf) {
             t = t.t()?.contiguous()?;
         }
+        // convert_hf_to_gguf.py stores Gemma 3's norm weights as 1 + w (llama.cpp multiplies by
+        // them directly); qi keeps HF's w, as transformers' GGUF loader does. No q/k permutation:
+        // llama.cpp runs Gemma's rotary in the rotate-half (NeoX) form.
+        if arch == Architecture::Gemma3 && name.ends_with("norm.weight") {
+            t = (t - 1.0)?;
+        }
         types.insert(hf.clone(), format!("{:?}", info.ggml_dtype).to_uppercase());
         tensors.insert(hf, t);
     }
     let ck = Checkpoint::from_map(path, tensors, types.clone());
     let parts = models::build_parts(&cfg, &ck)?;
-    let tokenizer = if md.contains_key("tokenizer.ggml.model") {
-        Some(Tokenizer::from_gguf_metadata(md).with_context(|| format!("{}: cannot build the tokenizer from the GGUF metadata", path.display()))?)
-    } else {
-        None
+    let tokenizer = match md.get("tokenizer.ggml.model").and_then(|v| v.to_string().ok()) {
+        None => None,
+        Some(kind) => match Tokenizer::from_gguf_metadata(md) {
+            Ok(t) => Some(t),
+            // A vocabulary kind qi cannot build (e.g. Gemma's SentencePiece "llama") does not stop
+            // the model from loading: its forward pass takes token ids, and text APIs say there is
+            // no tokenizer. Broken metadata of a supported kind is still an error.
+            Err(e) if kind != "gpt2" => {
+                eprintln!("warning: {}: tokenizer not loaded ({e:#}); pass token ids", path.display());
+                None
+            }
+            Err(e) => return Err(e.context(format!("{}: cannot build the tokenizer from the GGUF metadata", path.display()))),
+        },
     };
     let source = SourceInfo { source: path.display().to_string(), files: vec![path.display().to_string()], tensor_types: types, quantization: None };
     HookedTransformer::from_parts(cfg, parts.embed, parts.pos_embed, parts.blocks, parts.ln_final, parts.unembed, tokenizer, source)
+}
+
+/// HF-style config of a `gemma3` GGUF. llama.cpp's converter writes no layer pattern, local
+/// rotary base or query scale; its loader assumes every 6th layer global, base 10000 on local
+/// layers and `1/sqrt(key_length)` (`d_model / heads` for the 62-layer 27B), and no sliding
+/// window at all when `attention.sliding_window` is absent. qi does the same, but reads
+/// `attention.sliding_window_pattern` (a period or one bool per layer, true = sliding) and
+/// `rope.freq_base_swa` when a file has them.
+fn gemma3_config(md: &HashMap<String, Value>, a: &str, d_model: usize, n_heads: usize, n_kv: usize, tied: bool, path: &Path) -> Result<serde_json::Value> {
+    let n_layers = md_req(md, &format!("{a}.block_count"), path)? as usize;
+    let d_head = md_u(md, &format!("{a}.attention.key_length")).map(|x| x as usize).unwrap_or(d_model / n_heads.max(1));
+    let window = md_u(md, &format!("{a}.attention.sliding_window")).filter(|&w| w > 0);
+    let pattern_key = format!("{a}.attention.sliding_window_pattern");
+    let sliding: Vec<bool> = match md.get(&pattern_key) {
+        _ if window.is_none() => vec![false; n_layers],
+        None => models::gemma3::pattern_layers(n_layers, 6),
+        Some(Value::Array(v)) => {
+            let flags: Option<Vec<bool>> = v.iter().map(|x| x.to_bool().ok()).collect();
+            let flags = flags.ok_or_else(|| anyhow!("{}: GGUF metadata '{pattern_key}' must be an integer or a list of booleans", path.display()))?;
+            if flags.len() != n_layers {
+                anyhow::bail!("{}: GGUF metadata '{pattern_key}' has {} entries for {n_layers} layers ('{a}.block_count')", path.display(), flags.len());
+            }
+            flags
+        }
+        Some(_) => match md_u(md, &pattern_key) {
+            Some(p) if p > 0 => models::gemma3::pattern_layers(n_layers, p as usize),
+            _ => anyhow::bail!("{}: GGUF metadata '{pattern_key}' must be a positive integer or a list of booleans", path.display()),
+        },
+    };
+    let scalar = if n_layers == 62 { (d_model / n_heads.max(1)) as f64 } else { d_head as f64 };
+    Ok(json!({
+        "model_type": "gemma3_text",
+        "hidden_size": d_model,
+        "num_hidden_layers": n_layers,
+        "num_attention_heads": n_heads,
+        "num_key_value_heads": n_kv,
+        "head_dim": d_head,
+        "intermediate_size": md_req(md, &format!("{a}.feed_forward_length"), path)?,
+        "max_position_embeddings": md_req(md, &format!("{a}.context_length"), path)?,
+        "rms_norm_eps": md_f(md, &format!("{a}.attention.layer_norm_rms_epsilon")).unwrap_or(1e-6),
+        "rope_theta": md_f(md, &format!("{a}.rope.freq_base")).unwrap_or(10000.0),
+        "rope_local_base_freq": md_f(md, &format!("{a}.rope.freq_base_swa")).unwrap_or(10000.0),
+        "sliding_window": window.unwrap_or(1),
+        "layer_types": sliding.iter().map(|&s| if s { "sliding_attention" } else { "full_attention" }).collect::<Vec<_>>(),
+        "query_pre_attn_scalar": scalar,
+        "final_logit_softcapping": md_f(md, &format!("{a}.final_logit_softcapping")),
+        "attn_logit_softcapping": md_f(md, &format!("{a}.attn_logit_softcapping")),
+        "hidden_activation": "gelu_pytorch_tanh",
+        "tie_word_embeddings": tied,
+    }))
 }
 
 /// llama.cpp stores Llama's q/k rows interleaved per head for its rotary kernel
@@ -176,6 +242,25 @@ fn hf_name(arch: Architecture, gguf: &str) -> Option<String> {
                 ("ffn_down.bias", "mlp.c_proj.bias"),
             ],
         ),
+        Architecture::Gemma3 => (
+            "model.",
+            "model.layers.{l}.",
+            &[
+                ("attn_norm.weight", "input_layernorm.weight"),
+                ("attn_q.weight", "self_attn.q_proj.weight"),
+                ("attn_k.weight", "self_attn.k_proj.weight"),
+                ("attn_v.weight", "self_attn.v_proj.weight"),
+                ("attn_output.weight", "self_attn.o_proj.weight"),
+                ("attn_q_norm.weight", "self_attn.q_norm.weight"),
+                ("attn_k_norm.weight", "self_attn.k_norm.weight"),
+                ("post_attention_norm.weight", "post_attention_layernorm.weight"),
+                ("ffn_norm.weight", "pre_feedforward_layernorm.weight"),
+                ("ffn_gate.weight", "mlp.gate_proj.weight"),
+                ("ffn_up.weight", "mlp.up_proj.weight"),
+                ("ffn_down.weight", "mlp.down_proj.weight"),
+                ("post_ffw_norm.weight", "post_feedforward_layernorm.weight"),
+            ],
+        ),
         Architecture::GptNeox => (
             "gpt_neox.",
             "gpt_neox.layers.{l}.",
@@ -202,9 +287,9 @@ fn hf_name(arch: Architecture, gguf: &str) -> Option<String> {
         return Some(format!("{}{hf}", layer_fmt.replace("{l}", &l.to_string())));
     }
     let top = match (arch, gguf) {
-        (Architecture::Llama, "token_embd.weight") => "model.embed_tokens.weight".to_string(),
-        (Architecture::Llama, "output_norm.weight") => "model.norm.weight".to_string(),
-        (Architecture::Llama, "output.weight") => "lm_head.weight".to_string(),
+        (Architecture::Llama | Architecture::Gemma3, "token_embd.weight") => "model.embed_tokens.weight".to_string(),
+        (Architecture::Llama | Architecture::Gemma3, "output_norm.weight") => "model.norm.weight".to_string(),
+        (Architecture::Llama | Architecture::Gemma3, "output.weight") => "lm_head.weight".to_string(),
         (Architecture::Gpt2, "token_embd.weight") => format!("{prefix}wte.weight"),
         (Architecture::Gpt2, "position_embd.weight") => format!("{prefix}wpe.weight"),
         (Architecture::Gpt2, "output_norm.weight") => format!("{prefix}ln_f.weight"),
@@ -239,5 +324,9 @@ mod tests {
         assert_eq!(hf_name(Architecture::Llama, "blk.3.ffn_down.weight").unwrap(), "model.layers.3.mlp.down_proj.weight");
         assert_eq!(hf_name(Architecture::Gpt2, "blk.0.attn_qkv.bias").unwrap(), "transformer.h.0.attn.c_attn.bias");
         assert!(hf_name(Architecture::Llama, "rope_freqs.weight").is_none());
+        assert_eq!(hf_name(Architecture::Gemma3, "blk.2.ffn_norm.weight").unwrap(), "model.layers.2.pre_feedforward_layernorm.weight");
+        assert_eq!(hf_name(Architecture::Gemma3, "blk.2.post_ffw_norm.weight").unwrap(), "model.layers.2.post_feedforward_layernorm.weight");
+        assert_eq!(hf_name(Architecture::Gemma3, "blk.0.attn_k_norm.weight").unwrap(), "model.layers.0.self_attn.k_norm.weight");
+        assert_eq!(hf_name(Architecture::Gemma3, "output_norm.weight").unwrap(), "model.norm.weight");
     }
 }

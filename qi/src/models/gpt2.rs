@@ -28,6 +28,7 @@ pub fn config_from_hf(c: &HfConfig) -> Result<ModelConfig> {
         tied_embeddings: true,
         bos_token_id: c.opt_token_id("bos_token_id"),
         eos_token_id: c.opt_token_id("eos_token_id"),
+        extras: Default::default(),
     })
 }
 
@@ -58,12 +59,16 @@ pub fn build(cfg: &ModelConfig, ck: &Checkpoint) -> Result<super::Parts> {
             attn: Attention {
                 qkv: QkvProj::FusedContiguous(load_linear(ck, &format!("{h}.attn.c_attn"), 3 * d, d, true, true)?),
                 out: load_linear(ck, &format!("{h}.attn.c_proj"), d, d, true, true)?,
+                q_norm: None,
+                k_norm: None,
             },
             ln2: load_norm(ck, &format!("{h}.ln_2"), d, cfg.norm_eps, true)?,
             mlp: Mlp::Standard {
                 fc_in: load_linear(ck, &format!("{h}.mlp.c_fc"), m, d, true, true)?,
                 fc_out: load_linear(ck, &format!("{h}.mlp.c_proj"), d, m, true, true)?,
             },
+            post_attn_norm: None,
+            post_mlp_norm: None,
         });
     }
     let ln_final = load_norm(ck, &format!("{p}ln_f"), d, cfg.norm_eps, true)?;

@@ -38,6 +38,7 @@ pub fn config_from_hf(c: &HfConfig) -> Result<ModelConfig> {
         tied_embeddings: c.opt_bool(&["tie_word_embeddings"])?.unwrap_or(false),
         bos_token_id: c.opt_token_id("bos_token_id"),
         eos_token_id: c.opt_token_id("eos_token_id"),
+        extras: Default::default(),
     })
 }
 
@@ -70,9 +71,13 @@ pub fn build(cfg: &ModelConfig, ck: &Checkpoint) -> Result<super::Parts> {
             attn: Attention {
                 qkv: QkvProj::Separate { q: lin("self_attn.q_proj", qd, d)?, k: lin("self_attn.k_proj", kvd, d)?, v: lin("self_attn.v_proj", kvd, d)? },
                 out: lin("self_attn.o_proj", d, qd)?,
+                q_norm: None,
+                k_norm: None,
             },
             ln2: load_norm(ck, &format!("{h}.post_attention_layernorm"), d, cfg.norm_eps, false)?,
             mlp: Mlp::Gated { gate: lin("mlp.gate_proj", m, d)?, up: lin("mlp.up_proj", m, d)?, down: lin("mlp.down_proj", d, m)? },
+            post_attn_norm: None,
+            post_mlp_norm: None,
         });
     }
     let ln_final = load_norm(ck, "model.norm", d, cfg.norm_eps, false)?;

@@ -1,9 +1,10 @@
 //! Model families and the one hooked forward pass they share.
 //!
-//! Each family file (`gpt2.rs`, `neox.rs`, `llama.rs`) reads its config and maps its checkpoint's
+//! Each family file (`gpt2.rs`, `neox.rs`, `llama.rs`, `gemma3.rs`) reads its config and maps its checkpoint's
 //! tensors onto the common [`HookedTransformer`] parts; `transformer.rs` runs the forward pass with
 //! hook points. Linear weights are kept in PyTorch `nn.Linear` layout `[out, in]` under their
 //! Hugging Face parameter names, so quantizers see exactly the raw matrices a HF checkpoint holds.
+pub mod gemma3;
 pub mod gpt2;
 pub mod hf_config;
 pub mod llama;
@@ -23,10 +24,11 @@ pub enum Architecture {
     Gpt2,
     GptNeox,
     Llama,
+    Gemma3,
 }
 
 impl Architecture {
-    pub const SUPPORTED: &'static str = "gpt2, gpt_neox (Pythia), llama (Llama, SmolLM2, TinyLlama)";
+    pub const SUPPORTED: &'static str = "gpt2, gpt_neox (Pythia), llama (Llama, SmolLM2, TinyLlama), gemma3_text / gemma3 (Gemma 3 text)";
 
     /// From a HF `model_type` or a GGUF `general.architecture`.
     pub fn from_name(name: &str) -> Result<Self> {
@@ -34,6 +36,8 @@ impl Architecture {
             "gpt2" => Ok(Architecture::Gpt2),
             "gpt_neox" | "gptneox" => Ok(Architecture::GptNeox),
             "llama" => Ok(Architecture::Llama),
+            // `gemma3` is the GGUF name and the HF multimodal wrapper (whose `text_config` is read).
+            "gemma3_text" | "gemma3" => Ok(Architecture::Gemma3),
             other => Err(crate::QiError::UnsupportedArchitecture { arch: other.to_string(), supported: Self::SUPPORTED.into() }.into()),
         }
     }
@@ -43,6 +47,7 @@ impl Architecture {
             Architecture::Gpt2 => "gpt2",
             Architecture::GptNeox => "gpt_neox",
             Architecture::Llama => "llama",
+            Architecture::Gemma3 => "gemma3_text",
         }
     }
 }
@@ -111,6 +116,35 @@ pub struct ModelConfig {
     pub tied_embeddings: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<u32>,
+    /// Settings only some families use (Gemma 3); the default is a plain transformer.
+    #[serde(default)]
+    pub extras: Extras,
+}
+
+/// Architecture settings beyond the GPT-2 / NeoX / Llama core. All default to "off".
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Extras {
+    /// Token embeddings are multiplied by this before block 0 (Gemma: sqrt(d_model)).
+    pub embed_scale: Option<f32>,
+    /// Attention scores are `q·k * query_pre_attn_scalar^-0.5` (default: `d_head`, i.e. the usual
+    /// `1/sqrt(d_head)`; Gemma sets it in its config).
+    pub query_pre_attn_scalar: Option<f64>,
+    /// Sliding-window attention: on the layers flagged in `sliding_layers`, query q sees key k
+    /// only if `q - window < k <= q`.
+    pub sliding_window: Option<usize>,
+    /// Per layer, whether it is a sliding-window (local) layer. Empty = every layer is global.
+    pub sliding_layers: Vec<bool>,
+    /// Rotary base of the sliding-window layers (Gemma 3: `rope_local_base_freq`); the global
+    /// layers use [`Positional::Rotary`]'s `theta`.
+    pub local_rope_theta: Option<f64>,
+}
+
+impl Extras {
+    /// Whether layer `l` uses the sliding window.
+    pub fn is_sliding(&self, l: usize) -> bool {
+        self.sliding_window.is_some() && self.sliding_layers.get(l).copied().unwrap_or(false)
+    }
 }
 
 impl ModelConfig {
@@ -282,6 +316,8 @@ pub struct Norm {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
     pub eps: f64,
+    /// The RMSNorm scale is `1 + weight` (Gemma stores the offset from one), not `weight`.
+    pub unit_offset: bool,
 }
 
 impl Norm {
@@ -292,6 +328,7 @@ impl Norm {
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match &self.bias {
             Some(b) => crate::ops::layer_norm(x, &self.weight, b, self.eps),
+            None if self.unit_offset => crate::ops::rms_norm(x, &(&self.weight + 1.0)?, self.eps),
             None => crate::ops::rms_norm(x, &self.weight, self.eps),
         }
     }
@@ -312,6 +349,9 @@ pub enum QkvProj {
 pub struct Attention {
     pub qkv: QkvProj,
     pub out: Linear,
+    /// RMSNorms over each query / key head (`[d_head]` weights), applied before rotary (Gemma 3).
+    pub q_norm: Option<Norm>,
+    pub k_norm: Option<Norm>,
 }
 
 /// The MLP: `out(act(in(x)))` or, gated, `down(act(gate(x)) * up(x))`.
@@ -327,6 +367,10 @@ pub struct Block {
     pub attn: Attention,
     pub ln2: Norm,
     pub mlp: Mlp,
+    /// Norms on the attention / MLP outputs before they join the residual stream (Gemma's
+    /// "sandwich" norms); `hook_attn_out` / `hook_mlp_out` are their outputs.
+    pub post_attn_norm: Option<Norm>,
+    pub post_mlp_norm: Option<Norm>,
 }
 
 impl Block {
@@ -335,9 +379,24 @@ impl Block {
         for linear in block.linears_mut() {
             *linear = linear.with_fresh_ids()?;
         }
-        block.ln1 = self.ln1.with_fresh_ids()?;
-        block.ln2 = self.ln2.with_fresh_ids()?;
+        for norm in block.norms_mut() {
+            *norm = norm.with_fresh_ids()?;
+        }
         Ok(block)
+    }
+
+    /// Every norm of the block: ln1, ln2, then those only some families have (q/k norms, post norms).
+    pub fn norms(&self) -> Vec<&Norm> {
+        let mut v = vec![&self.ln1, &self.ln2];
+        v.extend([&self.attn.q_norm, &self.attn.k_norm, &self.post_attn_norm, &self.post_mlp_norm].into_iter().flatten());
+        v
+    }
+
+    /// [`Block::norms`], mutable.
+    pub fn norms_mut(&mut self) -> Vec<&mut Norm> {
+        let mut v = vec![&mut self.ln1, &mut self.ln2];
+        v.extend([&mut self.attn.q_norm, &mut self.attn.k_norm, &mut self.post_attn_norm, &mut self.post_mlp_norm].into_iter().flatten());
+        v
     }
 
     /// The block's linear layers in forward order.
@@ -423,7 +482,7 @@ pub(crate) fn load_linear(ck: &crate::loader::Checkpoint, prefix: &str, out: usi
 pub(crate) fn load_norm(ck: &crate::loader::Checkpoint, prefix: &str, d: usize, eps: f64, bias: bool) -> Result<Norm> {
     let weight = ck.tensor(&format!("{prefix}.weight"), &[d])?;
     let bias = if bias { Some(ck.tensor(&format!("{prefix}.bias"), &[d])?) } else { None };
-    Ok(Norm { name: prefix.to_string(), weight, bias, eps })
+    Ok(Norm { name: prefix.to_string(), weight, bias, eps, unit_offset: false })
 }
 
 /// Tensors of a model in its checkpoint's own names and layouts (what `save_pretrained` would
@@ -448,8 +507,9 @@ pub fn hf_state_dict(model: &HookedTransformer) -> Result<Vec<(String, Tensor)>>
         Ok(())
     };
     for b in &model.blocks {
-        push_norm(&mut out, &b.ln1);
-        push_norm(&mut out, &b.ln2);
+        for n in b.norms() {
+            push_norm(&mut out, n);
+        }
         for l in b.linears() {
             push_linear(&mut out, l)?;
         }
@@ -476,6 +536,7 @@ pub fn config_from_hf(arch: Architecture, c: &hf_config::HfConfig) -> Result<Mod
         Architecture::Gpt2 => gpt2::config_from_hf(c),
         Architecture::GptNeox => neox::config_from_hf(c),
         Architecture::Llama => llama::config_from_hf(c),
+        Architecture::Gemma3 => gemma3::config_from_hf(c),
     }
 }
 
@@ -485,6 +546,7 @@ pub fn config_to_hf(cfg: &ModelConfig) -> serde_json::Value {
         Architecture::Gpt2 => gpt2::config_to_hf(cfg),
         Architecture::GptNeox => neox::config_to_hf(cfg),
         Architecture::Llama => llama::config_to_hf(cfg),
+        Architecture::Gemma3 => gemma3::config_to_hf(cfg),
     }
 }
 
@@ -494,5 +556,6 @@ pub fn build_parts(cfg: &ModelConfig, ck: &crate::loader::Checkpoint) -> Result<
         Architecture::Gpt2 => gpt2::build(cfg, ck),
         Architecture::GptNeox => neox::build(cfg, ck),
         Architecture::Llama => llama::build(cfg, ck),
+        Architecture::Gemma3 => gemma3::build(cfg, ck),
     }
 }

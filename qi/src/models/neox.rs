@@ -35,6 +35,7 @@ pub fn config_from_hf(c: &HfConfig) -> Result<ModelConfig> {
         tied_embeddings: c.opt_bool(&["tie_word_embeddings"])?.unwrap_or(false),
         bos_token_id: c.opt_token_id("bos_token_id"),
         eos_token_id: c.opt_token_id("eos_token_id"),
+        extras: Default::default(),
     })
 }
 
@@ -65,12 +66,16 @@ pub fn build(cfg: &ModelConfig, ck: &Checkpoint) -> Result<super::Parts> {
             attn: Attention {
                 qkv: QkvProj::FusedPerHead(load_linear(ck, &format!("{h}.attention.query_key_value"), 3 * d, d, true, false)?),
                 out: load_linear(ck, &format!("{h}.attention.dense"), d, d, true, false)?,
+                q_norm: None,
+                k_norm: None,
             },
             ln2: load_norm(ck, &format!("{h}.post_attention_layernorm"), d, cfg.norm_eps, true)?,
             mlp: Mlp::Standard {
                 fc_in: load_linear(ck, &format!("{h}.mlp.dense_h_to_4h"), m, d, true, false)?,
                 fc_out: load_linear(ck, &format!("{h}.mlp.dense_4h_to_h"), d, m, true, false)?,
             },
+            post_attn_norm: None,
+            post_mlp_norm: None,
         });
     }
     let ln_final = load_norm(ck, "gpt_neox.final_layer_norm", d, cfg.norm_eps, true)?;

@@ -27,6 +27,25 @@ pub struct HookedTransformer {
     pub source: SourceInfo,
     /// cos/sin tables `[n_ctx, rot_dim / 2]` for rotary models.
     rope: Option<(Tensor, Tensor)>,
+    /// The same for sliding-window layers with their own rotary base (Gemma 3).
+    rope_local: Option<(Tensor, Tensor)>,
+}
+
+/// What every block's attention needs for one batch: the additive mask and rotary rows of the
+/// global layers, and of the sliding-window layers when the model has them.
+struct AttnInputs {
+    mask: Tensor,
+    rope: Option<(Tensor, Tensor)>,
+    local: Option<(Tensor, Option<(Tensor, Tensor)>)>,
+}
+
+impl AttnInputs {
+    fn for_layer(&self, cfg: &ModelConfig, l: usize) -> (&Tensor, Option<&(Tensor, Tensor)>) {
+        match &self.local {
+            Some((mask, rope)) if cfg.extras.is_sliding(l) => (mask, rope.as_ref().or(self.rope.as_ref())),
+            _ => (&self.mask, self.rope.as_ref()),
+        }
+    }
 }
 
 /// Receives every hook point: runs the user's hooks, then records what the cache filter selects.
@@ -68,11 +87,14 @@ impl HookedTransformer {
         tokenizer: Option<Tokenizer>,
         source: SourceInfo,
     ) -> Result<Self> {
-        let rope = match cfg.positional {
-            Positional::Rotary { dim, theta } => Some(rope_tables(cfg.n_ctx, dim, theta)?),
-            Positional::Learned => None,
+        let (rope, rope_local) = match cfg.positional {
+            Positional::Rotary { dim, theta } => (
+                Some(rope_tables(cfg.n_ctx, dim, theta)?),
+                cfg.extras.local_rope_theta.map(|t| rope_tables(cfg.n_ctx, dim, t)).transpose()?,
+            ),
+            Positional::Learned => (None, None),
         };
-        Ok(HookedTransformer { cfg, embed: embed.1, embed_name: embed.0, pos_embed, blocks, ln_final, unembed, tokenizer, source, rope })
+        Ok(HookedTransformer { cfg, embed: embed.1, embed_name: embed.0, pos_embed, blocks, ln_final, unembed, tokenizer, source, rope, rope_local })
     }
 
     /// Every hook point name of this model, in forward order.
@@ -129,6 +151,7 @@ impl HookedTransformer {
             ln_final: self.ln_final.with_fresh_ids()?,
             unembed: self.unembed.with_fresh_ids()?,
             rope: self.rope.as_ref().map(|(c, s)| Ok::<_, candle_core::Error>((fresh_id(c)?, fresh_id(s)?))).transpose()?,
+            rope_local: self.rope_local.as_ref().map(|(c, s)| Ok::<_, candle_core::Error>((fresh_id(c)?, fresh_id(s)?))).transpose()?,
             ..self.clone()
         })
     }
@@ -205,7 +228,7 @@ impl HookedTransformer {
             for l in b.linears() {
                 n += l.weight_t().elem_count() + l.bias.as_ref().map_or(0, |b| b.elem_count());
             }
-            for norm in [&b.ln1, &b.ln2] {
+            for norm in b.norms() {
                 n += norm.weight.elem_count() + norm.bias.as_ref().map_or(0, |b| b.elem_count());
             }
         }
@@ -271,17 +294,18 @@ impl HookedTransformer {
         let (b, p) = batch.tokens.dims2()?;
         let mut sink = Sink { hooks, cache: cache_filter.map(|f| Ok::<_, anyhow::Error>((f, ActivationCache::new(batch.valid_mask()?)))).transpose()? };
 
-        let mut x = self.embed.index_select(&batch.tokens.flatten_all()?, 0)?.reshape((b, p, cfg.d_model))?;
+        let mut x = self.scaled_embedding(batch)?;
         x = sink.point(names::EMBED, x)?;
         if let Some((_, w_pos)) = &self.pos_embed {
             let pe = w_pos.index_select(&self.clamped_positions(batch)?, 0)?.reshape((b, p, cfg.d_model))?;
             x = (x + sink.point(names::POS_EMBED, pe)?)?;
         }
-        let (mask, rope) = self.attention_inputs(batch)?;
+        let inputs = self.attention_inputs(batch)?;
 
         let last = stop_after_layer.unwrap_or(cfg.n_layers - 1);
         for (l, block) in self.blocks.iter().enumerate().take(last + 1) {
-            x = self.block_forward(l, block, x, &mask, rope.as_ref(), &mut sink).with_context(|| format!("block {l}"))?;
+            let (mask, rope) = inputs.for_layer(cfg, l);
+            x = self.block_forward(l, block, x, mask, rope, &mut sink).with_context(|| format!("block {l}"))?;
         }
         let logits = if stop_after_layer.is_none() {
             let normed = sink.point(names::LN_FINAL, self.ln_final.forward(&x)?)?;
@@ -292,19 +316,31 @@ impl HookedTransformer {
         Ok((logits, sink.cache.map(|(_, c)| c)))
     }
 
-    /// The additive attention mask and the rotary cos/sin rows for a batch's positions.
-    fn attention_inputs(&self, batch: &Batch) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
+    /// The additive attention masks and the rotary cos/sin rows for a batch's positions.
+    fn attention_inputs(&self, batch: &Batch) -> Result<AttnInputs> {
         let (b, p) = batch.tokens.dims2()?;
         let mask = attention_mask(batch)?;
-        let rope = match &self.rope {
-            Some((cos, sin)) => {
-                let positions = self.clamped_positions(batch)?;
-                let half = cos.dim(1)?;
-                Some((cos.index_select(&positions, 0)?.reshape((b, p, half))?, sin.index_select(&positions, 0)?.reshape((b, p, half))?))
-            }
-            None => None,
+        let rows = |table: &Option<(Tensor, Tensor)>| -> Result<Option<(Tensor, Tensor)>> {
+            let Some((cos, sin)) = table else { return Ok(None) };
+            let positions = self.clamped_positions(batch)?;
+            let half = cos.dim(1)?;
+            Ok(Some((cos.index_select(&positions, 0)?.reshape((b, p, half))?, sin.index_select(&positions, 0)?.reshape((b, p, half))?)))
         };
-        Ok((mask, rope))
+        let local = match self.cfg.extras.sliding_window {
+            Some(w) if self.cfg.extras.sliding_layers.iter().any(|&s| s) => Some((sliding_window_mask(&mask, p, w)?, rows(&self.rope_local)?)),
+            _ => None,
+        };
+        Ok(AttnInputs { rope: rows(&self.rope)?, mask, local })
+    }
+
+    /// Token embeddings of a batch, times the family's embedding scale if it has one.
+    fn scaled_embedding(&self, batch: &Batch) -> Result<Tensor> {
+        let (b, p) = batch.tokens.dims2()?;
+        let x = self.embed.index_select(&batch.tokens.flatten_all()?, 0)?.reshape((b, p, self.cfg.d_model))?;
+        Ok(match self.cfg.extras.embed_scale {
+            Some(s) => (x * s as f64)?,
+            None => x,
+        })
     }
 
     /// Runs block `l` alone on its input `resid_pre` `[batch, pos, d_model]` for the tokens of
@@ -318,9 +354,10 @@ impl HookedTransformer {
                 f.validate(&valid)?;
             }
         }
-        let (mask, rope) = self.attention_inputs(batch)?;
+        let inputs = self.attention_inputs(batch)?;
+        let (mask, rope) = inputs.for_layer(&self.cfg, l);
         let mut sink = Sink { hooks, cache: None };
-        self.block_forward(l, block, resid_pre.clone(), &mask, rope.as_ref(), &mut sink)
+        self.block_forward(l, block, resid_pre.clone(), mask, rope, &mut sink)
     }
 
     /// Logits computed from block `layer` on, given that block's input `resid_pre`, with optional
@@ -333,11 +370,12 @@ impl HookedTransformer {
         Ok(self.unembed.forward(&self.ln_final.forward(&x)?)?)
     }
 
-    /// The block-0 input (`hook_resid_pre` of layer 0) for a batch: embeddings plus learned positions.
+    /// The block-0 input (`hook_resid_pre` of layer 0) for a batch: (scaled) embeddings plus
+    /// learned positions.
     pub fn embed_tokens(&self, batch: &Batch) -> Result<Tensor> {
         self.check_tokens(batch)?;
         let (b, p) = batch.tokens.dims2()?;
-        let x = self.embed.index_select(&batch.tokens.flatten_all()?, 0)?.reshape((b, p, self.cfg.d_model))?;
+        let x = self.scaled_embedding(batch)?;
         Ok(match &self.pos_embed {
             Some((_, w_pos)) => (x + w_pos.index_select(&self.clamped_positions(batch)?, 0)?.reshape((b, p, self.cfg.d_model))?)?,
             None => x,
@@ -353,6 +391,12 @@ impl HookedTransformer {
         let resid_pre = sink.point(&names::resid_pre(l), x)?;
         let normed = sink.point(&names::ln1(l), block.ln1.forward(&resid_pre)?)?;
         let attn_out = self.attention(l, block, &normed, mask, rope, sink)?;
+        // Sandwich norms (Gemma) belong to the sublayer: attn_out / mlp_out are what enters the
+        // residual stream, so resid_mid = resid_pre + attn_out still holds (TransformerLens' Gemma 2).
+        let attn_out = match &block.post_attn_norm {
+            Some(n) => n.forward(&attn_out)?,
+            None => attn_out,
+        };
         let attn_out = sink.point(&names::attn_out(l), attn_out)?;
         let (mlp_in_resid, base) = if self.cfg.parallel_residual {
             (resid_pre.clone(), (resid_pre + &attn_out)?)
@@ -362,6 +406,10 @@ impl HookedTransformer {
         };
         let normed2 = sink.point(&names::ln2(l), block.ln2.forward(&mlp_in_resid)?)?;
         let mlp_out = self.mlp(l, block, &normed2, sink)?;
+        let mlp_out = match &block.post_mlp_norm {
+            Some(n) => n.forward(&mlp_out)?,
+            None => mlp_out,
+        };
         let mlp_out = sink.point(&names::mlp_out(l), mlp_out)?;
         sink.point(&names::resid_post(l), (base + mlp_out)?)
     }
@@ -386,6 +434,15 @@ impl HookedTransformer {
         let q = sink.point(&names::q(l), q.reshape((b, p, nh, dh))?)?;
         let k = sink.point(&names::k(l), k.reshape((b, p, nkv, dh))?)?;
         let v = sink.point(&names::v(l), v.reshape((b, p, nkv, dh))?)?;
+        // QK-norm (Gemma 3) acts on each head after hook_q / hook_k, as in TransformerLens.
+        let q = match &block.attn.q_norm {
+            Some(n) => n.forward(&q)?,
+            None => q,
+        };
+        let k = match &block.attn.k_norm {
+            Some(n) => n.forward(&k)?,
+            None => k,
+        };
         let (q, k) = match (rope, cfg.positional) {
             (Some((cos, sin)), Positional::Rotary { dim, .. }) => (
                 sink.point(&names::rot_q(l), apply_rotary(&q, cos, sin, dim)?)?,
@@ -393,7 +450,11 @@ impl HookedTransformer {
             ),
             _ => (q, k),
         };
-        let scale = 1.0 / (dh as f64).sqrt();
+        // `s**-0.5` as transformers computes Gemma's scaling; the plain form for everyone else.
+        let scale = match cfg.extras.query_pre_attn_scalar {
+            Some(s) => s.powf(-0.5),
+            None => 1.0 / (dh as f64).sqrt(),
+        };
         let scores_name = names::attn_scores(l);
         let pattern = if !fused::fusable(&[&q, &k]) {
             // Autograd (or not f32 on the CPU): composed candle ops. Grouped-query attention
@@ -476,6 +537,14 @@ fn rope_tables(n_ctx: usize, dim: usize, theta: f64) -> Result<(Tensor, Tensor)>
     }
     let dev = Device::Cpu;
     Ok((Tensor::from_vec(cos, (n_ctx, dim / 2), &dev)?, Tensor::from_vec(sin, (n_ctx, dim / 2), &dev)?))
+}
+
+/// `mask` with keys at or beyond `window` positions behind the query also masked: query q sees
+/// key k only if `q - window < k` (as transformers' sliding-window mask and TransformerLens' local
+/// attention). Positions are indices in the batch row; padding is masked by `mask` already.
+fn sliding_window_mask(mask: &Tensor, p: usize, window: usize) -> Result<Tensor> {
+    let band: Vec<f32> = (0..p * p).map(|i| if i / p >= i % p + window { f32::NEG_INFINITY } else { 0.0 }).collect();
+    Ok(mask.broadcast_add(&Tensor::from_vec(band, (1, 1, p, p), mask.device())?)?)
 }
 
 /// Additive mask `[b or 1, 1, pos, pos]`: 0 where a query may attend, -inf elsewhere. Real queries
