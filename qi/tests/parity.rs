@@ -1,6 +1,8 @@
 //! Hugging Face parity: logits, every hidden state and every attention pattern of tiny random
-//! GPT-2, GPT-NeoX (parallel and sequential residual) and Llama (GQA, MQA + tied) models must
-//! match `transformers` dumps (data/fixtures, made by scripts/make_fixtures.py) to 1e-4.
+//! GPT-2, GPT-NeoX (parallel and sequential residual), Llama (GQA, MQA + tied) and Qwen2 (GQA, q/k/v
+//! biases, tied) models must match `transformers` dumps (data/fixtures, made by
+//! scripts/make_fixtures.py) to 1e-4. Real Qwen2.5-Coder GGUFs (when fetched) are checked against
+//! transformers reading the same files.
 mod common;
 use common::*;
 use qi::hooks::names;
@@ -101,4 +103,97 @@ fn smollm2_matches_transformers_and_knows_paris() {
     let out = model.generate_greedy(&ids, 3).unwrap();
     let text = model.tokenizer().unwrap().decode(&out[ids.len()..], true).unwrap();
     assert!(text.contains(" Paris"), "greedy continuation was {text:?}");
+}
+
+#[test]
+fn qwen2_gqa_qkv_bias_tied_matches_transformers() {
+    check("qwen2", None, "reference.safetensors");
+    // The q/k/v biases matter in this fixture: without them the logits move far beyond TOL.
+    let mut model = load_model(fixture("qwen2").to_str().unwrap()).unwrap();
+    assert!(model.cfg.tied_embeddings && model.cfg.n_kv_heads == 2);
+    let r = load_reference(&fixture("qwen2").join("reference.safetensors"));
+    let batch = Batch::from_rows(&ids_of(&r["input_ids"]), qi::Padding::Right, 0).unwrap();
+    for block in model.blocks.iter_mut() {
+        for (role, lin) in block.linears_labeled_mut() {
+            assert_eq!(lin.bias.is_some(), ["q", "k", "v"].contains(&role), "{role}");
+            lin.bias = None;
+        }
+    }
+    let d = max_abs_diff(&model.forward(&batch).unwrap(), &r["logits"]);
+    assert!(d > 100.0 * TOL, "dropping the biases changed the logits by only {d}");
+}
+
+#[test]
+fn qwen2_gguf_with_unpermuted_qk_biases_and_q8_0_matches_transformers() {
+    check("qwen2", Some("model.gguf"), "reference_gguf.safetensors");
+    let model = load_model(fixture("qwen2").join("model.gguf").to_str().unwrap()).unwrap();
+    assert_eq!(model.cfg.architecture, qi::models::Architecture::Qwen2);
+    assert_eq!(model.source.tensor_types["model.layers.1.mlp.down_proj.weight"], "Q8_0");
+    assert_eq!(model.source.tensor_types["model.layers.0.self_attn.k_proj.bias"], "F32");
+}
+
+/// A real model under `$QI_MODELS` (default ~/.cache/qi/models), or None (printed) if absent.
+fn cached_model(file: &str) -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("QI_MODELS").map(std::path::PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache/qi/models")))?;
+    let p = dir.join(file);
+    if p.is_file() {
+        Some(p)
+    } else {
+        eprintln!("skipping: {} not found (assemble it as ../shared/notes/more-models.md describes)", p.display());
+        None
+    }
+}
+
+/// A Qwen2.5-Coder GGUF against transformers reading the same file (dequantized to f32, eager):
+/// logits on a WikiText-2 prefix and per-head induction stripe scores on `[BOS] r r`.
+fn qwen_coder_matches_transformers(size: &str, logit_tol: f32, score_tol: f64) {
+    use qi::analysis::induction::{head_scores, LossInputs, RepeatedTokens};
+    let Some(path) = cached_model(&format!("qwen2.5-coder-{size}-instruct-q4_k_m.gguf")) else { return };
+    let model = load_model(path.to_str().unwrap()).unwrap();
+    let r = load_reference(&fixture(&format!("qwen2.5-coder-{size}")).join("reference.safetensors"));
+    let ids = ids_of(&r["input_ids"]);
+    let logits = model.forward(&Batch::from_rows(&ids, qi::Padding::Right, 0).unwrap()).unwrap().get(0).unwrap();
+    let positions = ids_of(&r["logit_positions"].unsqueeze(0).unwrap())[0].clone();
+    let top_ids = ids_of(&r["top_ids"]);
+    let slice = r["logits_slice"].dim(1).unwrap();
+    let mut worst = 0f32;
+    for (i, &p) in positions.iter().enumerate() {
+        let at = logits.get(p as usize).unwrap();
+        let mut d = max_abs_diff(&at.narrow(0, 0, slice).unwrap(), &r["logits_slice"].get(i).unwrap());
+        let idx = candle_core::Tensor::new(top_ids[i].as_slice(), at.device()).unwrap();
+        d = d.max(max_abs_diff(&at.index_select(&idx, 0).unwrap(), &r["top_logits"].get(i).unwrap()));
+        let lse = at.exp().unwrap().sum_all().unwrap().log().unwrap();
+        d = d.max(max_abs_diff(&lse, &r["logsumexp"].get(i).unwrap()));
+        let argmax = at.argmax(0).unwrap().to_scalar::<u32>().unwrap();
+        assert_eq!(argmax, top_ids[i][0], "{size}: top token at position {p} differs");
+        worst = worst.max(d);
+    }
+    eprintln!("qwen2.5-coder-{size}: max |Δlogit| {worst:.2e} over positions {positions:?}");
+    assert!(worst <= logit_tol, "{size}: logits differ by {worst}");
+
+    let ind = ids_of(&r["induction_ids"]);
+    let set = RepeatedTokens { half: (ind[0].len() - 1) / 2, rows: ind, offset: 1 };
+    let inputs = LossInputs::induction(&model, &set, 1).unwrap();
+    let got = head_scores(&model, &set, &inputs, false, false).unwrap().stripe;
+    let want = r["induction_scores"].to_vec2::<f32>().unwrap();
+    let mut worst = 0f64;
+    for (l, row) in want.iter().enumerate() {
+        for (h, &w) in row.iter().enumerate() {
+            worst = worst.max((got[l][h] - w as f64).abs());
+        }
+    }
+    let strong = want.iter().flatten().filter(|&&w| w > 0.4).count();
+    eprintln!("qwen2.5-coder-{size}: max |Δ stripe score| {worst:.2e} over {} heads ({strong} above 0.4)", want.len() * want[0].len());
+    assert!(strong >= 5, "{size}: the reference has only {strong} strong induction heads");
+    assert!(worst <= score_tol, "{size}: induction stripe scores differ by {worst}");
+}
+
+#[test]
+fn qwen25_coder_05b_matches_transformers() {
+    qwen_coder_matches_transformers("0.5b", 5e-4, 1e-5);
+}
+
+#[test]
+fn qwen25_coder_15b_matches_transformers() {
+    qwen_coder_matches_transformers("1.5b", 5e-4, 1e-5);
 }

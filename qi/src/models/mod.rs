@@ -1,6 +1,6 @@
 //! Model families and the one hooked forward pass they share.
 //!
-//! Each family file (`gpt2.rs`, `neox.rs`, `llama.rs`) reads its config and maps its checkpoint's
+//! Each family file (`gpt2.rs`, `neox.rs`, `llama.rs`, `qwen2.rs`) reads its config and maps its checkpoint's
 //! tensors onto the common [`HookedTransformer`] parts; `transformer.rs` runs the forward pass with
 //! hook points. Linear weights are kept in PyTorch `nn.Linear` layout `[out, in]` under their
 //! Hugging Face parameter names, so quantizers see exactly the raw matrices a HF checkpoint holds.
@@ -8,6 +8,7 @@ pub mod gpt2;
 pub mod hf_config;
 pub mod llama;
 pub mod neox;
+pub mod qwen2;
 mod transformer;
 
 pub use transformer::HookedTransformer;
@@ -23,10 +24,11 @@ pub enum Architecture {
     Gpt2,
     GptNeox,
     Llama,
+    Qwen2,
 }
 
 impl Architecture {
-    pub const SUPPORTED: &'static str = "gpt2, gpt_neox (Pythia), llama (Llama, SmolLM2, TinyLlama)";
+    pub const SUPPORTED: &'static str = "gpt2, gpt_neox (Pythia), llama (Llama, SmolLM2, TinyLlama), qwen2 (Qwen2, Qwen2.5)";
 
     /// From a HF `model_type` or a GGUF `general.architecture`.
     pub fn from_name(name: &str) -> Result<Self> {
@@ -34,6 +36,7 @@ impl Architecture {
             "gpt2" => Ok(Architecture::Gpt2),
             "gpt_neox" | "gptneox" => Ok(Architecture::GptNeox),
             "llama" => Ok(Architecture::Llama),
+            "qwen2" => Ok(Architecture::Qwen2),
             other => Err(crate::QiError::UnsupportedArchitecture { arch: other.to_string(), supported: Self::SUPPORTED.into() }.into()),
         }
     }
@@ -43,6 +46,7 @@ impl Architecture {
             Architecture::Gpt2 => "gpt2",
             Architecture::GptNeox => "gpt_neox",
             Architecture::Llama => "llama",
+            Architecture::Qwen2 => "qwen2",
         }
     }
 }
@@ -476,6 +480,7 @@ pub fn config_from_hf(arch: Architecture, c: &hf_config::HfConfig) -> Result<Mod
         Architecture::Gpt2 => gpt2::config_from_hf(c),
         Architecture::GptNeox => neox::config_from_hf(c),
         Architecture::Llama => llama::config_from_hf(c),
+        Architecture::Qwen2 => qwen2::config_from_hf(c),
     }
 }
 
@@ -485,6 +490,7 @@ pub fn config_to_hf(cfg: &ModelConfig) -> serde_json::Value {
         Architecture::Gpt2 => gpt2::config_to_hf(cfg),
         Architecture::GptNeox => neox::config_to_hf(cfg),
         Architecture::Llama => llama::config_to_hf(cfg),
+        Architecture::Qwen2 => qwen2::config_to_hf(cfg),
     }
 }
 
@@ -494,5 +500,6 @@ pub fn build_parts(cfg: &ModelConfig, ck: &crate::loader::Checkpoint) -> Result<
         Architecture::Gpt2 => gpt2::build(cfg, ck),
         Architecture::GptNeox => neox::build(cfg, ck),
         Architecture::Llama => llama::build(cfg, ck),
+        Architecture::Qwen2 => qwen2::build(cfg, ck),
     }
 }
