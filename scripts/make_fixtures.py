@@ -6,6 +6,7 @@ committed. See data/fixtures/README.md for the layout and conventions.
 
     /path/to/venv/bin/python scripts/make_fixtures.py            # everything
     /path/to/venv/bin/python scripts/make_fixtures.py --only llama,smollm2
+    /path/to/venv/bin/python scripts/make_fixtures.py --only qwen2,qwen2.5-coder
 
 Needs: torch, transformers (5.x), safetensors, numpy, gguf, and accelerate (for the SmolLM2
 part, which loads a GGUF file through transformers).
@@ -36,6 +37,7 @@ from transformers import (
     GPT2Config,
     GPTNeoXConfig,
     LlamaConfig,
+    Qwen2Config,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -249,7 +251,7 @@ def clean_dir(path: Path) -> None:
                 f.unlink()
 
 
-def make_tiny(name: str, config, seed: int):
+def make_tiny(name: str, config, seed: int, expected: dict | None = None):
     out = FIXTURES / name
     if out.exists():
         shutil.rmtree(out)
@@ -261,7 +263,7 @@ def make_tiny(name: str, config, seed: int):
     model.eval()
     model.save_pretrained(out, safe_serialization=True)
     clean_dir(out)
-    check_config_json(out / "config.json", expected_config_values(name))
+    check_config_json(out / "config.json", expected or expected_config_values(name))
 
     # Reload from disk so the reference is exactly what a loader of this folder sees.
     loaded = AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager",
@@ -477,6 +479,213 @@ def make_llama_gguf(model, input_ids: torch.Tensor) -> None:
         torch.testing.assert_close(gref[key], val, rtol=1e-5, atol=1e-5)
     assert config.num_key_value_heads == gmodel.config.num_key_value_heads
     print("  transformers' GGUF loader reproduces reference_gguf.safetensors")
+
+
+# --------------------------------------------------------------------------------------------
+# Qwen2: tiny random model (HF dir + GGUF) and the real Qwen2.5-Coder GGUFs
+
+
+def qwen2_config() -> Qwen2Config:
+    """Like Qwen2.5-0.5B in shape: GQA, q/k/v biases (always on in Qwen2), tied embeddings,
+    rope theta 1e6, rms eps 1e-6, no sliding window."""
+    return Qwen2Config(
+        hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, rope_theta=1000000.0, rms_norm_eps=1e-6,
+        max_position_embeddings=64, vocab_size=VOCAB, tie_word_embeddings=True,
+        use_sliding_window=False, bos_token_id=0, eos_token_id=0,
+    )
+
+
+QWEN2_EXPECTED = {
+    "model_type": "qwen2", "hidden_size": 64, "intermediate_size": 160, "num_hidden_layers": 2,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "rope_parameters.rope_theta": 1000000.0,
+    "rms_norm_eps": 1e-6, "max_position_embeddings": 64, "vocab_size": VOCAB,
+    "hidden_act": "silu", "tie_word_embeddings": True, "use_sliding_window": False,
+}
+QWEN2_SEED = 1006
+
+
+def write_qwen2_gguf(model, path: Path) -> np.ndarray:
+    """Write the tiny Qwen2 as convert_hf_to_gguf.py's Qwen2Model would: arch `qwen2`, q/k rows
+    NOT permuted (llama.cpp runs Qwen2 with NeoX-style rotary), biases as blk.N.attn_{q,k,v}.bias,
+    tied embeddings (no output.weight). blk.1.ffn_down.weight is Q8_0; returns it dequantized."""
+    cfg = model.config
+    sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+    tensors: list[tuple[str, np.ndarray]] = [("token_embd.weight", sd["model.embed_tokens.weight"])]
+    for i in range(cfg.num_hidden_layers):
+        p = f"model.layers.{i}."
+        tensors += [
+            (f"blk.{i}.attn_norm.weight", sd[p + "input_layernorm.weight"]),
+            (f"blk.{i}.attn_q.weight", sd[p + "self_attn.q_proj.weight"]),
+            (f"blk.{i}.attn_q.bias", sd[p + "self_attn.q_proj.bias"]),
+            (f"blk.{i}.attn_k.weight", sd[p + "self_attn.k_proj.weight"]),
+            (f"blk.{i}.attn_k.bias", sd[p + "self_attn.k_proj.bias"]),
+            (f"blk.{i}.attn_v.weight", sd[p + "self_attn.v_proj.weight"]),
+            (f"blk.{i}.attn_v.bias", sd[p + "self_attn.v_proj.bias"]),
+            (f"blk.{i}.attn_output.weight", sd[p + "self_attn.o_proj.weight"]),
+            (f"blk.{i}.ffn_norm.weight", sd[p + "post_attention_layernorm.weight"]),
+            (f"blk.{i}.ffn_gate.weight", sd[p + "mlp.gate_proj.weight"]),
+            (f"blk.{i}.ffn_up.weight", sd[p + "mlp.up_proj.weight"]),
+            (f"blk.{i}.ffn_down.weight", sd[p + "mlp.down_proj.weight"]),
+        ]
+    tensors.append(("output_norm.weight", sd["model.norm.weight"]))
+    assert "lm_head.weight" not in sd or np.array_equal(sd["lm_head.weight"],
+                                                        sd["model.embed_tokens.weight"])
+
+    w = gguf.GGUFWriter(str(path), "qwen2")
+    w.add_name("qi tiny qwen2 fixture")
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_rope_freq_base(float(cfg.rope_parameters["rope_theta"]))
+    w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    tokens, merges = tiny_bpe(cfg.vocab_size - 256)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("qwen2")
+    w.add_token_list(tokens)
+    w.add_token_types([gguf.TokenType.NORMAL] * len(tokens))
+    w.add_token_merges(merges)
+    w.add_bos_token_id(0)
+    w.add_eos_token_id(0)
+    w.add_add_bos_token(False)
+    deq = None
+    for name, t in tensors:
+        t = np.ascontiguousarray(t, dtype=np.float32)
+        if name == Q8_TENSOR:
+            q = gguf.quants.quantize(t, gguf.GGMLQuantizationType.Q8_0)
+            deq = gguf.quants.dequantize(q, gguf.GGMLQuantizationType.Q8_0).astype(np.float32)
+            w.add_tensor(name, q, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        else:
+            w.add_tensor(name, t)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    assert deq is not None
+    return deq
+
+
+def make_qwen2() -> None:
+    model, input_ids = make_tiny("qwen2", qwen2_config(), QWEN2_SEED, QWEN2_EXPECTED)
+    out = FIXTURES / "qwen2"
+    attn = model.model.layers[0].self_attn
+    assert attn.q_proj.bias.abs().min() > 0 and attn.o_proj.bias is None
+    assert "lm_head.weight" not in safetensors_keys(out / "model.safetensors")  # tied
+    path = out / "model.gguf"
+    deq = write_qwen2_gguf(model, path)
+    qmodel = AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager",
+                                                  dtype=torch.float32).eval()
+    with torch.no_grad():
+        qmodel.model.layers[1].mlp.down_proj.weight.copy_(torch.from_numpy(deq))
+    ref = run_reference(qmodel, input_ids)
+    save_file(ref, str(out / "reference_gguf.safetensors"))
+    print(describe("qwen2 (gguf, Q8_0 blk.1.ffn_down)", ref))
+    # Independent check: transformers' own GGUF loader reads the file to the same reference.
+    gmodel = AutoModelForCausalLM.from_pretrained(
+        out, gguf_file="model.gguf", attn_implementation="eager", dtype=torch.float32
+    ).eval()
+    assert gmodel.config.model_type == "qwen2" and gmodel.config.tie_word_embeddings
+    gref = run_reference(gmodel, input_ids)
+    for key, val in ref.items():
+        torch.testing.assert_close(gref[key], val, rtol=1e-5, atol=1e-5)
+    print("  transformers' GGUF loader reproduces qwen2/reference_gguf.safetensors")
+
+
+def safetensors_keys(path: Path) -> set[str]:
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        return set(f.keys())
+
+
+QWEN_MODELS = Path(os.environ.get("QI_MODELS", Path.home() / ".cache" / "qi" / "models"))
+QWEN_GGUFS = {"0.5b": "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+              "1.5b": "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"}
+QWEN_WIKI_TOKENS = 64  # WikiText-2 prefix length (token ids from transformers' tokenizer)
+QWEN_LOGIT_POS = [0, 1, 7, 31, 63]  # positions whose logits are stored (in part, see below)
+QWEN_VOCAB_SLICE = 4096  # logits of ids [0, 4096) at those positions ...
+QWEN_TOP_K = 64  # ... plus the top 64 (ids and values) and the logsumexp over the whole vocabulary
+QWEN_INDUCTION_LEN = 25  # r in [BOS] r r
+QWEN_INDUCTION_SEED = 7
+
+
+def wikitext_prefix() -> str:
+    return (SHARED / "data" / "wikitext-2-raw" / "wiki.test.raw").read_text(encoding="utf-8")[:2000]
+
+
+def induction_ids(tok, vocab: int) -> list[int]:
+    """[BOS] r r with r = QWEN_INDUCTION_LEN ids drawn (seeded) from non-special ids < 32000."""
+    gen = torch.Generator().manual_seed(QWEN_INDUCTION_SEED)
+    special = set(tok.all_special_ids)
+    r: list[int] = []
+    while len(r) < QWEN_INDUCTION_LEN:
+        t = int(torch.randint(0, min(vocab, 32000), (1,), generator=gen))
+        if t not in special and t not in r:
+            r.append(t)
+    bos = tok.bos_token_id if tok.bos_token_id is not None else 151643
+    return [bos] + r + r
+
+
+@torch.no_grad()
+def make_qwen_coder(size: str) -> None:
+    """Reference logits and induction stripe scores of a real Qwen2.5-Coder GGUF (4-bit),
+    loaded by transformers and dequantized to float32."""
+    name = QWEN_GGUFS[size]
+    path = QWEN_MODELS / name
+    if not path.exists():
+        print(f"qwen2.5-coder-{size}: {path} not found; skipped")
+        return
+    out = FIXTURES / f"qwen2.5-coder-{size}"
+    out.mkdir(parents=True, exist_ok=True)
+    tok = AutoTokenizer.from_pretrained(QWEN_MODELS, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(
+        QWEN_MODELS, gguf_file=name, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+    cfg = model.config
+    ids = tok(wikitext_prefix(), add_special_tokens=False)["input_ids"][:QWEN_WIKI_TOKENS]
+    assert len(ids) == QWEN_WIKI_TOKENS
+    logits = model(input_ids=torch.tensor([ids]), use_cache=False).logits[0].float()
+    ind = induction_ids(tok, cfg.vocab_size)
+    o = model(input_ids=torch.tensor([ind]), output_attentions=True, use_cache=False)
+    # Stripe score per head: mean over the second copy of the attention from position i to
+    # i - r + 1 (the token after the previous occurrence of the current token).
+    r = QWEN_INDUCTION_LEN
+    qpos = torch.arange(r + 1, 2 * r + 1)
+    scores = torch.stack([a[0][:, qpos, qpos - r + 1].mean(-1) for a in o.attentions]).float()
+    at = logits[QWEN_LOGIT_POS]
+    top = at.topk(QWEN_TOP_K, dim=-1)
+    ref = {"input_ids": torch.tensor([ids], dtype=torch.int64),
+           "logit_positions": torch.tensor(QWEN_LOGIT_POS, dtype=torch.int64),
+           "logits_slice": at[:, :QWEN_VOCAB_SLICE].contiguous(),
+           "top_ids": top.indices.to(torch.int64).contiguous(),
+           "top_logits": top.values.contiguous(),
+           "logsumexp": at.logsumexp(-1).contiguous(),
+           "induction_ids": torch.tensor([ind], dtype=torch.int64),
+           "induction_scores": scores.contiguous()}
+    save_file(ref, str(out / "reference.safetensors"))
+    meta = {
+        "model": f"~/.cache/qi/models/{name}",
+        "loaded_with": f"transformers {transformers.__version__} AutoModelForCausalLM."
+                       "from_pretrained(gguf_file=..., dtype=float32), eager attention",
+        "text": "shared/data/wikitext-2-raw/wiki.test.raw, first 2000 characters, "
+                f"first {QWEN_WIKI_TOKENS} token ids of transformers' GGUF tokenizer, no BOS",
+        "logit_positions": QWEN_LOGIT_POS,
+        "logits_stored": f"ids [0, {QWEN_VOCAB_SLICE}) as logits_slice; top {QWEN_TOP_K} as "
+                         "top_ids/top_logits; logsumexp over the full vocabulary",
+        "induction": f"[BOS] r r, r = {r} seeded ids (seed {QWEN_INDUCTION_SEED}); score = mean "
+                     "attention from i to i-r+1 over the second copy",
+        "top_induction_heads": [[int(l), int(h), round(float(scores[l, h]), 4)]
+                                for l, h in sorted(((l, h) for l in range(scores.shape[0])
+                                                    for h in range(scores.shape[1])),
+                                                   key=lambda x: -scores[x])[:10]],
+    }
+    (out / "reference.json").write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"qwen2.5-coder-{size}: |logit| max {logits.abs().max():.2f}; "
+          f"{int((scores > 0.4).sum())} heads with stripe score > 0.4")
 
 
 # --------------------------------------------------------------------------------------------
@@ -822,7 +1031,7 @@ def make_gemma3_real() -> None:
 
 
 def main() -> None:
-    names = list(tiny_configs()) + ["smollm2", "gemma3", "gemma3-real"]
+    names = list(tiny_configs()) + ["qwen2", "smollm2", "qwen2.5-coder", "gemma3", "gemma3-real"]
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", help=f"comma-separated subset of {','.join(names)}")
     args = ap.parse_args()
@@ -842,12 +1051,17 @@ def main() -> None:
         model, input_ids = make_tiny(name, config, seed)
         if name == "llama":
             make_llama_gguf(model, input_ids)
+    if "qwen2" in only:
+        make_qwen2()
     if "smollm2" in only:
         make_smollm2()
     if "gemma3" in only:
         make_gemma3()
     if "gemma3-real" in only:
         make_gemma3_real()
+    if "qwen2.5-coder" in only:
+        for size in QWEN_GGUFS:
+            make_qwen_coder(size)
 
 
 if __name__ == "__main__":

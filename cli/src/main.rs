@@ -300,7 +300,9 @@ fn trace(src: &str, quant: Option<&str>, text: Option<String>, tokens: Option<Ve
 }
 
 fn bench_forward(src: &str, batch: usize, seq: usize, runs: usize, seed: u64) -> Result<()> {
+    let t_load = std::time::Instant::now();
     let m = load_model(src)?;
+    let load_s = t_load.elapsed().as_secs_f64();
     let exclude = m.tokenizer.as_ref().map(|t| t.special_ids()).unwrap_or_default();
     let mut rng = qi::rng::Rng::new(seed);
     let rows: Vec<Vec<u32>> = (0..batch).map(|_| rng.tokens(seq, m.cfg.d_vocab, &exclude)).collect();
@@ -316,7 +318,7 @@ fn bench_forward(src: &str, batch: usize, seq: usize, runs: usize, seed: u64) ->
     }
     times.sort_by(|a, b| a.total_cmp(b));
     let v = serde_json::json!({
-        "impl": "qi", "median_s": times[times.len() / 2], "min_s": times[0], "runs": times.len(),
+        "impl": "qi", "median_s": times[times.len() / 2], "min_s": times[0], "runs": times.len(), "load_s": load_s,
         "threads": candle_core::utils::get_num_threads(), "batch": batch, "seq": seq,
     });
     println!("{v}");

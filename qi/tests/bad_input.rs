@@ -142,8 +142,8 @@ fn gemma3_gguf_whose_metadata_disagrees_with_its_tensors_is_named() {
     let tensors: Vec<(String, QTensor)> = content.tensor_infos.keys().map(|n| (n.clone(), content.tensor(&mut f, n, &Device::Cpu).unwrap())).collect();
     let dir = temp_dir("gemma3-bad-gguf");
     for (key, value, tensor) in [
-        ("gemma3.feed_forward_length", gguf_file::Value::U32(96), "model.layers.0.mlp.gate_proj.weight"),
-        ("gemma3.attention.key_length", gguf_file::Value::U32(16), "model.layers.0.self_attn.q_proj.weight"),
+        ("gemma3.feed_forward_length", gguf_file::Value::U32(96), "blk.0.ffn_up.weight"),
+        ("gemma3.attention.key_length", gguf_file::Value::U32(16), "blk.0.attn_q.weight"),
     ] {
         let mut md = content.metadata.clone();
         md.insert(key.to_string(), value);
@@ -154,7 +154,95 @@ fn gemma3_gguf_whose_metadata_disagrees_with_its_tensors_is_named() {
         gguf_file::write(&mut w, &md_refs, &t_refs).unwrap();
         drop(w);
         let e = format!("{:#}", err_of(&out));
-        assert!(e.contains("bad.gguf") && e.contains(tensor) && e.contains("config implies"), "{key}: {e}");
+        assert!(e.contains("bad.gguf") && e.contains(&format!("'{tensor}'")) && e.contains(&format!("'{key}'")) && e.contains("metadata implies"), "{key}: {e}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+/// The fixture GGUF `src` rewritten to `dst` with metadata `key` set to `value` (tensors kept).
+fn patched_gguf(src: &Path, dst: &Path, key: &str, value: candle_core::quantized::gguf_file::Value) {
+    use candle_core::quantized::gguf_file;
+    let mut f = std::fs::File::open(src).unwrap();
+    let content = gguf_file::Content::read(&mut f).unwrap();
+    let mut md = content.metadata.clone();
+    assert!(md.contains_key(key), "{key} not in {}", src.display());
+    md.insert(key.to_string(), value);
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort_by_key(|n| content.tensor_infos[*n].offset);
+    let tensors: Vec<(String, candle_core::quantized::QTensor)> = names.iter().map(|n| (n.to_string(), content.tensor(&mut f, n, &Device::Cpu).unwrap())).collect();
+    let md_refs: Vec<(&str, &gguf_file::Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let t_refs: Vec<(&str, &candle_core::quantized::QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut out = std::fs::File::create(dst).unwrap();
+    gguf_file::write(&mut out, &md_refs, &t_refs).unwrap();
+}
+
+#[test]
+fn unknown_gguf_architecture_lists_the_supported_ones() {
+    use candle_core::quantized::gguf_file::Value;
+    let dir = temp_dir("gguf-arch");
+    let f = dir.join("m.gguf");
+    patched_gguf(&fixture("llama/model.gguf"), &f, "general.architecture", Value::String("mamba".into()));
+    let e = err_of(&f);
+    let msg = format!("{e:#}");
+    assert!(msg.contains("m.gguf") && msg.contains("general.architecture"), "{msg}");
+    match e.downcast_ref::<QiError>() {
+        Some(QiError::UnsupportedArchitecture { arch, supported }) => {
+            assert_eq!(arch, "mamba");
+            for a in ["gpt2", "gpt_neox", "llama", "qwen2"] {
+                assert!(supported.contains(a), "{supported}");
+            }
+        }
+        _ => panic!("expected unsupported architecture, got {msg}"),
+    }
+}
+
+#[test]
+fn gguf_metadata_that_disagrees_with_the_tensors_names_key_and_tensor() {
+    use candle_core::quantized::gguf_file::Value;
+    let dir = temp_dir("gguf-meta");
+    let f = dir.join("m.gguf");
+    // (fixture, key, value, what the message must name). The llama fixture has 4 heads / 2 KV
+    // heads of size 16 (`llama.rope.dimension_count`), d_model 64, d_mlp 160, 2 blocks.
+    let cases = [
+        ("llama", "llama.attention.head_count", Value::U32(8), ["'llama.attention.head_count' = 8", "'blk.0.attn_q.weight'"]),
+        ("llama", "llama.attention.head_count_kv", Value::U32(1), ["'llama.attention.head_count_kv' = 1", "'blk.0.attn_k.weight'"]),
+        ("llama", "llama.feed_forward_length", Value::U32(161), ["'llama.feed_forward_length' = 161", "'blk.0.ffn_up.weight'"]),
+        ("llama", "llama.block_count", Value::U32(1), ["'llama.block_count'", "'blk.1."]),
+        ("llama", "llama.embedding_length", Value::U32(96), ["'llama.embedding_length' = 96", "'blk.0.attn_q.weight'"]),
+        // Qwen2 GGUFs carry no head-size key: it is d_model / head_count (64 / 2 = 32 here), so
+        // fewer heads show up as too few rows in k (2 KV heads × 32 ≠ 32).
+        ("qwen2", "qwen2.attention.head_count_kv", Value::U32(1), ["'qwen2.attention.head_count_kv' = 1", "'blk.0.attn_k.weight'"]),
+        ("qwen2", "qwen2.attention.head_count", Value::U32(2), ["'qwen2.attention.head_count' 2", "'blk.0.attn_k.weight'"]),
+    ];
+    for (fx, key, value, wants) in cases {
+        patched_gguf(&fixture(&format!("{fx}/model.gguf")), &f, key, value);
+        let e = format!("{:#}", err_of(&f));
+        assert!(e.contains("m.gguf"), "{key}: {e}");
+        for w in wants {
+            assert!(e.contains(w), "{key}: expected {w:?} in: {e}");
+        }
+    }
+}
+
+#[test]
+fn gguf_truncated_in_the_data_or_the_header_names_the_file() {
+    let dir = temp_dir("gguf-cut");
+    let f = dir.join("m.gguf");
+    let bytes = std::fs::read(fixture("llama/model.gguf")).unwrap();
+    // output.weight (320 × 64 f32) is the last tensor in the file
+    std::fs::write(&f, &bytes[..bytes.len() - 1000]).unwrap();
+    let e = format!("{:#}", err_of(&f));
+    assert!(e.contains("m.gguf") && e.contains("truncated") && e.contains("'output.weight'"), "{e}");
+    // in the tokenizer metadata
+    std::fs::write(&f, &bytes[..2000]).unwrap();
+    let e = format!("{:#}", err_of(&f));
+    assert!(e.contains("m.gguf") && e.contains("not a valid GGUF file (truncated or corrupt header"), "{e}");
+    // the qwen2 fixture cut just after its header: every tensor is missing
+    let bytes = std::fs::read(fixture("qwen2/model.gguf")).unwrap();
+    let header = {
+        let mut r = std::io::Cursor::new(&bytes);
+        candle_core::quantized::gguf_file::Content::read(&mut r).unwrap().tensor_data_offset as usize
+    };
+    std::fs::write(&f, &bytes[..header + 10]).unwrap();
+    let e = format!("{:#}", err_of(&f));
+    assert!(e.contains("m.gguf") && e.contains("truncated") && e.contains("token_embd.weight"), "{e}");
 }

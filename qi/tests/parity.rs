@@ -1,6 +1,9 @@
 //! Hugging Face parity: logits, every hidden state and every attention pattern of tiny random
-//! GPT-2, GPT-NeoX (parallel and sequential residual) and Llama (GQA, MQA + tied) models must
-//! match `transformers` dumps (data/fixtures, made by scripts/make_fixtures.py) to 1e-4.
+//! GPT-2, GPT-NeoX (parallel and sequential residual), Llama (GQA, MQA + tied), Qwen2 (GQA, q/k/v
+//! biases, tied) and Gemma 3 (sliding window, QK-norm, sandwich norms) models must match
+//! `transformers` dumps (data/fixtures, made by scripts/make_fixtures.py) to 1e-4. Real Gemma 3 and
+//! Qwen2.5-Coder GGUFs (when fetched by ./dev models) are checked against transformers reading the
+//! same files.
 mod common;
 use common::*;
 use qi::hooks::names;
@@ -165,13 +168,7 @@ fn gemma3_residual_decomposition_and_hooks() {
 
 /// The Gemma 3 270M GGUF (Q4_K_M, fetched at set-up time, see shared/notes/more-models.md).
 fn gemma3_270m() -> Option<std::path::PathBuf> {
-    let p = std::path::PathBuf::from(std::env::var_os("HOME")?).join(".cache/qi/models/gemma-3-270m-q4_k_m.gguf");
-    if p.is_file() {
-        Some(p)
-    } else {
-        println!("skipped: {} not found (see shared/notes/more-models.md)", p.display());
-        None
-    }
+    qi::shared::model_path("gemma-3-270m-q4_k_m.gguf")
 }
 
 #[test]
@@ -242,4 +239,89 @@ fn gemma3_multimodal_wrapper_reads_text_config_and_language_model_weights() {
     assert!(d <= TOL, "logits differ by {d}");
     assert_eq!(model.embed_name, "model.language_model.embed_tokens.weight");
     let _ = std::fs::remove_dir_all(&dir);
+}
+#[test]
+fn qwen2_gqa_qkv_bias_tied_matches_transformers() {
+    check("qwen2", None, "reference.safetensors");
+    // The q/k/v biases matter in this fixture: without them the logits move far beyond TOL.
+    let mut model = load_model(fixture("qwen2").to_str().unwrap()).unwrap();
+    assert!(model.cfg.tied_embeddings && model.cfg.n_kv_heads == 2);
+    let r = load_reference(&fixture("qwen2").join("reference.safetensors"));
+    let batch = Batch::from_rows(&ids_of(&r["input_ids"]), qi::Padding::Right, 0).unwrap();
+    for block in model.blocks.iter_mut() {
+        for (role, lin) in block.linears_labeled_mut() {
+            assert_eq!(lin.bias.is_some(), ["q", "k", "v"].contains(&role), "{role}");
+            lin.bias = None;
+        }
+    }
+    let d = max_abs_diff(&model.forward(&batch).unwrap(), &r["logits"]);
+    assert!(d > 100.0 * TOL, "dropping the biases changed the logits by only {d}");
+}
+
+#[test]
+fn qwen2_gguf_with_unpermuted_qk_biases_and_q8_0_matches_transformers() {
+    check("qwen2", Some("model.gguf"), "reference_gguf.safetensors");
+    let model = load_model(fixture("qwen2").join("model.gguf").to_str().unwrap()).unwrap();
+    assert_eq!(model.cfg.architecture, qi::models::Architecture::Qwen2);
+    assert_eq!(model.source.tensor_types["model.layers.1.mlp.down_proj.weight"], "Q8_0");
+    assert_eq!(model.source.tensor_types["model.layers.0.self_attn.k_proj.bias"], "F32");
+}
+
+/// A real model in the `./dev models` folder, or None (printed) if absent.
+fn cached_model(file: &str) -> Option<std::path::PathBuf> {
+    qi::shared::model_path(file)
+}
+
+/// A Qwen2.5-Coder GGUF against transformers reading the same file (dequantized to f32, eager):
+/// logits on a WikiText-2 prefix and per-head induction stripe scores on `[BOS] r r`.
+fn qwen_coder_matches_transformers(size: &str, logit_tol: f32, score_tol: f64) {
+    use qi::analysis::induction::{head_scores, LossInputs, RepeatedTokens};
+    let Some(path) = cached_model(&format!("qwen2.5-coder-{size}-instruct-q4_k_m.gguf")) else { return };
+    let model = load_model(path.to_str().unwrap()).unwrap();
+    let r = load_reference(&fixture(&format!("qwen2.5-coder-{size}")).join("reference.safetensors"));
+    let ids = ids_of(&r["input_ids"]);
+    let logits = model.forward(&Batch::from_rows(&ids, qi::Padding::Right, 0).unwrap()).unwrap().get(0).unwrap();
+    let positions = ids_of(&r["logit_positions"].unsqueeze(0).unwrap())[0].clone();
+    let top_ids = ids_of(&r["top_ids"]);
+    let slice = r["logits_slice"].dim(1).unwrap();
+    let mut worst = 0f32;
+    for (i, &p) in positions.iter().enumerate() {
+        let at = logits.get(p as usize).unwrap();
+        let mut d = max_abs_diff(&at.narrow(0, 0, slice).unwrap(), &r["logits_slice"].get(i).unwrap());
+        let idx = candle_core::Tensor::new(top_ids[i].as_slice(), at.device()).unwrap();
+        d = d.max(max_abs_diff(&at.index_select(&idx, 0).unwrap(), &r["top_logits"].get(i).unwrap()));
+        let lse = at.exp().unwrap().sum_all().unwrap().log().unwrap();
+        d = d.max(max_abs_diff(&lse, &r["logsumexp"].get(i).unwrap()));
+        let argmax = at.argmax(0).unwrap().to_scalar::<u32>().unwrap();
+        assert_eq!(argmax, top_ids[i][0], "{size}: top token at position {p} differs");
+        worst = worst.max(d);
+    }
+    eprintln!("qwen2.5-coder-{size}: max |Δlogit| {worst:.2e} over positions {positions:?}");
+    assert!(worst <= logit_tol, "{size}: logits differ by {worst}");
+
+    let ind = ids_of(&r["induction_ids"]);
+    let set = RepeatedTokens { half: (ind[0].len() - 1) / 2, rows: ind, offset: 1 };
+    let inputs = LossInputs::induction(&model, &set, 1).unwrap();
+    let got = head_scores(&model, &set, &inputs, false, false).unwrap().stripe;
+    let want = r["induction_scores"].to_vec2::<f32>().unwrap();
+    let mut worst = 0f64;
+    for (l, row) in want.iter().enumerate() {
+        for (h, &w) in row.iter().enumerate() {
+            worst = worst.max((got[l][h] - w as f64).abs());
+        }
+    }
+    let strong = want.iter().flatten().filter(|&&w| w > 0.4).count();
+    eprintln!("qwen2.5-coder-{size}: max |Δ stripe score| {worst:.2e} over {} heads ({strong} above 0.4)", want.len() * want[0].len());
+    assert!(strong >= 5, "{size}: the reference has only {strong} strong induction heads");
+    assert!(worst <= score_tol, "{size}: induction stripe scores differ by {worst}");
+}
+
+#[test]
+fn qwen25_coder_05b_matches_transformers() {
+    qwen_coder_matches_transformers("0.5b", 5e-4, 1e-5);
+}
+
+#[test]
+fn qwen25_coder_15b_matches_transformers() {
+    qwen_coder_matches_transformers("1.5b", 5e-4, 1e-5);
 }

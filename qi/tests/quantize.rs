@@ -1,4 +1,4 @@
-//! Model-level quantization on the tiny fixtures: every method runs on GPT-2, NeoX and Llama, the
+//! Model-level quantization on the tiny fixtures: every method runs on GPT-2, NeoX, Llama and Qwen2, the
 //! reference is never mutated, reports are complete, GPTQ beats RTN end to end, bad input errors.
 mod common;
 use common::*;
@@ -6,7 +6,7 @@ use qi::quant::QuantSpec;
 use qi::quantize::{quantize_model, QuantizeOptions};
 use qi::{load_model, Batch, HookedTransformer};
 
-const ARCHS: [&str; 3] = ["gpt2", "neox", "llama"];
+const ARCHS: [&str; 4] = ["gpt2", "neox", "llama", "qwen2"];
 
 fn windows(n: usize, len: usize, seed: u64) -> Vec<Vec<u32>> {
     let mut rng = qi::rng::Rng::new(seed);
@@ -267,4 +267,34 @@ fn gemma3_gptq_beats_rtn_end_to_end_at_3_bits() {
     let (gptq, _) = quantize_model(&model, &"gptq:bits=3".parse().unwrap(), &o).unwrap();
     let (kr, kg) = (kl_to_reference(&model, &rtn), kl_to_reference(&model, &gptq));
     assert!(kg < kr, "GPTQ KL {kg} should be below RTN KL {kr}");
+}
+#[test]
+fn quantized_qwen2_twin_reloads_bit_exactly_from_the_twin_cache() {
+    use qi::twin_cache::{quantize_cached, TwinOrigin};
+    // From the GGUF, so the exported config.json is written from GGUF-derived settings.
+    let model = load_model(fixture("qwen2").join("model.gguf").to_str().unwrap()).unwrap();
+    let root = temp_dir("qwen2-twins");
+    let spec: QuantSpec = "rtn:bits=4".parse().unwrap();
+    let opts = QuantizeOptions::default();
+    let (q, _, first) = quantize_cached(&model, &spec, &opts, Some(&root)).unwrap();
+    let (back, _, second) = quantize_cached(&model, &spec, &opts, Some(&root)).unwrap();
+    assert_eq!(first, TwinOrigin::Quantized);
+    let TwinOrigin::Cached(dir) = second else { panic!("second call did not read the cache") };
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!((cfg["model_type"].as_str(), cfg["architectures"][0].as_str()), (Some("qwen2"), Some("Qwen2ForCausalLM")));
+    assert_eq!(back.cfg, q.cfg);
+    let (a, b) = (qi::models::hf_state_dict(&q).unwrap(), qi::models::hf_state_dict(&back).unwrap());
+    let names: Vec<&str> = a.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, b.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>());
+    assert!(names.contains(&"model.layers.1.self_attn.v_proj.bias") && !names.contains(&"lm_head.weight"), "{names:?}");
+    for ((n, x), (_, y)) in a.iter().zip(&b) {
+        let bits = |t: &candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+        assert_eq!(x.dims(), y.dims(), "{n}");
+        assert!(bits(x) == bits(y), "{n} differs after the round trip");
+    }
+    // the 4-bit twin really differs from the reference, and the reloaded twin computes the same
+    let batch = Batch::from_ids(&[3, 1, 4, 1, 5, 9, 2, 6]).unwrap();
+    assert_eq!(max_abs_diff(&q.forward(&batch).unwrap(), &back.forward(&batch).unwrap()), 0.0);
+    assert!(max_abs_diff(&q.forward(&batch).unwrap(), &model.forward(&batch).unwrap()) > 1e-3);
+    std::fs::remove_dir_all(&root).unwrap();
 }

@@ -14,7 +14,7 @@ use std::path::Path;
 /// Reads the header (metadata and tensor directory) of a GGUF file.
 pub fn read_content(path: &Path) -> Result<(std::fs::File, Content)> {
     let mut f = std::fs::File::open(path).with_context(|| format!("{}: cannot open GGUF file", path.display()))?;
-    let content = Content::read(&mut f).map_err(|e| anyhow!("{}: not a valid GGUF file ({e})", path.display()))?;
+    let content = Content::read(&mut f).map_err(|e| anyhow!("{}: not a valid GGUF file (truncated or corrupt header: {e})", path.display()))?;
     Ok((f, content))
 }
 
@@ -37,7 +37,7 @@ pub fn load(path: &Path) -> Result<HookedTransformer> {
         .and_then(|v| v.to_string().ok())
         .ok_or_else(|| anyhow!("{}: GGUF metadata 'general.architecture' is missing", path.display()))?
         .clone();
-    let arch = Architecture::from_name(&arch_name)?;
+    let arch = Architecture::from_name(&arch_name).with_context(|| format!("{}: GGUF metadata 'general.architecture'", path.display()))?;
     let a = arch_name.as_str();
     let emb_rows = content
         .tensor_infos
@@ -47,6 +47,8 @@ pub fn load(path: &Path) -> Result<HookedTransformer> {
     let n_heads = md_req(md, &format!("{a}.attention.head_count"), path)? as usize;
     let n_kv = md_u(md, &format!("{a}.attention.head_count_kv")).map(|x| x as usize).unwrap_or(n_heads);
     let d_model = md_req(md, &format!("{a}.embedding_length"), path)? as usize;
+    let dims = Dims::from_metadata(arch, a, md, path, n_heads, n_kv, d_model)?;
+    check_against_metadata(&dims, &content, path)?;
     let tied = !content.tensor_infos.contains_key("output.weight");
     let common = json!({
         "vocab_size": md_u(md, &format!("{a}.vocab_size")).map(|x| x as usize).unwrap_or(emb_rows),
@@ -54,25 +56,26 @@ pub fn load(path: &Path) -> Result<HookedTransformer> {
         "eos_token_id": md_u(md, "tokenizer.ggml.eos_token_id"),
     });
     let mut cfg_json = match arch {
-        Architecture::Llama => json!({
-            "model_type": "llama",
+        // Qwen2 is Llama with q/k/v biases; its GGUF metadata uses the same keys.
+        Architecture::Llama | Architecture::Qwen2 => json!({
+            "model_type": arch.name(),
             "hidden_size": d_model,
-            "num_hidden_layers": md_req(md, &format!("{a}.block_count"), path)?,
+            "num_hidden_layers": dims.n_layers,
             "num_attention_heads": n_heads,
             "num_key_value_heads": n_kv,
-            "head_dim": md_u(md, &format!("{a}.attention.key_length")).unwrap_or((d_model / n_heads.max(1)) as u64),
-            "intermediate_size": md_req(md, &format!("{a}.feed_forward_length"), path)?,
+            "head_dim": dims.d_head,
+            "intermediate_size": dims.d_mlp,
             "max_position_embeddings": md_req(md, &format!("{a}.context_length"), path)?,
-            "rms_norm_eps": md_f(md, &format!("{a}.attention.layer_norm_rms_epsilon")).unwrap_or(1e-5),
+            "rms_norm_eps": md_f(md, &format!("{a}.attention.layer_norm_rms_epsilon")).unwrap_or(if arch == Architecture::Qwen2 { 1e-6 } else { 1e-5 }),
             "rope_theta": md_f(md, &format!("{a}.rope.freq_base")).unwrap_or(10000.0),
             "tie_word_embeddings": tied,
         }),
         Architecture::Gpt2 => json!({
             "model_type": "gpt2",
             "n_embd": d_model,
-            "n_layer": md_req(md, &format!("{a}.block_count"), path)?,
+            "n_layer": dims.n_layers,
             "n_head": n_heads,
-            "n_inner": md_req(md, &format!("{a}.feed_forward_length"), path)?,
+            "n_inner": dims.d_mlp,
             "n_positions": md_req(md, &format!("{a}.context_length"), path)?,
             "layer_norm_epsilon": md_f(md, &format!("{a}.attention.layer_norm_epsilon")).unwrap_or(1e-5),
         }),
@@ -83,9 +86,9 @@ pub fn load(path: &Path) -> Result<HookedTransformer> {
             json!({
                 "model_type": "gpt_neox",
                 "hidden_size": d_model,
-                "num_hidden_layers": md_req(md, &format!("{a}.block_count"), path)?,
+                "num_hidden_layers": dims.n_layers,
                 "num_attention_heads": n_heads,
-                "intermediate_size": md_req(md, &format!("{a}.feed_forward_length"), path)?,
+                "intermediate_size": dims.d_mlp,
                 "max_position_embeddings": md_req(md, &format!("{a}.context_length"), path)?,
                 "layer_norm_eps": md_f(md, &format!("{a}.attention.layer_norm_epsilon")).unwrap_or(1e-5),
                 "rotary_pct": rot as f64 / d_head as f64,
@@ -102,10 +105,16 @@ pub fn load(path: &Path) -> Result<HookedTransformer> {
     let mut types = BTreeMap::new();
     let mut infos: Vec<_> = content.tensor_infos.iter().collect();
     infos.sort_by_key(|(_, info)| info.offset);
+    let file_len = file.metadata().with_context(|| format!("{}: cannot stat the GGUF file", path.display()))?.len();
     for (name, info) in infos {
         let Some(hf) = hf_name(arch, name) else { continue };
+        let end = content.tensor_data_offset + info.offset + tensor_bytes(info) as u64;
+        if end > file_len {
+            anyhow::bail!("{}: file is truncated: tensor '{name}' ends at byte {end}, but the file has {file_len} bytes", path.display());
+        }
         let qt = info.read(&mut file, content.tensor_data_offset, &Device::Cpu).map_err(|e| anyhow!("{}: cannot read tensor '{name}': {e}", path.display()))?;
         let mut t = qt.dequantize(&Device::Cpu).map_err(|e| anyhow!("{}: cannot dequantize tensor '{name}' ({:?}): {e}", path.display(), info.ggml_dtype))?;
+        // Qwen2's converter keeps HF's rotate-half row order (llama.cpp runs it with NeoX-style rope).
         if arch == Architecture::Llama && (name.ends_with("attn_q.weight") || name.ends_with("attn_k.weight")) {
             let heads = if name.ends_with("attn_q.weight") { cfg.n_heads } else { cfg.n_kv_heads };
             t = unpermute_rotary_rows(&t, heads).with_context(|| format!("{}: tensor '{name}'", path.display()))?;
@@ -128,10 +137,10 @@ pub fn load(path: &Path) -> Result<HookedTransformer> {
         None => None,
         Some(kind) => match Tokenizer::from_gguf_metadata(md) {
             Ok(t) => Some(t),
-            // A vocabulary kind qi cannot build (e.g. Gemma's SentencePiece "llama") does not stop
+            // A vocabulary kind qi cannot build (other than BPE "gpt2" and SentencePiece "llama") does not stop
             // the model from loading: its forward pass takes token ids, and text APIs say there is
             // no tokenizer. Broken metadata of a supported kind is still an error.
-            Err(e) if kind != "gpt2" => {
+            Err(e) if !["gpt2", "llama"].contains(&kind.as_str()) => {
                 eprintln!("warning: {}: tokenizer not loaded ({e:#}); pass token ids", path.display());
                 None
             }
@@ -192,6 +201,123 @@ fn gemma3_config(md: &HashMap<String, Value>, a: &str, d_model: usize, n_heads: 
     }))
 }
 
+/// Bytes a tensor occupies in the data section.
+fn tensor_bytes(info: &candle_core::quantized::gguf_file::TensorInfo) -> usize {
+    let t = info.ggml_dtype;
+    info.shape.elem_count() / t.block_size() * t.type_size()
+}
+
+/// The sizes the metadata declares, with the key each comes from (for error messages).
+struct Dims {
+    arch: Architecture,
+    n_layers: usize,
+    d_model: usize,
+    n_heads: usize,
+    n_kv: usize,
+    d_head: usize,
+    d_mlp: usize,
+    /// (key, value): where `d_head` came from, or None when it is `d_model / n_heads`.
+    d_head_key: Option<(String, usize)>,
+    a: String,
+}
+
+impl Dims {
+    fn from_metadata(arch: Architecture, a: &str, md: &HashMap<String, Value>, path: &Path, n_heads: usize, n_kv: usize, d_model: usize) -> Result<Self> {
+        if n_heads == 0 || n_kv == 0 {
+            anyhow::bail!("{}: GGUF metadata '{a}.attention.head_count' / '{a}.attention.head_count_kv' must be positive", path.display());
+        }
+        // llama.cpp's head size is `key_length`, else `embedding_length / head_count`; rotary
+        // models rotate `rope.dimension_count` dims, which qi supports only as whole heads, so
+        // that key fixes the head size too when present.
+        let d_head_key = if matches!(arch, Architecture::Llama | Architecture::Qwen2 | Architecture::Gemma3) {
+            [format!("{a}.attention.key_length"), format!("{a}.rope.dimension_count")].into_iter().find_map(|k| md_u(md, &k).map(|v| (k, v as usize)))
+        } else {
+            None
+        };
+        let rot = md_u(md, &format!("{a}.rope.dimension_count"));
+        if let (Some((k, d_head)), Some(rot)) = (&d_head_key, rot) {
+            if rot as usize != *d_head {
+                anyhow::bail!("{}: GGUF metadata '{a}.rope.dimension_count' = {rot} differs from '{k}' = {d_head} (partial rotary embeddings are not supported for {a})", path.display());
+            }
+        }
+        Ok(Dims {
+            arch,
+            n_layers: md_req(md, &format!("{a}.block_count"), path)? as usize,
+            d_model,
+            n_heads,
+            n_kv,
+            d_head: d_head_key.as_ref().map(|(_, v)| *v).unwrap_or(d_model / n_heads),
+            d_mlp: md_req(md, &format!("{a}.feed_forward_length"), path)? as usize,
+            d_head_key,
+            a: a.to_string(),
+        })
+    }
+}
+
+/// Checks every block tensor's shape against what the metadata declares before any data is read,
+/// so a disagreement names both the metadata key and the tensor (the projections are checked
+/// first: a wrong head count shows up at `attn_q`).
+fn check_against_metadata(d: &Dims, content: &Content, path: &Path) -> Result<()> {
+    let a = &d.a;
+    let head = match &d.d_head_key {
+        Some((k, v)) => format!("head size {v} ('{k}')"),
+        None => format!("head size {} = '{a}.embedding_length' {} / '{a}.attention.head_count' {}", d.d_head, d.d_model, d.n_heads),
+    };
+    let q_rows = (d.n_heads * d.d_head, format!("'{a}.attention.head_count' = {} heads × {head}", d.n_heads));
+    let kv_rows = (d.n_kv * d.d_head, format!("'{a}.attention.head_count_kv' = {} heads × {head}", d.n_kv));
+    let width = (d.d_model, format!("'{a}.embedding_length' = {}", d.d_model));
+    let mlp = (d.d_mlp, format!("'{a}.feed_forward_length' = {}", d.d_mlp));
+    // (leaf, axis of the [out, in] shape, expected size and why), in checking order
+    let mut rules: Vec<(&str, usize, (usize, String))> = match d.arch {
+        Architecture::Llama | Architecture::Qwen2 | Architecture::Gemma3 => vec![
+            ("attn_q.weight", 0, q_rows.clone()),
+            ("attn_q.weight", 1, width.clone()),
+            ("attn_q.bias", 0, q_rows.clone()),
+            ("attn_k.weight", 0, kv_rows.clone()),
+            ("attn_k.bias", 0, kv_rows.clone()),
+            ("attn_v.weight", 0, kv_rows.clone()),
+            ("attn_v.bias", 0, kv_rows),
+            ("attn_output.weight", 0, width.clone()),
+            ("attn_output.weight", 1, q_rows),
+        ],
+        Architecture::Gpt2 | Architecture::GptNeox => {
+            vec![("attn_qkv.weight", 0, (3 * d.d_model, format!("3 × '{a}.embedding_length' = 3 × {}", d.d_model))), ("attn_qkv.weight", 1, width.clone())]
+        }
+    };
+    rules.extend([
+        ("ffn_up.weight", 0, mlp.clone()),
+        ("ffn_up.weight", 1, width.clone()),
+        ("ffn_gate.weight", 0, mlp.clone()),
+        ("ffn_down.weight", 0, width.clone()),
+        ("ffn_down.weight", 1, mlp),
+        ("attn_norm.weight", 0, width.clone()),
+    ]);
+    for (leaf, axis, (want, why)) in &rules {
+        for l in 0..d.n_layers {
+            let name = format!("blk.{l}.{leaf}");
+            let Some(info) = content.tensor_infos.get(&name) else { continue };
+            let dims = info.shape.dims();
+            if dims.get(*axis) != Some(want) {
+                let side = if *axis == 0 { "rows (out)" } else { "columns (in)" };
+                anyhow::bail!("{}: tensor '{name}' has shape {dims:?}, but the metadata implies {want} {side}: {why}", path.display());
+            }
+        }
+    }
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    for name in names {
+        let dims = content.tensor_infos[name].shape.dims();
+        if name == "token_embd.weight" && dims.get(1) != Some(&d.d_model) {
+            anyhow::bail!("{}: tensor '{name}' has shape {dims:?}, but the metadata implies {} columns: {}", path.display(), d.d_model, width.1);
+        }
+        let layer = name.strip_prefix("blk.").and_then(|r| r.split_once('.')).and_then(|(l, _)| l.parse::<usize>().ok());
+        if layer.is_some_and(|l| l >= d.n_layers) {
+            anyhow::bail!("{}: tensor '{name}' is beyond the {} blocks that '{a}.block_count' declares", path.display(), d.n_layers);
+        }
+    }
+    Ok(())
+}
+
 /// llama.cpp stores Llama's q/k rows interleaved per head for its rotary kernel
 /// (`reshape(h, 2, d/2, in).swapaxes(1, 2)` at conversion); this restores HF's order.
 fn unpermute_rotary_rows(t: &Tensor, heads: usize) -> Result<Tensor> {
@@ -209,11 +335,14 @@ fn is_gpt2_conv1d(hf: &str) -> bool {
 /// HF name of a GGUF tensor, or None for tensors qi does not use (e.g. `rope_freqs`).
 fn hf_name(arch: Architecture, gguf: &str) -> Option<String> {
     let (prefix, layer_fmt, map): (&str, &str, &[(&str, &str)]) = match arch {
-        Architecture::Llama => (
+        Architecture::Llama | Architecture::Qwen2 => (
             "model.",
             "model.layers.{l}.",
             &[
                 ("attn_norm.weight", "input_layernorm.weight"),
+                ("attn_q.bias", "self_attn.q_proj.bias"),
+                ("attn_k.bias", "self_attn.k_proj.bias"),
+                ("attn_v.bias", "self_attn.v_proj.bias"),
                 ("attn_q.weight", "self_attn.q_proj.weight"),
                 ("attn_k.weight", "self_attn.k_proj.weight"),
                 ("attn_v.weight", "self_attn.v_proj.weight"),
@@ -287,9 +416,9 @@ fn hf_name(arch: Architecture, gguf: &str) -> Option<String> {
         return Some(format!("{}{hf}", layer_fmt.replace("{l}", &l.to_string())));
     }
     let top = match (arch, gguf) {
-        (Architecture::Llama | Architecture::Gemma3, "token_embd.weight") => "model.embed_tokens.weight".to_string(),
-        (Architecture::Llama | Architecture::Gemma3, "output_norm.weight") => "model.norm.weight".to_string(),
-        (Architecture::Llama | Architecture::Gemma3, "output.weight") => "lm_head.weight".to_string(),
+        (Architecture::Llama | Architecture::Qwen2 | Architecture::Gemma3, "token_embd.weight") => "model.embed_tokens.weight".to_string(),
+        (Architecture::Llama | Architecture::Qwen2 | Architecture::Gemma3, "output_norm.weight") => "model.norm.weight".to_string(),
+        (Architecture::Llama | Architecture::Qwen2 | Architecture::Gemma3, "output.weight") => "lm_head.weight".to_string(),
         (Architecture::Gpt2, "token_embd.weight") => format!("{prefix}wte.weight"),
         (Architecture::Gpt2, "position_embd.weight") => format!("{prefix}wpe.weight"),
         (Architecture::Gpt2, "output_norm.weight") => format!("{prefix}ln_f.weight"),
@@ -328,5 +457,7 @@ mod tests {
         assert_eq!(hf_name(Architecture::Gemma3, "blk.2.post_ffw_norm.weight").unwrap(), "model.layers.2.post_feedforward_layernorm.weight");
         assert_eq!(hf_name(Architecture::Gemma3, "blk.0.attn_k_norm.weight").unwrap(), "model.layers.0.self_attn.k_norm.weight");
         assert_eq!(hf_name(Architecture::Gemma3, "output_norm.weight").unwrap(), "model.norm.weight");
+        assert_eq!(hf_name(Architecture::Qwen2, "blk.2.attn_k.bias").unwrap(), "model.layers.2.self_attn.k_proj.bias");
+        assert_eq!(hf_name(Architecture::Qwen2, "output_norm.weight").unwrap(), "model.norm.weight");
     }
 }

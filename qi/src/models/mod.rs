@@ -1,6 +1,6 @@
 //! Model families and the one hooked forward pass they share.
 //!
-//! Each family file (`gpt2.rs`, `neox.rs`, `llama.rs`, `gemma3.rs`) reads its config and maps its checkpoint's
+//! Each family file (`gpt2.rs`, `neox.rs`, `llama.rs`, `qwen2.rs`, `gemma3.rs`) reads its config and maps its checkpoint's
 //! tensors onto the common [`HookedTransformer`] parts; `transformer.rs` runs the forward pass with
 //! hook points. Linear weights are kept in PyTorch `nn.Linear` layout `[out, in]` under their
 //! Hugging Face parameter names, so quantizers see exactly the raw matrices a HF checkpoint holds.
@@ -9,6 +9,7 @@ pub mod gpt2;
 pub mod hf_config;
 pub mod llama;
 pub mod neox;
+pub mod qwen2;
 mod transformer;
 
 pub use transformer::HookedTransformer;
@@ -24,11 +25,13 @@ pub enum Architecture {
     Gpt2,
     GptNeox,
     Llama,
+    Qwen2,
     Gemma3,
 }
 
 impl Architecture {
-    pub const SUPPORTED: &'static str = "gpt2, gpt_neox (Pythia), llama (Llama, SmolLM2, TinyLlama), gemma3_text / gemma3 (Gemma 3 text)";
+    pub const SUPPORTED: &'static str =
+        "gpt2, gpt_neox (Pythia), llama (Llama, SmolLM2, TinyLlama), qwen2 (Qwen2, Qwen2.5), gemma3_text / gemma3 (Gemma 3 text)";
 
     /// From a HF `model_type` or a GGUF `general.architecture`.
     pub fn from_name(name: &str) -> Result<Self> {
@@ -38,6 +41,7 @@ impl Architecture {
             "llama" => Ok(Architecture::Llama),
             // `gemma3` is the GGUF name and the HF multimodal wrapper (whose `text_config` is read).
             "gemma3_text" | "gemma3" => Ok(Architecture::Gemma3),
+            "qwen2" => Ok(Architecture::Qwen2),
             other => Err(crate::QiError::UnsupportedArchitecture { arch: other.to_string(), supported: Self::SUPPORTED.into() }.into()),
         }
     }
@@ -48,6 +52,7 @@ impl Architecture {
             Architecture::GptNeox => "gpt_neox",
             Architecture::Llama => "llama",
             Architecture::Gemma3 => "gemma3_text",
+            Architecture::Qwen2 => "qwen2",
         }
     }
 }
@@ -537,6 +542,7 @@ pub fn config_from_hf(arch: Architecture, c: &hf_config::HfConfig) -> Result<Mod
         Architecture::GptNeox => neox::config_from_hf(c),
         Architecture::Llama => llama::config_from_hf(c),
         Architecture::Gemma3 => gemma3::config_from_hf(c),
+        Architecture::Qwen2 => qwen2::config_from_hf(c),
     }
 }
 
@@ -547,6 +553,7 @@ pub fn config_to_hf(cfg: &ModelConfig) -> serde_json::Value {
         Architecture::GptNeox => neox::config_to_hf(cfg),
         Architecture::Llama => llama::config_to_hf(cfg),
         Architecture::Gemma3 => gemma3::config_to_hf(cfg),
+        Architecture::Qwen2 => qwen2::config_to_hf(cfg),
     }
 }
 
@@ -557,5 +564,6 @@ pub fn build_parts(cfg: &ModelConfig, ck: &crate::loader::Checkpoint) -> Result<
         Architecture::GptNeox => neox::build(cfg, ck),
         Architecture::Llama => llama::build(cfg, ck),
         Architecture::Gemma3 => gemma3::build(cfg, ck),
+        Architecture::Qwen2 => qwen2::build(cfg, ck),
     }
 }
