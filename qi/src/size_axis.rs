@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 /// Changes to a study file for a quick run (every `None` keeps the file's value).
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
+    /// `;`-separated model names (the study's `name`s) to keep; the others are left out.
+    pub models: Option<String>,
     /// `;`-separated QuantSpecs replacing the file's quantizers.
     pub methods: Option<String>,
     /// Seeds `0..n` for every analysis with more than one seed.
@@ -26,7 +28,7 @@ pub struct Overrides {
 
 impl Overrides {
     fn any(&self) -> bool {
-        self.methods.is_some() || self.seeds.is_some() || self.windows.is_some() || self.perplexity.is_some()
+        self.models.is_some() || self.methods.is_some() || self.seeds.is_some() || self.windows.is_some() || self.perplexity.is_some()
     }
 }
 
@@ -66,6 +68,14 @@ pub fn load(path: &Path, o: &Overrides) -> Result<(Study, PathBuf)> {
                 set("seqlen", seqlen);
             }
         }
+    }
+    if let Some(names) = &o.models {
+        let keep: Vec<&str> = names.split(';').map(str::trim).filter(|s| !s.is_empty()).collect();
+        let known: Vec<String> = study.models.iter().map(|m| m.name.clone()).collect();
+        if let Some(bad) = keep.iter().find(|k| !known.iter().any(|n| n == *k)) {
+            return Err(QiError::invalid("models", bad, format!("not a model of {}; its models: {}", path.display(), known.join(", "))).into());
+        }
+        study.models.retain(|m| keep.contains(&m.name.as_str()));
     }
     let before = study.models.len();
     study.models.retain(|m| {
@@ -231,7 +241,7 @@ mod tests {
         let (plain, r) = load(&file, &Overrides::default()).unwrap();
         assert_eq!(plain.models.len(), 1, "the absent model is left out");
         assert!(r.ends_with("data/results/s"), "{}", r.display());
-        let o = Overrides { methods: Some("rtn:bits=3; nf4".into()), seeds: Some(2), windows: Some((2, 0)), perplexity: Some((1, 8)), results: None };
+        let o = Overrides { models: None, methods: Some("rtn:bits=3; nf4".into()), seeds: Some(2), windows: Some((2, 0)), perplexity: Some((1, 8)), results: None };
         let (s, r) = load(&file, &o).unwrap();
         assert!(r.ends_with("target/study/s-custom"), "{}", r.display());
         assert_eq!(s.specs.iter().map(|x| x.to_string()).collect::<Vec<_>>(), ["rtn:bits=3", "nf4"]);
@@ -242,6 +252,10 @@ mod tests {
         let ppl = s.analyses.iter().find(|a| a.name == "perplexity").unwrap();
         assert_eq!((ppl.seeds.clone(), ppl.options["max_windows"].clone(), ppl.options["seqlen"].clone()), (vec![0], serde_json::json!(1), serde_json::json!(8)));
         assert!(load(&file, &Overrides { seeds: Some(0), ..Default::default() }).unwrap_err().to_string().contains("at least one seed"));
+        let e = load(&file, &Overrides { models: Some("llama; nope".into()), ..Default::default() }).unwrap_err().to_string();
+        assert!(e.contains("nope") && e.contains("its models: llama, absent-model"), "{e}");
+        let (kept, r) = load(&file, &Overrides { models: Some("llama".into()), ..Default::default() }).unwrap();
+        assert_eq!((kept.models.len(), r.ends_with("target/study/s-custom")), (1, true));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
