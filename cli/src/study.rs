@@ -30,6 +30,15 @@ pub enum StudyCommand {
         #[command(flatten)]
         sel: Selection,
     },
+    /// Print a study's summary as a Markdown table with the size-axis finding, from its finished
+    /// cells (the README's size table is this output).
+    Report {
+        /// Study spec file (.toml or .json).
+        spec: PathBuf,
+        /// Results directory (default: data/results/STUDY_NAME beside the spec file's folder).
+        #[arg(long)]
+        results: Option<PathBuf>,
+    },
     /// Merge every finished cell into one parquet file (columns missing in a cell are null).
     Collect {
         #[arg(long)]
@@ -91,6 +100,14 @@ pub fn run(a: StudyArgs) -> Result<()> {
     match a.command {
         StudyCommand::Plan { spec, sel } => plan(&spec, &sel),
         StudyCommand::Run { spec, sel, cache, no_cache } => run_study(&spec, &sel, cache, no_cache),
+        StudyCommand::Report { spec, results } => {
+            let (s, dir) = qi::size_axis::load(&spec, &qi::size_axis::Overrides { results, ..Default::default() })?;
+            let sizes = qi::size_axis::model_sizes(&s, &dir)?;
+            let table = study::summary(&study::collect(&dir)?, &sizes)?;
+            println!("{}", qi::size_axis::markdown(&table)?);
+            println!("{}", qi::size_axis::finding(&table)?);
+            Ok(())
+        }
         StudyCommand::Collect { results, out } => {
             if out.extension().and_then(|e| e.to_str()) != Some("parquet") {
                 bail!("--out {}: expected a path ending in .parquet", out.display());

@@ -129,6 +129,33 @@ pub fn model_sizes(study: &Study, results: &Path) -> Result<BTreeMap<String, usi
     Ok(sizes)
 }
 
+/// The summary as a Markdown table (what the README's size table is printed from): model and its
+/// non-embedding parameters, spec, bits per weight where the method fixes them, perplexity and its
+/// ratio to the reference, survival under the three rules and the score correlation, each `mean ±
+/// 95 % half-width` over seeds (no ± when the seeds agree or there is one).
+pub fn markdown(summary: &DataFrame) -> Result<String> {
+    use crate::analysis::tidy::{f64_values, str_values};
+    let (models, specs) = (str_values(summary, "model")?, str_values(summary, "spec")?);
+    let f = |c: &str| f64_values(summary, c);
+    let (params, ppl, ratio) = (f("params")?, f("perplexity")?, f("perplexity_ratio")?);
+    let cols = ["survival", "survival_sigma", "survival_original", "score_r"];
+    let vals: Vec<(Vec<f64>, Vec<f64>)> = cols.iter().map(|c| Ok((f(c)?, f(&format!("{c}_ci"))?))).collect::<Result<_>>()?;
+    let num = |x: f64, d: usize| if x.is_finite() { format!("{x:.d$}") } else { "–".into() };
+    let pm = |x: f64, ci: f64, d: usize| if !x.is_finite() { "–".into() } else if ci.is_finite() && ci > 0.0 { format!("{x:.d$} ± {ci:.d$}") } else { format!("{x:.d$}") };
+    let mut out = String::from("| model | non-embedding params | spec | perplexity | × reference | survival (stripe ≥ 0.4) | survival (mean + 2σ) | survival (original rule) | score r |\n|---|---:|---|---:|---:|---:|---:|---:|---:|\n");
+    for i in 0..specs.len() {
+        let size = if params[i].is_finite() { format!("{:.0} M", params[i] / 1e6) } else { "–".into() };
+        let spec = if specs[i] == "none" { "reference".to_string() } else { format!("`{}`", specs[i]) };
+        let mut row = format!("| {} | {size} | {spec} | {} | {} |", models[i], num(ppl[i], 2), if specs[i] == "none" { "–".into() } else { num(ratio[i], 2) });
+        for (j, (v, ci)) in vals.iter().enumerate() {
+            row.push_str(&format!(" {} |", pm(v[i], ci[i], if j == 3 { 3 } else { 2 })));
+        }
+        out.push_str(&row);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
 /// The size-axis finding in words, from a summary table: per quantizer, survival (stripe ≥ 0.4) and
 /// perplexity ratio from the smallest to the largest model, and the rank correlation of survival
 /// with size; then how many quantizers' survival rises with size.
@@ -216,6 +243,11 @@ mod tests {
         assert!(text.contains("a 0.20 (ppl ×1.20) → c 0.50 (ppl ×1.20) → b 0.90"), "{text}");
         assert!(text.contains("rank correlation of survival with size +1.00"), "{text}");
         assert!(text.contains("rises with size for 1 of 1"), "{text}");
+        let md = markdown(&s).unwrap();
+        let lines: Vec<&str> = md.lines().collect();
+        assert_eq!(lines.len(), 2 + 6, "{md}");
+        assert_eq!(lines[2], "| a | 0 M | reference | 10.00 | – | – | – | – | – |");
+        assert_eq!(lines[3], "| a | 0 M | `rtn:bits=4` | 12.00 | 1.20 | 0.20 | – | – | – |");
         // two models: no trend claimed
         let two = BTreeMap::from([("a".to_string(), 10), ("b".to_string(), 30)]);
         let s2 = crate::study::summary(&crate::study::concat_diagonal(&frames[..2]).unwrap(), &two).unwrap();
