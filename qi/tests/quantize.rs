@@ -130,7 +130,7 @@ fn k_quant_fallback_stores_narrow_rows_as_llama_cpp_does() {
 
 #[test]
 fn quantized_models_round_trip_through_an_hf_directory() {
-    for (arch, spec) in [("gpt2", "rtn:bits=4"), ("neox", "w8a8"), ("llama", "int8"), ("llama-tied", "nf4")] {
+    for (arch, spec) in [("gpt2", "rtn:bits=4"), ("neox", "w8a8"), ("llama", "int8"), ("llama-tied", "nf4"), ("llama", "awq:bits=4,group=32")] {
         let model = load_model(fixture(arch).to_str().unwrap()).unwrap();
         let (q, report) = quantize_model(&model, &spec.parse().unwrap(), &opts_with_calibration()).unwrap();
         let dir = temp_dir(&format!("export-{arch}"));
