@@ -11,13 +11,13 @@
 //!   already-quantized blocks `0..l` (as the reference implementation), each linear's Hessian
 //!   H = 2/n Σ x xᵀ is accumulated from its inputs, and with `true_sequential` the sub-layers are
 //!   quantized in order (qkv → o → up/gate → down) with inputs recomputed after each.
-//! - **AWQ** searches per-input-channel scales s = mean|x|^α (normalised) for each group of
-//!   linears sharing an input, α ∈ {0, 0.05, …, 0.95}, minimising the block output error (the
-//!   block run with only that group quantized, against the full-precision block) on the first
-//!   calibration batches covering `awq_search_tokens` tokens, then quantizes W·diag(s) with
-//!   grouped RTN. The scale is folded back into the weight
-//!   (W_eff = Q(W·diag(s))·diag(s)⁻¹), which computes exactly what folding 1/s into the preceding
-//!   norm or linear computes, while keeping every hooked activation in the reference's basis.
+//! - **AWQ** follows llm-awq ([`quant::awq`]): per input group (q/k/v, o after v with multi-head
+//!   attention, gate/up, down after up) a per-channel scale s = mean|x|^r (normalised) is searched,
+//!   r ∈ {0, 0.05, …, 0.95}, on the group's module output (attention, o, MLP, down) over all
+//!   calibration tokens; 1/s is folded into the preceding norm or linear and s into the group's
+//!   columns (the twin is a deployable model: its norms change, and the hooks right after a folded
+//!   op are in the scaled basis); then llm-awq's clip search and its grouped min–max grid. The
+//!   matrix report compares Q(W·diag(s))·diag(s)⁻¹ with W.
 //! - **LLM.int8** finds outlier input features (|x| ≥ threshold on calibration activations) per
 //!   linear; those columns stay f16 in weights and activations, the rest is int8.
 //! - **W8A8** quantizes weights per row to int8 and every linear input per token to int8.
@@ -48,10 +48,6 @@ pub struct QuantizeOptions {
     /// LLM.int8 outlier search: windows and their length (C4, seed 0).
     pub int8_samples: usize,
     pub int8_seqlen: usize,
-    /// AWQ: calibration tokens used in the α grid search (the first batches covering this many;
-    /// the channel statistics mean|x| use all calibration tokens). Bounds the search cost on CPU:
-    /// each α runs the block once on them.
-    pub awq_search_tokens: usize,
     /// Explicit calibration token windows; when set they replace the spec's data source, sample
     /// count and length (e.g. for models without a tokenizer, or for tests).
     #[serde(skip)]
@@ -60,7 +56,7 @@ pub struct QuantizeOptions {
 
 impl Default for QuantizeOptions {
     fn default() -> Self {
-        QuantizeOptions { attention: true, mlp: true, embeddings: false, unembedding: false, calibration_batch: 8, int8_samples: 32, int8_seqlen: 512, awq_search_tokens: 4096, calibration: None }
+        QuantizeOptions { attention: true, mlp: true, embeddings: false, unembedding: false, calibration_batch: 8, int8_samples: 32, int8_seqlen: 512, calibration: None }
     }
 }
 
@@ -249,19 +245,27 @@ struct State {
 impl State {
     /// Stores `new` as the layer's weight and records its error against the old one.
     fn record(&mut self, layer: Option<usize>, role: &str, lin: &mut Linear, new: Tensor, spec: &QuantSpec, gptq_loss: Option<f64>) -> Result<()> {
-        let old = lin.weight();
+        let name = lin.name.clone();
+        self.report(layer, role, &name, &lin.weight(), &new, spec, gptq_loss)?;
+        lin.set_weight(&new)?;
+        Ok(())
+    }
+
+    /// Records the error of `new` against `old` for the matrix `name`.
+    #[allow(clippy::too_many_arguments)]
+    fn report(&mut self, layer: Option<usize>, role: &str, name: &str, old: &Tensor, new: &Tensor, spec: &QuantSpec, gptq_loss: Option<f64>) -> Result<()> {
         let (rows, cols) = old.dims2()?;
-        let diff = (&old - &new)?;
+        let diff = (old - new)?;
         let num = diff.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?.sqrt();
         let den = old.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?.sqrt();
         let max_abs = diff.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? as f64;
         if !num.is_finite() {
-            bail!("quantizing '{}' with {spec} produced non-finite weights", lin.name);
+            bail!("quantizing '{name}' with {spec} produced non-finite weights");
         }
         self.matrices.push(MatrixReport {
             layer,
             role: role.to_string(),
-            name: lin.name.clone(),
+            name: name.to_string(),
             rows,
             cols,
             rel_error: if den > 0.0 { num / den } else { 0.0 },
@@ -270,7 +274,6 @@ impl State {
             format: storage_format(spec, rows, cols),
             gptq_loss,
         });
-        lin.set_weight(&new)?;
         Ok(())
     }
 }
@@ -456,108 +459,20 @@ fn outlier_columns(model: &HookedTransformer, windows: &[Vec<u32>], opts: &Quant
     Ok(out)
 }
 
-/// AWQ α grid.
-const AWQ_GRID: usize = 20;
-
-/// The AWQ scale search of block `layer`, on calibration batches, their block inputs and the
-/// reference block's outputs.
-pub struct AwqSearch<'a> {
-    pub model: &'a HookedTransformer,
-    pub layer: usize,
-    pub batches: &'a [Batch],
-    pub inputs: &'a [Tensor],
-    pub outputs: &'a [Tensor],
-}
-
-impl AwqSearch<'_> {
-    /// For the linears `roles` of the block (sharing one input, whose mean |x| per channel is
-    /// `x_mean`): for each α of the grid, s = x_mean^α (normalised by √(max·min)) and the weights
-    /// `quantize(W·diag(s))·diag(s)⁻¹`; the error is the mean squared difference of the block's
-    /// output from the reference's, with only these linears replaced (the rest full precision, as
-    /// llm-awq searches each group on the full-precision block). α = 0 is plain `quantize`.
-    /// Returns the best α's weights (in `roles` order) and every α's error.
-    pub fn best_scales(&self, roles: &[&'static str], x_mean: &Tensor, quantize: &dyn Fn(&Tensor) -> Result<Tensor>) -> Result<(Vec<Tensor>, Vec<f64>)> {
-        let block = &self.model.blocks[self.layer];
-        let originals: Vec<Tensor> = roles.iter().map(|r| block.linears_labeled().into_iter().find(|(role, _)| role == r).map(|(_, lin)| lin.weight()).ok_or_else(|| anyhow::anyhow!("block {} has no linear '{r}'", self.layer))).collect::<Result<_>>()?;
-        let w_cat = Tensor::cat(&originals, 0)?;
-        let mut probe = self.model.clone();
-        let mut errors = Vec::with_capacity(AWQ_GRID);
-        let mut best: Option<(f64, Vec<Tensor>)> = None;
-        for step in 0..AWQ_GRID {
-            let alpha = step as f64 / AWQ_GRID as f64;
-            let s = x_mean.clamp(1e-4f32, f32::MAX)?.powf(alpha)?;
-            let norm = (s.max(0)?.to_scalar::<f32>()? as f64 * s.min(0)?.to_scalar::<f32>()? as f64).sqrt();
-            let sr = (s / norm)?.unsqueeze(0)?;
-            let wq = quantize(&w_cat.broadcast_mul(&sr)?)?.broadcast_div(&sr)?;
-            let mut parts = Vec::with_capacity(roles.len());
-            let mut row = 0;
-            for w in &originals {
-                let rows = w.dim(0)?;
-                parts.push(wq.narrow(0, row, rows)?);
-                row += rows;
-            }
-            for (role, lin) in probe.blocks[self.layer].linears_labeled_mut() {
-                if let Some(i) = roles.iter().position(|r| *r == role) {
-                    lin.set_weight(&parts[i])?;
-                }
-            }
-            let mut err = 0.0;
-            for ((b, x), y) in self.batches.iter().zip(self.inputs).zip(self.outputs) {
-                err += (probe.run_block(self.layer, x, b, None)? - y)?.sqr()?.mean_all()?.to_scalar::<f32>()? as f64;
-            }
-            let err = err / self.batches.len() as f64;
-            errors.push(err);
-            if best.as_ref().is_none_or(|(e, _)| err < *e) {
-                best = Some((err, parts));
-            }
-        }
-        Ok((best.expect("non-empty grid").1, errors))
-    }
-}
-
 fn awq_model(model: &HookedTransformer, q: &mut HookedTransformer, spec: &QuantSpec, a: &quant::AwqSpec, opts: &QuantizeOptions, state: &mut State) -> Result<()> {
     let batches = calibration_batches(model, a.data, a.samples, a.seqlen, a.seed, opts)?;
     state.calibration_tokens = batches.iter().map(|b| b.batch_size() * b.seq_len()).sum();
-    let granularity = a.group.map_or(quant::Granularity::Row, quant::Granularity::Group);
-    let rtn = |w: &Tensor| -> Result<Tensor> { Ok(quant::rtn_quantize(w, a.bits, granularity, a.sym)?.weight) };
+    let grid = quant::AwqGrid { bits: a.bits, group: a.group, sym: a.sym };
     // AWQ (like llm-awq) calibrates every block on the full-precision model's activations.
     let mut inputs: Vec<Tensor> = batches.iter().map(|b| model.embed_tokens(b)).collect::<Result<_>>()?;
     let pb = crate::progress::bar(q.cfg.n_layers as u64, "awq");
     for l in 0..q.cfg.n_layers {
-        let labeled: Vec<(&'static str, Linear)> = model.blocks[l].linears_labeled().into_iter().map(|(r, lin)| (r, lin.clone())).collect();
-        let hooks: Vec<String> = {
-            let mut v: Vec<String> = labeled.iter().filter(|(r, _)| selected(opts, r)).map(|(r, _)| linear_input_hook(r, l)).collect();
-            v.sort();
-            v.dedup();
-            v
-        };
-        // Linear inputs of this block (concatenated over batches), for the scale search.
-        let mut xs: HashMap<String, Vec<Tensor>> = HashMap::new();
-        let outputs = visit_block_inputs(model, l, &batches, &inputs, &hooks, |name, x, _| {
-            xs.entry(name.to_string()).or_default().push(x.clone());
-            Ok(())
-        })?;
-        // the scale search runs on the first batches covering `awq_search_tokens` tokens
-        let mut n_search = 0;
-        let mut tokens = 0;
-        while n_search < batches.len() && (n_search == 0 || tokens < opts.awq_search_tokens) {
-            tokens += batches[n_search].batch_size() * batches[n_search].seq_len();
-            n_search += 1;
+        let out = quant::awq_block(model, q, l, &batches, &inputs, &grid, &|r| selected(opts, r)).with_context(|| format!("AWQ of block {l}"))?;
+        for (role, effective) in &out.effective {
+            let original = model.blocks[l].linears_labeled().into_iter().find(|(r, _)| r == role).map(|(_, lin)| lin).context("AWQ quantized a linear the model lacks")?;
+            state.report(Some(l), role, &original.name, &original.weight(), effective, spec, None)?;
         }
-        let search = AwqSearch { model, layer: l, batches: &batches[..n_search], inputs: &inputs[..n_search], outputs: &outputs[..n_search] };
-        let mut new_weights: HashMap<&'static str, Tensor> = HashMap::new();
-        for hook in &hooks {
-            let x_mean = Tensor::cat(&xs[hook], 0)?.abs()?.mean(0)?;
-            let roles: Vec<&'static str> = labeled.iter().filter(|(r, _)| selected(opts, r) && &linear_input_hook(r, l) == hook).map(|(r, _)| *r).collect();
-            let (weights, _) = search.best_scales(&roles, &x_mean, &rtn)?;
-            new_weights.extend(roles.into_iter().zip(weights));
-        }
-        for (role, lin) in q.blocks[l].linears_labeled_mut() {
-            if let Some(w) = new_weights.remove(role) {
-                state.record(Some(l), role, lin, w, spec, None)?;
-            }
-        }
-        inputs = outputs;
+        inputs = out.outputs;
         pb.inc(1);
     }
     pb.finish_and_clear();

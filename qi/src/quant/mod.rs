@@ -14,6 +14,8 @@
 //! - [`grid`]: the uniform min–max grid of the GPTQ reference's `quant.py` (shared by RTN and GPTQ).
 //! - [`rtn`]: round-to-nearest, per tensor / row / group.
 //! - [`gptq`]: GPTQ (`fasterquant` of IST-DASLab/gptq) and its Hessian accumulator.
+//! - [`awq`]: AWQ as llm-awq runs it (scale search, fold, clip search, its own grid); block level,
+//!   driven by [`quantize_model`](crate::quantize::quantize_model).
 //! - [`nf4`]: bitsandbytes NF4 / FP4 with optional double quantization of the absmax values.
 //! - [`int8`]: LLM.int8 weight side and per-token int8 activations (W8A8).
 //! - [`ggml`]: GGML/llama.cpp block types through candle's quantized tensors.
@@ -21,6 +23,7 @@
 //! - [`prune`]: unstructured magnitude pruning.
 //! - [`matrix`]: [`quantize_weight`], one dispatch for everything that needs at most a Hessian or
 //!   an outlier-column list.
+pub mod awq;
 pub mod cast;
 pub mod ggml;
 pub mod gptq;
@@ -34,6 +37,7 @@ pub mod spec;
 #[cfg(test)]
 pub(crate) mod testutil;
 
+pub use awq::{awq_block, AwqGrid, BlockAwq};
 pub use cast::{bf16_round_trip, fp16_round_trip};
 pub use ggml::{ggml_quantize, GgmlKind, GgmlSpec, GgmlStorage};
 pub use gptq::{gptq_quantize, GptqOptions, GptqOutput, HessianAccumulator};

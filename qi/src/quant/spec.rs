@@ -272,7 +272,7 @@ impl QuantSpec {
             QuantSpec::None | QuantSpec::Fp16 | QuantSpec::Bf16 | QuantSpec::W8a8 => 1,
             QuantSpec::Rtn(_) => 1,
             QuantSpec::Gptq(_) => 2, // 2: the report's loss counts each sequence as a sample
-            QuantSpec::Awq(_) => 1,
+            QuantSpec::Awq(_) => 2, // 2: llm-awq's groups, folds, clip search and grid
             QuantSpec::Nf4(_) | QuantSpec::Fp4(_) => 1,
             QuantSpec::Int8(_) => 1,
             QuantSpec::Ggml(_) => 1,
