@@ -244,7 +244,7 @@ pub fn final_target_ranks(model: &HookedTransformer, prompts: &[LensPrompt]) -> 
 
 /// Rows over all prompts (tables saved before the `category` label have only those).
 fn all_prompts(df: &DataFrame) -> Result<DataFrame> {
-    if df.column("category").is_ok() {
+    if super::tidy::column(df, "category").is_ok() {
         filter_eq(df, "category", "all")
     } else {
         Ok(df.clone())

@@ -49,7 +49,7 @@ impl Labels {
 }
 
 fn ci_error(df: &DataFrame, idx: &[usize], value: &[f64]) -> Result<Option<ErrorData>> {
-    if df.column("ci_low").is_err() {
+    if super::tidy::column(df, "ci_low").is_err() {
         return Ok(None);
     }
     let (lo, hi) = (f64_values(df, "ci_low")?, f64_values(df, "ci_high")?);

@@ -247,7 +247,7 @@ impl Tidy {
         let n = df.height();
         let model = if n > 0 { str_values(df, "model")?[0].clone() } else { String::new() };
         let (spec, metric, value) = (str_values(df, "spec")?, str_values(df, "metric")?, f64_values(df, "value")?);
-        let opt = |c: &str| -> Result<Vec<f64>> { if df.column(c).is_ok() { f64_values(df, c) } else { Ok(vec![f64::NAN; n]) } };
+        let opt = |c: &str| -> Result<Vec<f64>> { if column(df, c).is_ok() { f64_values(df, c) } else { Ok(vec![f64::NAN; n]) } };
         let (layer, head, lo, hi, count, seed) = (opt("layer")?, opt("head")?, opt("ci_low")?, opt("ci_high")?, opt("n")?, opt("seed")?);
         let mut labels: Vec<(String, Vec<Option<Label>>)> = Vec::new();
         for c in df.columns() {
@@ -282,9 +282,20 @@ impl Tidy {
     }
 }
 
+/// Column `name` of `df`, found by comparing names rather than through polars' cached schema.
+/// A schema cached by another copy of polars (each evcxr notebook cell is its own library, with
+/// its own hash seed) hashes names differently, so a lookup through it misses a column that is
+/// there; a linear scan over a few dozen columns costs nothing and is always right.
+pub fn column<'a>(df: &'a DataFrame, name: &str) -> Result<&'a Column> {
+    df.columns()
+        .iter()
+        .find(|c| c.name().as_str() == name)
+        .ok_or_else(|| anyhow!("no column '{name}' (columns: {:?})", df.get_column_names()))
+}
+
 /// Rows of `df` whose string column `col` equals `value`.
 pub fn filter_eq(df: &DataFrame, col: &str, value: &str) -> Result<DataFrame> {
-    let c = df.column(col).map_err(|_| anyhow!("no column '{col}' (columns: {:?})", df.get_column_names()))?;
+    let c = column(df, col)?;
     let mask: BooleanChunked = c.str()?.iter().map(|v| Some(v == Some(value))).collect();
     Ok(df.filter(&mask)?)
 }
@@ -297,7 +308,7 @@ pub fn filter_num_eq(df: &DataFrame, col: &str, value: f64) -> Result<DataFrame>
 
 /// The distinct values of string column `col`, in order of first appearance.
 pub fn distinct_str(df: &DataFrame, col: &str) -> Result<Vec<String>> {
-    let c = df.column(col).map_err(|_| anyhow!("no column '{col}' (columns: {:?})", df.get_column_names()))?;
+    let c = column(df, col)?;
     let mut out: Vec<String> = Vec::new();
     for v in c.str()?.iter().flatten() {
         if !out.iter().any(|o| o == v) {
@@ -309,14 +320,14 @@ pub fn distinct_str(df: &DataFrame, col: &str) -> Result<Vec<String>> {
 
 /// Column `col` as f64 values (nulls become NaN); integer columns are converted.
 pub fn f64_values(df: &DataFrame, col: &str) -> Result<Vec<f64>> {
-    let c = df.column(col).map_err(|_| anyhow!("no column '{col}' (columns: {:?})", df.get_column_names()))?;
+    let c = column(df, col)?;
     let c = c.cast(&DataType::Float64)?;
     Ok(c.f64()?.iter().map(|v| v.unwrap_or(f64::NAN)).collect())
 }
 
 /// Column `col` as strings (nulls become empty strings).
 pub fn str_values(df: &DataFrame, col: &str) -> Result<Vec<String>> {
-    let c = df.column(col).map_err(|_| anyhow!("no column '{col}' (columns: {:?})", df.get_column_names()))?;
+    let c = column(df, col)?;
     let c = c.cast(&DataType::String)?;
     Ok(c.str()?.iter().map(|v| v.unwrap_or("").to_string()).collect())
 }
