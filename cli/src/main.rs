@@ -98,6 +98,9 @@ enum Command {
     /// Sparse autoencoders: `qi sae train`.
     #[command(subcommand)]
     Sae(sae::SaeCommand),
+    /// The quantized-twin cache (QI_CACHE or target/qi-cache): check or clear it.
+    #[command(subcommand)]
+    Cache(CacheCommand),
     /// Print a tidy results table (parquet from `qi analyze` / `qi study`) as markdown, optionally
     /// only some metrics and columns.
     Show {
@@ -133,6 +136,56 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Check every cached twin's files against its manifest (size and XXH3-128); exit 1 when any
+    /// entry is damaged (a study or analysis re-quantizes damaged entries by itself).
+    Verify {
+        /// Cache directory (default: QI_CACHE or target/qi-cache).
+        #[arg(long)]
+        cache: Option<PathBuf>,
+        /// Remove the damaged entries.
+        #[arg(long)]
+        remove_damaged: bool,
+    },
+    /// Remove every cached twin.
+    Clear {
+        #[arg(long)]
+        cache: Option<PathBuf>,
+    },
+}
+
+fn cache_command(c: CacheCommand) -> Result<()> {
+    let gb = |b: u64| b as f64 / 1e9;
+    match c {
+        CacheCommand::Verify { cache, remove_damaged } => {
+            let root = cache.unwrap_or_else(qi::twin_cache::cache_root);
+            let checks = qi::twin_cache::verify(&root)?;
+            let damaged: Vec<_> = checks.iter().filter(|e| !e.problems.is_empty()).collect();
+            for e in &damaged {
+                println!("damaged: {}: {}", e.dir.display(), qi::integrity::describe(&e.problems));
+            }
+            let total: u64 = checks.iter().map(|e| e.bytes).sum();
+            println!("{}: {} twin(s), {:.2} GB; {} sound, {} damaged", root.display(), checks.len(), gb(total), checks.len() - damaged.len(), damaged.len());
+            if remove_damaged && !damaged.is_empty() {
+                let (n, bytes) = qi::twin_cache::clear(&root, true)?;
+                println!("removed {n} damaged entr{} ({:.2} GB)", if n == 1 { "y" } else { "ies" }, gb(bytes));
+                return Ok(());
+            }
+            if !damaged.is_empty() {
+                bail!("{} damaged twin(s) in {} (they are re-quantized when next used; --remove-damaged removes them now)", damaged.len(), root.display());
+            }
+            Ok(())
+        }
+        CacheCommand::Clear { cache } => {
+            let root = cache.unwrap_or_else(qi::twin_cache::cache_root);
+            let (n, bytes) = qi::twin_cache::clear(&root, false)?;
+            println!("{}: removed {n} twin(s), {:.2} GB", root.display(), gb(bytes));
+            Ok(())
+        }
+    }
+}
+
 fn main() {
     let cmd = Cli::command().mut_subcommand("analyze", |c| c.after_long_help(analyze::long_help()));
     let cli = Cli::from_arg_matches(&cmd.get_matches()).unwrap_or_else(|e| e.exit());
@@ -155,6 +208,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Analyze(a) => analyze::run(a),
         Command::Study(a) => study::run(a),
         Command::Sae(c) => sae::run(c),
+        Command::Cache(c) => cache_command(c),
         Command::Show { file, metric, columns, rows } => show(&file, &metric, columns.as_deref(), rows),
         Command::Hooks { model } => {
             let m = load_model(&model)?;

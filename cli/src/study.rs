@@ -1,4 +1,4 @@
-//! `qi study run|plan|collect`: the scaling-study grid of a spec file (see `qi::study`).
+//! `qi study run|plan|report|collect|verify`: the scaling-study grid of a spec file (see `qi::study`).
 use anyhow::{bail, Result};
 use qi::study::{self, Shard, Study};
 use std::path::{Path, PathBuf};
@@ -39,13 +39,28 @@ pub enum StudyCommand {
         #[arg(long)]
         results: Option<PathBuf>,
     },
-    /// Merge every finished cell into one parquet file (columns missing in a cell are null).
+    /// Merge every finished cell into one parquet file (columns missing in a cell are null). A
+    /// cell whose parquet file does not match its sidecar's digest is left out with a warning
+    /// naming it, and the exit status is 1 unless --allow-missing.
     Collect {
         #[arg(long)]
         results: PathBuf,
         /// Output parquet file (written atomically).
         #[arg(long)]
         out: PathBuf,
+        /// Exit 0 even when damaged cells were left out.
+        #[arg(long)]
+        allow_missing: bool,
+    },
+    /// Check every result cell against its sidecar (size and XXH3-128 of the parquet file, the
+    /// cell's key); exit 1 when any cannot be trusted (`qi study run` redoes those).
+    Verify {
+        #[arg(long)]
+        results: PathBuf,
+        /// Record digests for cells written before qi recorded them, where the parquet file reads
+        /// and holds the row count its sidecar records.
+        #[arg(long)]
+        adopt: bool,
     },
 }
 
@@ -108,13 +123,39 @@ pub fn run(a: StudyArgs) -> Result<()> {
             println!("{}", qi::size_axis::finding(&table)?);
             Ok(())
         }
-        StudyCommand::Collect { results, out } => {
+        StudyCommand::Collect { results, out, allow_missing } => {
             if out.extension().and_then(|e| e.to_str()) != Some("parquet") {
                 bail!("--out {}: expected a path ending in .parquet", out.display());
             }
-            let df = study::collect_to(&results, &out)?;
+            let (df, bad) = study::collect_lenient(&results)?;
+            qi::analysis::tidy::write_parquet(&df, &out)?;
             let cols: Vec<String> = df.get_column_names().iter().map(|c| c.to_string()).collect();
-            eprintln!("wrote {} ({} rows from {} cells; columns: {})", out.display(), df.height(), study::result_files(&results)?.len(), cols.join(", "));
+            let n = study::result_files(&results)?.len() - bad.len();
+            eprintln!("wrote {} ({} rows from {n} cells; columns: {})", out.display(), df.height(), cols.join(", "));
+            for (_, why) in &bad {
+                eprintln!("left out: {why}");
+            }
+            if !bad.is_empty() && !allow_missing {
+                bail!("{} damaged cell(s) left out of {} (re-run the study to redo them, or pass --allow-missing)", bad.len(), out.display());
+            }
+            Ok(())
+        }
+        StudyCommand::Verify { results, adopt } => {
+            if adopt {
+                let (n, refused) = study::adopt_unrecorded(&results)?;
+                eprintln!("recorded digests for {n} cell(s) written before qi recorded them");
+                for (_, why) in &refused {
+                    eprintln!("not adopted: {why}");
+                }
+            }
+            let (good, bad) = study::checked_result_files(&results)?;
+            for (_, why) in &bad {
+                println!("damaged: {why}");
+            }
+            println!("{}: {} cell(s) check out, {} cannot be trusted", results.display(), good.len(), bad.len());
+            if !bad.is_empty() {
+                bail!("{} damaged cell(s) in {} (`qi study run` redoes them)", bad.len(), results.display());
+            }
             Ok(())
         }
     }
@@ -127,7 +168,11 @@ fn plan(spec: &Path, sel: &Selection) -> Result<()> {
     let done = cells.iter().filter(|c| c.is_done(&results)).count();
     println!("study {} ({}): {} models × {} specs (with the reference) × cells per analysis and seed; shard {}/{}", s.name, spec.display(), s.models.len(), s.all_specs().len(), sel.shard.index, sel.shard.count);
     for c in &cells {
-        let state = if c.is_done(&results) { "done" } else { "todo" };
+        let state = match c.state(&results) {
+            study::CellState::Done => "done",
+            study::CellState::Missing => "todo",
+            study::CellState::Damaged(_) => "redo",
+        };
         println!("{state}  {:<24} {:<40} {:<14} seed {:<3} {}", s.models[c.model].name, c.spec.to_string(), s.analyses[c.analysis].id, c.seed, c.stem);
     }
     println!("{} cells, {done} done, {} to run (results: {})", cells.len(), cells.len() - done, results.display());

@@ -13,6 +13,7 @@ pub mod figures;
 pub mod fused;
 pub mod hash;
 pub mod hooks;
+pub mod integrity;
 pub mod io;
 pub mod loader;
 pub mod metrics;

@@ -44,10 +44,13 @@
 //! and never reuses stale ones. Reference rows come from dedicated reference cells (spec `none`,
 //! the analysis run on the reference alone); a twin cell runs the analysis on the reference and
 //! that twin (comparative metrics need both) and keeps only the twin's rows — for analyses whose
-//! rows are per model (`Analysis::PER_MODEL`: perplexity, calibration) it runs the twin alone. A cell is done when
-//! its parquet file exists: a re-run skips it; a crash or Ctrl-C leaves at most a hidden
-//! `.NAME.tmp-PID` file, which is ignored. Beside each parquet file, a JSON sidecar holds the
-//! cell's timing (written first, so the parquet file stays the completion marker).
+//! rows are per model (`Analysis::PER_MODEL`: perplexity, calibration) it runs the twin alone.
+//! Beside each parquet file, a JSON sidecar ([`CellRecord`]) holds the cell's key, timing and the
+//! parquet file's size and XXH3-128 ([`crate::integrity`]); it is written last, so it is the
+//! completion marker. A cell is done when its sidecar names its key and its parquet file matches
+//! the recorded digest ([`Cell::state`]): a re-run skips it; a damaged cell (truncated, a flipped
+//! bit, a missing or foreign sidecar) is reported and run again; a crash or Ctrl-C leaves at most
+//! a hidden `.NAME.tmp-PID` file, which is ignored.
 //!
 //! **Shards.** The unit of sharding is the (model, quantizer) group, so each twin is quantized or
 //! loaded by one shard only; `--shard i/n` takes the groups at positions i-1, i-1+n, … of the
@@ -63,7 +66,7 @@ use crate::quant::QuantSpec;
 use crate::quantize::QuantizeOptions;
 use crate::twin_cache::{slug, stable_hash};
 use crate::QiError;
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -127,8 +130,44 @@ impl Cell {
     pub fn sidecar(&self, results: &Path) -> PathBuf {
         results.join(format!("{}.json", self.stem))
     }
+    /// Done when the sidecar names this cell's key and the parquet file matches its digest.
     pub fn is_done(&self, results: &Path) -> bool {
-        self.parquet(results).is_file()
+        self.state(results) == CellState::Done
+    }
+    /// What is on disk for this cell.
+    pub fn state(&self, results: &Path) -> CellState {
+        let (parquet, sidecar) = (self.parquet(results), self.sidecar(results));
+        if !parquet.exists() && !sidecar.exists() {
+            return CellState::Missing;
+        }
+        match check_cell(&parquet, &sidecar) {
+            Ok(rec) if rec.key == self.key => CellState::Done,
+            Ok(rec) => CellState::Damaged(format!("{}: made for key '{}', expected '{}'", sidecar.display(), rec.key, self.key)),
+            Err(why) => CellState::Damaged(why),
+        }
+    }
+}
+
+/// A cell's files, as [`Cell::state`] finds them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CellState {
+    Missing,
+    Done,
+    /// Present but not to be trusted: why.
+    Damaged(String),
+}
+
+/// Checks a result file against its sidecar: the sidecar must parse and record a digest, and the
+/// parquet file must match it. Returns the record, or what is wrong (naming the file).
+pub fn check_cell(parquet: &Path, sidecar: &Path) -> std::result::Result<CellRecord, String> {
+    let text = std::fs::read_to_string(sidecar).map_err(|e| format!("{}: no readable sidecar ({e})", sidecar.display()))?;
+    let rec: CellRecord = serde_json::from_str(&text).map_err(|e| format!("{}: unreadable sidecar ({e})", sidecar.display()))?;
+    let Some(d) = &rec.parquet else {
+        return Err(format!("{}: no content hash recorded (written before qi checked results; `qi study verify --adopt` records one)", sidecar.display()));
+    };
+    match crate::integrity::check_file(parquet, d) {
+        None => Ok(rec),
+        Some(p) => Err(p.to_string()),
     }
 }
 
@@ -520,6 +559,9 @@ pub struct CellRecord {
     /// `reference`, `cached` or `quantized`.
     pub twin_origin: String,
     pub analysis_s: f64,
+    /// Size and XXH3-128 of the parquet file, checked before the cell is trusted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parquet: Option<crate::integrity::FileDigest>,
 }
 
 /// What a run did.
@@ -552,7 +594,17 @@ pub fn run(study: &Study, opts: &RunOptions) -> Result<RunSummary> {
 pub fn run_cells(study: &Study, opts: &RunOptions, select: &dyn Fn(&Cell) -> bool) -> Result<RunSummary> {
     let t0 = Instant::now();
     let mine: Vec<Cell> = study.shard_cells(opts.shard).into_iter().filter(|c| select(c)).collect();
-    let pending: Vec<&Cell> = mine.iter().filter(|c| !c.is_done(&opts.results)).collect();
+    let mut pending: Vec<&Cell> = Vec::new();
+    for c in &mine {
+        match c.state(&opts.results) {
+            CellState::Done => {}
+            CellState::Missing => pending.push(c),
+            CellState::Damaged(why) => {
+                eprintln!("qi: result cell {} cannot be trusted ({why}); running it again", c.stem);
+                pending.push(c);
+            }
+        }
+    }
     let mut summary = RunSummary { skipped: mine.len() - pending.len(), ..Default::default() };
     // fail before any work on a missing local model
     for mi in pending.iter().map(|c| c.model).collect::<std::collections::BTreeSet<_>>() {
@@ -624,6 +676,7 @@ pub fn run_cells(study: &Study, opts: &RunOptions, select: &dyn Fn(&Cell) -> boo
                     twin_s,
                     twin_origin: origin.to_string(),
                     analysis_s: 0.0,
+                    parquet: None,
                 };
                 match run_cell(study, cell, &reference, &twins, &opts.results, &mut rec) {
                     Ok(()) => {
@@ -663,8 +716,11 @@ fn run_cell(study: &Study, cell: &Cell, reference: &crate::HookedTransformer, tw
     let mut df = tidy.to_frame()?;
     df.insert_column(1, Column::new("analysis".into(), vec![a.id.clone(); df.height()]))?;
     rec.rows = df.height();
-    crate::io::save_text(&serde_json::to_string_pretty(rec)?, &cell.sidecar(results))?;
-    tidy::write_parquet(&df, &cell.parquet(results))
+    // the parquet file first, the sidecar with its digest last: the sidecar marks completion
+    let _ = std::fs::remove_file(cell.sidecar(results));
+    tidy::write_parquet(&df, &cell.parquet(results))?;
+    rec.parquet = Some(crate::integrity::digest(&cell.parquet(results))?);
+    crate::io::save_text(&serde_json::to_string_pretty(rec)?, &cell.sidecar(results))
 }
 
 /// The finished cells' parquet files in `results` (hidden temporary files are not results).
@@ -678,15 +734,80 @@ pub fn result_files(results: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Every result file of `results` in one frame (file-name order; columns missing in a file are
-/// null in its rows; see the module docs for the columns).
-pub fn collect(results: &Path) -> Result<DataFrame> {
-    let files = result_files(results)?;
-    if files.is_empty() {
-        return Err(QiError::invalid("results directory", results.display(), "holds no finished cells (*.parquet)").into());
+/// The result files of `results` split into those that check out against their sidecars
+/// ([`check_cell`]) and those that do not, each with what is wrong.
+pub fn checked_result_files(results: &Path) -> Result<(Vec<PathBuf>, Vec<(PathBuf, String)>)> {
+    let (mut good, mut bad) = (Vec::new(), Vec::new());
+    for p in result_files(results)? {
+        match check_cell(&p, &p.with_extension("json")) {
+            Ok(_) => good.push(p),
+            Err(why) => bad.push((p, why)),
+        }
     }
-    let frames: Vec<DataFrame> = files.iter().map(|p| tidy::read_parquet(p)).collect::<Result<_>>()?;
-    concat_diagonal(&frames)
+    Ok((good, bad))
+}
+
+/// Every result file of `results` in one frame (file-name order; columns missing in a file are
+/// null in its rows; see the module docs for the columns). Each file is checked against its
+/// sidecar first; any that does not check out is an error naming it ([`collect_lenient`] skips
+/// them instead).
+pub fn collect(results: &Path) -> Result<DataFrame> {
+    let (df, bad) = collect_lenient(results)?;
+    if !bad.is_empty() {
+        let list: Vec<String> = bad.iter().map(|(_, why)| why.clone()).collect();
+        bail!("{} result cell(s) in {} cannot be trusted (re-run the study to redo them): {}", bad.len(), results.display(), list.join("; "));
+    }
+    Ok(df)
+}
+
+/// [`collect`] over the cells that check out, and the ones left out with what is wrong with each.
+pub fn collect_lenient(results: &Path) -> Result<(DataFrame, Vec<(PathBuf, String)>)> {
+    let (files, mut bad) = checked_result_files(results)?;
+    let mut frames = Vec::new();
+    for p in files {
+        match tidy::read_parquet(&p) {
+            Ok(df) => frames.push(df),
+            Err(e) => bad.push((p.clone(), format!("{}: {e:#}", p.display()))),
+        }
+    }
+    if frames.is_empty() {
+        return Err(QiError::invalid("results directory", results.display(), format!("holds no finished cells that check out (*.parquet with their sidecars; {} left out)", bad.len())).into());
+    }
+    Ok((concat_diagonal(&frames)?, bad))
+}
+
+/// Records a digest for cells written before qi recorded them: a cell is adopted only when its
+/// sidecar parses, its parquet file reads and holds the number of rows the sidecar records.
+/// Returns (adopted, refused with why); cells that already have a digest are left alone.
+pub fn adopt_unrecorded(results: &Path) -> Result<(usize, Vec<(PathBuf, String)>)> {
+    let (mut n, mut refused) = (0, Vec::new());
+    for p in result_files(results)? {
+        let side = p.with_extension("json");
+        let Ok(text) = std::fs::read_to_string(&side) else {
+            refused.push((p, format!("{}: no sidecar", side.display())));
+            continue;
+        };
+        let mut rec: CellRecord = match serde_json::from_str(&text) {
+            Ok(r) => r,
+            Err(e) => {
+                refused.push((p, format!("{}: unreadable sidecar ({e})", side.display())));
+                continue;
+            }
+        };
+        if rec.parquet.is_some() {
+            continue;
+        }
+        match tidy::read_parquet(&p) {
+            Ok(df) if df.height() == rec.rows => {
+                rec.parquet = Some(crate::integrity::digest(&p)?);
+                crate::io::save_text(&serde_json::to_string_pretty(&rec)?, &side)?;
+                n += 1;
+            }
+            Ok(df) => refused.push((p.clone(), format!("{}: {} rows, the sidecar records {}", p.display(), df.height(), rec.rows))),
+            Err(e) => refused.push((p.clone(), format!("{}: {e:#}", p.display()))),
+        }
+    }
+    Ok((n, refused))
 }
 
 /// Concatenates frames whose columns differ: the union of columns in tidy order (leading ids,
@@ -723,7 +844,7 @@ pub fn concat_diagonal(frames: &[DataFrame]) -> Result<DataFrame> {
     for df in frames {
         let cols: Vec<Column> = order
             .iter()
-            .map(|&k| match df.column(&names[k]) {
+            .map(|&k| match tidy::column(&df, &names[k]) {
                 Ok(c) if *c.dtype() == types[k] => Ok(c.clone()),
                 Ok(c) => Ok(c.cast(&types[k])?),
                 Err(_) => Ok(Column::full_null(names[k].as_str().into(), df.height(), &types[k])),
@@ -755,7 +876,7 @@ pub fn collect_to(results: &Path, out: &Path) -> Result<DataFrame> {
 /// the reference (`none`) is left out unless `with_reference`.
 pub fn against_size(summary: &DataFrame, metric: &str, range: Option<(f64, f64)>, with_reference: bool) -> Result<DataFrame> {
     let (specs, params, values) = (tidy::str_values(summary, "spec")?, tidy::f64_values(summary, "params")?, tidy::f64_values(summary, metric)?);
-    let ci = match summary.column(&format!("{metric}_ci")) {
+    let ci = match tidy::column(summary, &format!("{metric}_ci")) {
         Ok(_) => Some(tidy::f64_values(summary, &format!("{metric}_ci"))?),
         Err(_) => None,
     };
@@ -787,7 +908,7 @@ pub fn against_size(summary: &DataFrame, metric: &str, range: Option<(f64, f64)>
 pub fn summary(df: &DataFrame, params: &std::collections::BTreeMap<String, usize>) -> Result<DataFrame> {
     use std::collections::BTreeMap;
     let col = |c: &str| -> Result<Vec<String>> {
-        if df.column(c).is_ok() {
+        if tidy::column(df, c).is_ok() {
             tidy::str_values(df, c)
         } else {
             Ok(vec![String::new(); df.height()])

@@ -4,8 +4,14 @@
 //! `<cache>/<model-slug>-<key>/<spec-slug>-<key>`, where the keys hash everything the result
 //! depends on: the content of the source's files (sampled, see [`file_fingerprint`]; not their
 //! paths or times, which change when a shared folder is re-created), the spec and the options.
-//! The cache root is `QI_CACHE`, else `<repo>/target/qi-cache`. Writes are atomic, so an
-//! interrupted quantization leaves nothing behind.
+//! The cache root is `QI_CACHE`, else `<repo>/target/qi-cache`.
+//!
+//! Nothing in the cache is used unchecked: each entry holds a manifest ([`crate::integrity`]) with
+//! the full key it was made for and every file's size and XXH3-128, checked on every read; an
+//! entry that does not match (a flipped bit, a truncated or missing file, another key, no
+//! manifest) is reported on stderr, removed and quantized again. An entry is written into a hidden
+//! staging folder and renamed into place, and a lock file beside it keeps two processes from
+//! quantizing the same twin at once (the second waits and reads the first one's entry).
 use crate::export::save_hf_dir;
 use crate::quant::QuantSpec;
 use crate::quantize::{quantize_model, QuantReport, QuantizeOptions};
@@ -81,11 +87,22 @@ pub fn twin_dir(root: &Path, model: &HookedTransformer, spec: &QuantSpec, opts: 
 }
 
 fn twin_dir_versioned(root: &Path, model: &HookedTransformer, spec: &QuantSpec, opts: &QuantizeOptions, versions: &str) -> Result<PathBuf> {
+    let (model_part, key) = twin_key(model, spec, opts, versions)?;
+    Ok(root.join(model_part).join(format!("{}-{}", slug(&spec.to_string()), &stable_hash(&[&key])[..8])))
+}
+
+/// The model folder's name and the full key a twin is made for (recorded in its manifest).
+fn twin_key(model: &HookedTransformer, spec: &QuantSpec, opts: &QuantizeOptions, versions: &str) -> Result<(String, String)> {
     let stem = Path::new(&model.source.source).file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| model.source.source.clone());
-    let spec_s = spec.to_string();
-    let opts_s = serde_json::to_string(opts)?;
-    let key = stable_hash(&[&spec_s, &opts_s, versions]);
-    Ok(root.join(format!("{}-{}", slug(&stem), &model_key(model)[..8])).join(format!("{}-{}", slug(&spec_s), &key[..8])))
+    let mk = model_key(model);
+    let model_part = format!("{}-{}", slug(&stem), &mk[..8]);
+    let key = format!("model {mk} | spec {spec} | options {} | versions {versions}", serde_json::to_string(opts)?);
+    Ok((model_part, key))
+}
+
+/// The key recorded in a twin's manifest: what the twin is made from and by.
+pub fn twin_manifest_key(model: &HookedTransformer, spec: &QuantSpec, opts: &QuantizeOptions) -> Result<String> {
+    Ok(twin_key(model, spec, opts, &format!("{}-format{TWIN_FORMAT_VERSION}", spec.algorithm_version()))?.1)
 }
 
 /// Where a twin came from.
@@ -112,28 +129,77 @@ pub fn quantize_cached(
         Some(r) if cacheable => Some(twin_dir(r, model, spec, opts)?),
         _ => None,
     };
-    if let Some(dir) = &dir {
-        if dir.join("config.json").is_file() {
-            let mut twin = crate::load_model(&dir.display().to_string()).with_context(|| format!("reading the cached twin {}", dir.display()))?;
-            // the twin reports the reference's source, so names and keys stay those of the model
-            let report = read_report(dir);
-            twin.tokenizer = model.tokenizer.clone();
-            twin.source.source = model.source.source.clone();
-            twin.source.tensor_types = model.source.tensor_types.clone();
-            twin.source.quantization = Some(spec.to_string());
-            return Ok((twin, report, TwinOrigin::Cached(dir.clone())));
-        }
-    }
-    let (twin, report) = quantize_model(model, spec, opts)?;
-    if let Some(dir) = &dir {
-        // another process may have stored the same twin meanwhile: then keep theirs
-        if let Err(e) = save_hf_dir(&twin, dir, Some(&report)) {
-            if !dir.join("config.json").is_file() {
-                return Err(e.context(format!("caching the quantized twin in {}", dir.display())));
+    let Some(dir) = dir else {
+        let (twin, report) = quantize_model(model, spec, opts)?;
+        return Ok((twin, Some(report), TwinOrigin::Quantized));
+    };
+    let key = twin_manifest_key(model, spec, opts)?;
+    // One process per entry at a time: a second one waits, then reads what the first stored.
+    let _lock = crate::integrity::lock(&lock_path(&dir));
+    if dir.exists() {
+        match read_verified(&dir, &key, model, spec) {
+            Ok(found) => return Ok(found),
+            Err(why) => {
+                eprintln!("qi: the cached twin {} cannot be trusted ({why}); quantizing it again", dir.display());
+                if let Err(e) = crate::integrity::remove(&dir) {
+                    eprintln!("qi: {e:#}; the new twin will not be cached");
+                    let (twin, report) = quantize_model(model, spec, opts)?;
+                    return Ok((twin, Some(report), TwinOrigin::Quantized));
+                }
             }
         }
     }
+    let (twin, report) = quantize_model(model, spec, opts)?;
+    if let Err(e) = store(&twin, &report, &dir, &key) {
+        // a cache that cannot be written (read-only, full) costs time, not correctness
+        eprintln!("qi: could not cache the twin in {}: {e:#}", dir.display());
+    }
     Ok((twin, Some(report), TwinOrigin::Quantized))
+}
+
+/// The lock file of a twin directory (beside it, so removing the entry keeps the lock).
+pub fn lock_path(dir: &Path) -> PathBuf {
+    let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    dir.with_file_name(format!(".{name}.lock"))
+}
+
+/// Loads the twin in `dir` after checking every file against the manifest and the manifest's key
+/// against `key`; the reason it cannot be used otherwise.
+fn read_verified(dir: &Path, key: &str, model: &HookedTransformer, spec: &QuantSpec) -> std::result::Result<(HookedTransformer, Option<QuantReport>, TwinOrigin), String> {
+    let problems = crate::integrity::check_dir(dir, Some(key));
+    if !problems.is_empty() {
+        return Err(crate::integrity::describe(&problems));
+    }
+    let mut twin = crate::load_model(&dir.display().to_string()).map_err(|e| format!("loading it failed: {e:#}"))?;
+    // the twin reports the reference's source, so names and keys stay those of the model
+    twin.tokenizer = model.tokenizer.clone();
+    twin.source.source = model.source.source.clone();
+    twin.source.tensor_types = model.source.tensor_types.clone();
+    twin.source.quantization = Some(spec.to_string());
+    Ok((twin, read_report(dir), TwinOrigin::Cached(dir.to_path_buf())))
+}
+
+/// Writes the twin and its manifest into a staging folder, then renames it into place: a reader
+/// never sees an entry without its manifest, and an interrupted write leaves only a hidden folder.
+fn store(twin: &HookedTransformer, report: &QuantReport, dir: &Path, key: &str) -> Result<()> {
+    let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let staging = dir.with_file_name(format!(".{name}.staging-{}", std::process::id()));
+    // under the entry's lock nobody else is writing it: what a killed writer left can go
+    if let Some(parent) = dir.parent() {
+        for e in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+            let n = e.file_name().to_string_lossy().to_string();
+            if n.starts_with(&format!(".{name}.staging-")) || n.starts_with(&format!("..{name}.staging-")) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let result = save_hf_dir(twin, &staging, Some(report))
+        .and_then(|_| crate::integrity::write_manifest(&staging, key).map(|_| ()))
+        .and_then(|_| std::fs::rename(&staging, dir).with_context(|| format!("cannot move {} to {}", staging.display(), dir.display())));
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    result
 }
 
 /// The twins of `model` under each spec (through the cache when `root` is given), reporting each
@@ -157,6 +223,76 @@ pub fn twins(model: &HookedTransformer, specs: &[QuantSpec], opts: &QuantizeOpti
         out.push((spec.clone(), twin));
     }
     Ok(out)
+}
+
+/// One entry of the cache, as [`verify`] found it.
+#[derive(Debug)]
+pub struct EntryCheck {
+    pub dir: PathBuf,
+    /// Bytes on disk.
+    pub bytes: u64,
+    /// Empty when the entry is sound.
+    pub problems: Vec<crate::integrity::Problem>,
+}
+
+/// Checks every twin under `root` against its manifest (its files; the key is checked when the
+/// entry is used, since that needs the model). Hidden leftovers of interrupted writes
+/// (`.*.staging-*`, `.*.tmp-*`) are listed as problems too.
+pub fn verify(root: &Path) -> Result<Vec<EntryCheck>> {
+    let mut out = Vec::new();
+    if !root.exists() {
+        return Ok(out);
+    }
+    for m in sorted_entries(root)? {
+        if !m.is_dir() {
+            continue;
+        }
+        for d in sorted_entries(&m)? {
+            let name = d.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            if name.ends_with(".lock") {
+                continue;
+            }
+            let bytes = dir_bytes(&d);
+            let problems = if name.starts_with('.') {
+                vec![crate::integrity::Problem::Unrecorded(format!("{}: left by an interrupted write", d.display()))]
+            } else {
+                crate::integrity::check_dir(&d, None)
+            };
+            out.push(EntryCheck { dir: d, bytes, problems });
+        }
+    }
+    Ok(out)
+}
+
+/// Removes every entry under `root` (or only those [`verify`] finds damaged); returns the entries
+/// removed and the bytes freed.
+pub fn clear(root: &Path, only_damaged: bool) -> Result<(usize, u64)> {
+    let (mut n, mut bytes) = (0, 0);
+    for e in verify(root)? {
+        if only_damaged && e.problems.is_empty() {
+            continue;
+        }
+        crate::integrity::remove(&e.dir)?;
+        n += 1;
+        bytes += e.bytes;
+    }
+    if !only_damaged && root.exists() {
+        // lock files and emptied model folders
+        for m in sorted_entries(root)? {
+            crate::integrity::remove(&m)?;
+        }
+    }
+    Ok((n, bytes))
+}
+
+fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    v.sort();
+    Ok(v)
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).map(|rd| rd.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum()).unwrap_or(0)
 }
 
 fn read_report(dir: &Path) -> Option<QuantReport> {
@@ -239,6 +375,86 @@ mod tests {
         assert_eq!(w(&fresh), w(&want));
         assert_ne!(w(&fresh), w(&stale));
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    fn first_weights(t: &HookedTransformer) -> Vec<f32> {
+        t.blocks[0].linears()[0].weight().flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    #[test]
+    fn a_damaged_or_foreign_entry_is_rebuilt_never_used() {
+        let m = crate::load_model(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/fixtures/llama").to_str().unwrap()).unwrap();
+        let root = std::env::temp_dir().join(format!("qi-twin-damage-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let spec: QuantSpec = "rtn:bits=4".parse().unwrap();
+        let opts = QuantizeOptions::default();
+        let want = first_weights(&quantize_model(&m, &spec, &opts).unwrap().0);
+        let dir = twin_dir(&root, &m, &spec, &opts).unwrap();
+        let fresh = || {
+            let (t, _, o) = quantize_cached(&m, &spec, &opts, Some(&root)).unwrap();
+            assert_eq!(first_weights(&t), want);
+            o
+        };
+        assert_eq!(fresh(), TwinOrigin::Quantized);
+        assert_eq!(fresh(), TwinOrigin::Cached(dir.clone()));
+        let st = dir.join("model.safetensors");
+        let damage: [(&str, Box<dyn Fn()>); 5] = [
+            // the data region overwritten, header intact: loads fine, wrong numbers
+            ("overwritten weights", Box::new(|| {
+                let mut b = std::fs::read(&st).unwrap();
+                let n = b.len();
+                b[n - 4096..].fill(0x7f);
+                std::fs::write(&st, b).unwrap();
+            })),
+            ("one flipped bit", Box::new(|| {
+                let mut b = std::fs::read(&st).unwrap();
+                let n = b.len();
+                b[n / 2] ^= 0x10;
+                std::fs::write(&st, b).unwrap();
+            })),
+            ("truncated config.json", Box::new(|| std::fs::write(dir.join("config.json"), b"{").unwrap())),
+            ("no manifest", Box::new(|| std::fs::remove_file(dir.join(crate::integrity::MANIFEST)).unwrap())),
+            // a sound entry made for another spec, put where this one belongs
+            ("another key", Box::new(|| {
+                let other: QuantSpec = "rtn:bits=8".parse().unwrap();
+                let (t, r) = quantize_model(&m, &other, &opts).unwrap();
+                std::fs::remove_dir_all(&dir).unwrap();
+                store(&t, &r, &dir, &twin_manifest_key(&m, &other, &opts).unwrap()).unwrap();
+            })),
+        ];
+        for (what, hurt) in damage.iter() {
+            hurt();
+            assert!(!crate::integrity::check_dir(&dir, Some(&twin_manifest_key(&m, &spec, &opts).unwrap())).is_empty(), "{what}: not detected");
+            assert_eq!(fresh(), TwinOrigin::Quantized, "{what}: the damaged entry was used");
+            assert_eq!(fresh(), TwinOrigin::Cached(dir.clone()), "{what}: the rebuilt entry is not trusted");
+        }
+        let checks = verify(&root).unwrap();
+        assert_eq!(checks.len(), 1);
+        assert!(checks[0].problems.is_empty() && checks[0].bytes > 1000);
+        // verify sees damage without needing the model; clear removes only what is damaged
+        std::fs::write(&st, b"").unwrap();
+        assert_eq!(verify(&root).unwrap()[0].problems.len(), 1);
+        assert_eq!(clear(&root, true).unwrap().0, 1);
+        assert!(!dir.exists());
+        fresh();
+        assert_eq!(clear(&root, false).unwrap().0, 1);
+        assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_cache_that_cannot_be_written_costs_time_not_the_result() {
+        let m = crate::load_model(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/fixtures/llama").to_str().unwrap()).unwrap();
+        // a file where the cache folder should be: nothing can be created below it (chmod would
+        // not stop root, who runs CI)
+        let root = std::env::temp_dir().join(format!("qi-twin-unwritable-{}", std::process::id()));
+        std::fs::write(&root, b"not a folder").unwrap();
+        let spec: QuantSpec = "rtn:bits=4".parse().unwrap();
+        let (t, _, o) = quantize_cached(&m, &spec, &QuantizeOptions::default(), Some(&root)).unwrap();
+        assert_eq!(o, TwinOrigin::Quantized);
+        assert_eq!(first_weights(&t), first_weights(&quantize_model(&m, &spec, &QuantizeOptions::default()).unwrap().0));
+        assert_eq!(std::fs::read(&root).unwrap(), b"not a folder");
+        std::fs::remove_file(&root).unwrap();
     }
 
     #[test]

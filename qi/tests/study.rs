@@ -290,6 +290,59 @@ fn run_resume_collect_and_determinism() {
 }
 
 #[test]
+fn a_damaged_result_cell_is_redone_never_counted_as_done() {
+    let dir = temp_dir("study-damage");
+    let s = Study::load(&small_spec(&dir)).unwrap();
+    let (results, cache) = (dir.join("results"), dir.join("cache"));
+    assert!(study::run(&s, &opts(&results, &cache, Shard::default())).unwrap().failed.is_empty());
+    let clean = study::collect(&results).unwrap();
+    let cells = s.cells();
+    let twin_cells: Vec<&study::Cell> = cells.iter().filter(|c| c.spec != qi::quant::QuantSpec::None).collect();
+    let (a, b, c, d) = (twin_cells[0], twin_cells[1], twin_cells[2], twin_cells[3]);
+    // truncated parquet; one flipped bit in a value (size unchanged: reads fine, wrong number);
+    // a sidecar that is gone; a sidecar of another cell copied in
+    let pa = a.parquet(&results);
+    let bytes = std::fs::read(&pa).unwrap();
+    std::fs::write(&pa, &bytes[..bytes.len() / 2]).unwrap();
+    let pb = b.parquet(&results);
+    let mut bytes = std::fs::read(&pb).unwrap();
+    let k = bytes.len() / 3;
+    bytes[k] ^= 0x01;
+    std::fs::write(&pb, &bytes).unwrap();
+    std::fs::remove_file(c.sidecar(&results)).unwrap();
+    std::fs::copy(a.sidecar(&results), d.sidecar(&results)).unwrap();
+    for x in [a, b, c, d] {
+        assert!(matches!(x.state(&results), study::CellState::Damaged(_)), "{}", x.stem);
+    }
+    // collect names every damaged file; the lenient form keeps the rest
+    let err = format!("{:#}", study::collect(&results).unwrap_err());
+    assert!(err.contains("4 result cell(s)") && err.contains(&a.stem) && err.contains(&b.stem), "{err}");
+    let (rest, bad) = study::collect_lenient(&results).unwrap();
+    assert_eq!((rest.height(), bad.len()), (clean.height() - 4 * 2, 4));
+    // the next run redoes exactly those four and the tables are those of the clean run
+    let sum = study::run(&s, &opts(&results, &cache, Shard::default())).unwrap();
+    let mut redone: Vec<&str> = sum.ran.iter().map(|r| r.key.as_str()).collect();
+    redone.sort();
+    let mut want = vec![a.key.as_str(), b.key.as_str(), c.key.as_str(), d.key.as_str()];
+    want.sort();
+    assert_eq!((redone, sum.skipped), (want, cells.len() - 4));
+    assert!(study::collect(&results).unwrap().equals_missing(&clean));
+    // cells from before digests were recorded are adopted only when their rows are all there
+    let side = a.sidecar(&results);
+    let mut rec: study::CellRecord = serde_json::from_str(&std::fs::read_to_string(&side).unwrap()).unwrap();
+    rec.parquet = None;
+    std::fs::write(&side, serde_json::to_string(&rec).unwrap()).unwrap();
+    rec.rows += 1;
+    std::fs::write(b.sidecar(&results), serde_json::to_string(&study::CellRecord { key: b.key.clone(), file: rec.file.clone(), ..rec.clone() }).unwrap()).unwrap();
+    assert!(matches!(a.state(&results), study::CellState::Damaged(_)));
+    let (adopted, refused) = study::adopt_unrecorded(&results).unwrap();
+    assert_eq!((adopted, refused.len()), (1, 1));
+    assert!(refused[0].1.contains("the sidecar records"), "{refused:?}");
+    assert!(a.is_done(&results) && !b.is_done(&results));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn diagonal_concat_fills_missing_columns_with_nulls() {
     use qi::analysis::{Row, Tidy};
     let rtn: qi::quant::QuantSpec = "rtn:bits=4".parse().unwrap();
