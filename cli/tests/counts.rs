@@ -28,6 +28,12 @@ fn zero_counts_are_errors_naming_the_option() {
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("n_seqs"), "{out}");
     assert!(!parquet.exists(), "no table is written on an error");
+    // exit codes: 2 for what the argument parser rejects, 1 for what fails at run time
+    let (code, out) = qi(&["perplexity", "--model", model, "--no-such-flag"]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("--no-such-flag"), "{out}");
+    let (code, _) = qi(&["perplexity", "--model", model, "--windows", "-3"]);
+    assert_eq!(code, Some(2), "a negative count is not a count");
     // a working call, so the failures above are about the counts
     let (code, out) = qi(&["perplexity", "--model", &smol, "--text", text.to_str().unwrap(), "--seqlen", "8", "--windows", "2"]);
     assert_eq!(code, Some(0), "{out}");

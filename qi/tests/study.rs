@@ -342,6 +342,32 @@ fn a_damaged_result_cell_is_redone_never_counted_as_done() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A full disk, simulated where a cell's temporary file would go: a link to /dev/full, where
+/// every write fails with ENOSPC.
+#[test]
+fn a_full_disk_fails_the_cell_cleanly_and_the_next_run_completes_it() {
+    if !Path::new("/dev/full").exists() {
+        eprintln!("skipped: no /dev/full on this system");
+        return;
+    }
+    let dir = temp_dir("study-full");
+    let s = Study::load(&small_spec(&dir)).unwrap();
+    let (results, cache) = (dir.join("results"), dir.join("cache"));
+    std::fs::create_dir_all(&results).unwrap();
+    let victim = s.cells().into_iter().find(|c| c.spec != qi::quant::QuantSpec::None).unwrap();
+    let tmp = results.join(format!(".{}.parquet.tmp-{}", victim.stem, std::process::id()));
+    std::os::unix::fs::symlink("/dev/full", &tmp).unwrap();
+    let sum = study::run(&s, &opts(&results, &cache, Shard::default())).unwrap();
+    assert_eq!(sum.failed.len(), 1, "{:?}", sum.failed);
+    assert_eq!(sum.failed[0].0, victim.stem);
+    assert!(sum.failed[0].1.to_lowercase().contains("no space left"), "{}", sum.failed[0].1);
+    assert!(!victim.parquet(&results).exists() && !victim.sidecar(&results).exists() && !tmp.exists(), "nothing half-written stays");
+    let sum = study::run(&s, &opts(&results, &cache, Shard::default())).unwrap();
+    assert_eq!((sum.ran.len(), sum.failed.len()), (1, 0));
+    assert!(victim.is_done(&results));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn diagonal_concat_fills_missing_columns_with_nulls() {
     use qi::analysis::{Row, Tidy};

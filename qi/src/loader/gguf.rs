@@ -108,7 +108,10 @@ pub fn load(path: &Path) -> Result<HookedTransformer> {
     let file_len = file.metadata().with_context(|| format!("{}: cannot stat the GGUF file", path.display()))?.len();
     for (name, info) in infos {
         let Some(hf) = hf_name(arch, name) else { continue };
-        let end = content.tensor_data_offset + info.offset + tensor_bytes(info) as u64;
+        let end = tensor_bytes(info).and_then(|b| content.tensor_data_offset.checked_add(info.offset)?.checked_add(b as u64));
+        let Some(end) = end else {
+            anyhow::bail!("{}: tensor '{name}' declares shape {:?} at offset {}: more bytes than any file can hold", path.display(), info.shape.dims(), info.offset);
+        };
         if end > file_len {
             anyhow::bail!("{}: file is truncated: tensor '{name}' ends at byte {end}, but the file has {file_len} bytes", path.display());
         }
@@ -201,10 +204,12 @@ fn gemma3_config(md: &HashMap<String, Value>, a: &str, d_model: usize, n_heads: 
     }))
 }
 
-/// Bytes a tensor occupies in the data section.
-fn tensor_bytes(info: &candle_core::quantized::gguf_file::TensorInfo) -> usize {
+/// Bytes a tensor occupies in the data section; `None` when the declared shape overflows (a
+/// damaged header must be an error, not an overflow).
+fn tensor_bytes(info: &candle_core::quantized::gguf_file::TensorInfo) -> Option<usize> {
     let t = info.ggml_dtype;
-    info.shape.elem_count() / t.block_size() * t.type_size()
+    let elems = info.shape.dims().iter().try_fold(1usize, |a, &d| a.checked_mul(d))?;
+    (elems / t.block_size()).checked_mul(t.type_size())
 }
 
 /// The sizes the metadata declares, with the key each comes from (for error messages).
