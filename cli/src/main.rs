@@ -98,6 +98,13 @@ enum Command {
     /// Sparse autoencoders: `qi sae train`.
     #[command(subcommand)]
     Sae(sae::SaeCommand),
+    /// Re-render the result tables of a Markdown file (blocks `<!-- qi:report … -->`) from the
+    /// committed results; with --check, only report the blocks that differ (exit 1).
+    Report {
+        file: PathBuf,
+        #[arg(long)]
+        check: bool,
+    },
     /// The quantized-twin cache (QI_CACHE or target/qi-cache): check or clear it.
     #[command(subcommand)]
     Cache(CacheCommand),
@@ -209,6 +216,17 @@ fn run(cli: Cli) -> Result<()> {
         Command::Study(a) => study::run(a),
         Command::Sae(c) => sae::run(c),
         Command::Cache(c) => cache_command(c),
+        Command::Report { file, check } => {
+            let stale = qi::report::update_file(&file, check)?;
+            for cmd in &stale {
+                eprintln!("{}: block `{cmd}` {}", file.display(), if check { "differs from the results" } else { "re-rendered" });
+            }
+            if check && !stale.is_empty() {
+                bail!("{}: {} report block(s) out of date; `qi report {}` rewrites them", file.display(), stale.len(), file.display());
+            }
+            eprintln!("{}: {}", file.display(), if stale.is_empty() { "every report block matches the results" } else if check { "" } else { "updated" });
+            Ok(())
+        }
         Command::Show { file, metric, columns, rows } => show(&file, &metric, columns.as_deref(), rows),
         Command::Hooks { model } => {
             let m = load_model(&model)?;

@@ -23,6 +23,7 @@ pub mod perplexity;
 pub mod progress;
 pub mod quant;
 pub mod quantize;
+pub mod report;
 pub mod rng;
 pub mod sae;
 pub mod shared;

@@ -176,7 +176,7 @@ pub fn finding(summary: &DataFrame) -> Result<String> {
         m.dedup();
         m.len()
     };
-    out.push_str(&format!("{n_models} model(s); every reference is itself a 4-bit GGUF dequantized to f32.\n"));
+    out.push_str(&format!("{n_models} model(s); every reference is itself a 4-bit GGUF dequantized to f32.\n\n"));
     let (mut rising, mut judged) = (0, 0);
     for spec in &order {
         let mut idx: Vec<usize> = (0..specs.len()).filter(|&i| &specs[i] == spec && params[i].is_finite()).collect();
@@ -190,20 +190,22 @@ pub fn finding(summary: &DataFrame) -> Result<String> {
                 if r > 0.0 {
                     rising += 1;
                 }
+                format!("; rank correlation of survival with size {r:+.2}")
+            } else {
+                "; survival is the same at every size".to_string()
             }
-            format!("; rank correlation of survival with size {r:+.2}")
         } else {
             String::new()
         };
-        out.push_str(&format!("{spec}: survival by size {}{rho}\n", pts.join(" → ")));
+        out.push_str(&format!("- {spec}: survival by size {}{rho}\n", pts.join(" → ")));
     }
     if judged > 0 {
         out.push_str(&format!(
-            "Survival rises with size for {rising} of {judged} quantizers with at least three models. Families and training data differ \
+            "\nSurvival rises with size for {rising} of {judged} quantizers with at least three models. Families and training data differ \
              between the points (SmolLM2, Gemma 3, Qwen2.5-Coder), so size is confounded with family except for Qwen 0.5B vs 1.5B.\n"
         ));
     } else {
-        out.push_str("Fewer than three models with survival values: no size trend can be read.\n");
+        out.push_str("\nFewer than three models with survival values: no size trend can be read.\n");
     }
     Ok(out)
 }

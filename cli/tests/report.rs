@@ -1,0 +1,58 @@
+//! `qi report`: the README's result blocks match the committed results, and a stale block is found,
+//! named and rewritten.
+use std::path::Path;
+use std::process::Command;
+
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+
+fn qi(args: &[&str]) -> (Option<i32>, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_qi")).args(args).current_dir(ROOT).output().unwrap();
+    (o.status.code(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+}
+
+#[test]
+fn readme_tables_match_the_committed_results() {
+    let (code, out) = qi(&["report", "README.md", "--check"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("every report block matches"), "{out}");
+}
+
+#[test]
+fn a_stale_block_is_named_and_rewritten() {
+    let dir = std::env::temp_dir().join(format!("qi-report-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = dir.join("tiny.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "name = \"tiny\"\nseeds = 1\nbits = [4]\nquantizers = [\"rtn\"]\nmodels = [{{ source = \"{ROOT}/data/fixtures/llama\", name = \"llama\" }}]\n[data]\nseqlen = 8\n[[analyses]]\nname = \"perplexity\"\noptions = {{ text = \"random\", max_windows = 2, batch_size = 2 }}\n"
+        ),
+    )
+    .unwrap();
+    let results = dir.join("results");
+    let (code, out) = qi(&["study", "run", spec.to_str().unwrap(), "--results", results.to_str().unwrap(), "--no-cache"]);
+    assert_eq!(code, Some(0), "{out}");
+    let md = dir.join("doc.md");
+    let block = |body: &str| format!("# Doc\n\ntext before\n<!-- qi:report study tiny.toml results -->\n{body}<!-- /qi:report -->\ntext after\n");
+    std::fs::write(&md, block("| made up | 1.00 |\n")).unwrap();
+    let (code, out) = qi(&["report", md.to_str().unwrap(), "--check"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("block `study tiny.toml results` differs"), "{out}");
+    assert!(std::fs::read_to_string(&md).unwrap().contains("made up"), "--check must not write");
+    let (code, out) = qi(&["report", md.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}");
+    let text = std::fs::read_to_string(&md).unwrap();
+    assert!(text.starts_with("# Doc\n\ntext before\n") && text.ends_with("<!-- /qi:report -->\ntext after\n"), "{text}");
+    let row = text.lines().find(|l| l.starts_with("| llama ") && l.contains("`rtn:bits=4`")).unwrap_or_else(|| panic!("{text}"));
+    // the perplexity in the row is the one in the results
+    let df = qi::study::collect(&results).unwrap();
+    let specs = qi::analysis::tidy::str_values(&df, "spec").unwrap();
+    let vals = qi::analysis::tidy::f64_values(&df, "value").unwrap();
+    let ppl = (0..specs.len()).find(|&i| specs[i] == "rtn:bits=4").map(|i| vals[i]).unwrap();
+    assert!(row.contains(&format!("| {ppl:.2} |")), "{row} vs {ppl}");
+    let (code, out) = qi(&["report", md.to_str().unwrap(), "--check"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(!Path::new(&md).with_extension("md.tmp").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
