@@ -2,6 +2,8 @@
 //! [`QTensor::quantize`] then dequantize, i.e. exactly the codes candle (and so a GGUF written by
 //! it) would store. Blocks run along the last dimension (the input features), so `in_features`
 //! must be a multiple of the type's block size (32 for the legacy types, 256 for k-quants).
+//! candle's k-quant scale search is llama.cpp's older `make_qkx1`, not the weighted `make_qkx2`
+//! that `llama-quantize` runs today: the block layout is llama.cpp's, the chosen codes may differ.
 //!
 //! A tensor whose rows a k-quant cannot hold is an error by default. With `fallback=true` it gets
 //! the type llama.cpp's quantizer substitutes (`llama_tensor_get_type`): Q4_K → Q5_0,
