@@ -116,11 +116,11 @@ pub fn run(a: StudyArgs) -> Result<()> {
         StudyCommand::Plan { spec, sel } => plan(&spec, &sel),
         StudyCommand::Run { spec, sel, cache, no_cache } => run_study(&spec, &sel, cache, no_cache),
         StudyCommand::Report { spec, results } => {
-            let (s, dir) = qi::size_axis::load(&spec, &qi::size_axis::Overrides { results, ..Default::default() })?;
-            let sizes = qi::size_axis::model_sizes(&s, &dir)?;
-            let table = study::summary(&study::collect(&dir)?, &sizes)?;
-            println!("{}", qi::size_axis::markdown(&table)?);
-            println!("{}", qi::size_axis::finding(&table)?);
+            let cmd = match results {
+                Some(r) => format!("study {} {}", spec.display(), r.display()),
+                None => format!("study {}", spec.display()),
+            };
+            println!("{}", qi::report::render(&cmd, Path::new(""))?);
             Ok(())
         }
         StudyCommand::Collect { results, out, allow_missing } => {
@@ -176,6 +176,15 @@ fn plan(spec: &Path, sel: &Selection) -> Result<()> {
         println!("{state}  {:<24} {:<40} {:<14} seed {:<3} {}", s.models[c.model].name, c.spec.to_string(), s.analyses[c.analysis].id, c.seed, c.stem);
     }
     println!("{} cells, {done} done, {} to run (results: {})", cells.len(), cells.len() - done, results.display());
+    if results.is_dir() {
+        let orphans = study::orphans(&s, &results)?;
+        if !orphans.is_empty() {
+            println!("{} result file(s) in {} belong to no cell of this study (an older key or another study); `qi study collect` would include them:", orphans.len(), results.display());
+            for p in &orphans {
+                println!("  {}", p.display());
+            }
+        }
+    }
     Ok(())
 }
 

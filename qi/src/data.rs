@@ -99,13 +99,24 @@ fn shared_or(rel: &str, path: Option<&Path>) -> Result<PathBuf> {
 }
 
 /// WikiText-2 raw test split as one string, joined the way the GPTQ paper does (`"\n\n".join`
-/// over the dataset's rows, each row being one line of the raw file with its newline).
+/// over the rows of the Hugging Face dataset `wikitext-2-raw-v1`).
 pub fn wikitext2_test(path: Option<&Path>) -> Result<String> {
     let p = shared_or(crate::shared::WIKITEXT2_TEST, path)?;
     let raw = std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read WikiText-2 text", p.display()))?;
-    let rows: Vec<String> = raw.split_inclusive('\n').map(str::to_string).collect();
-    Ok(rows.join("\n\n"))
+    Ok(wikitext2_rows(&raw).join("\n\n"))
 }
+
+/// The dataset's rows from the raw file, as the Hugging Face `wikitext` loader makes them: one row
+/// per line with its newline, and `""` for a line that is only whitespace (the raw file's blank
+/// lines are `" \n"`). The GPTQ protocol joins these rows, so keeping `" \n"` would evaluate other
+/// text (1,467 of the test split's 4,358 rows).
+pub fn wikitext2_rows(raw: &str) -> Vec<&str> {
+    raw.split_inclusive('\n').map(|l| if l.trim().is_empty() { "" } else { l }).collect()
+}
+
+/// Version of the text [`wikitext2_test`] gives, part of the key of every cached result computed
+/// on it (bump when the text changes).
+pub const WIKITEXT2_TEXT_VERSION: u32 = 2;
 
 /// The evaluation half of WikiText-2's test tokens ([`Split::wikitext2_range`]) under the model's
 /// tokenizer: perplexity and every WikiText-2 analysis read these, never the calibration or SAE
@@ -216,6 +227,22 @@ fn windows_in_range(ids: &[u32], n: usize, seqlen: usize, seed: u64) -> Result<V
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wikitext_rows_are_the_hugging_face_datasets_rows() {
+        // the raw file's first lines; the dataset has "" for the whitespace-only ones
+        let raw = " \n = Robert Boulter = \n \n Robert Boulter is an English film actor . \n";
+        assert_eq!(wikitext2_rows(raw), vec!["", " = Robert Boulter = \n", "", " Robert Boulter is an English film actor . \n"]);
+        assert_eq!(wikitext2_rows(raw).join("\n\n"), "\n\n = Robert Boulter = \n\n\n\n\n Robert Boulter is an English film actor . \n");
+        // the real split (when the shared folder is there): 4,358 rows, 1,467 of them empty, the
+        // counts of the Hugging Face dataset's test split
+        if let Some(p) = crate::shared::shared_path(crate::shared::WIKITEXT2_TEST) {
+            let raw = std::fs::read_to_string(p).unwrap();
+            let rows = wikitext2_rows(&raw);
+            assert_eq!((rows.len(), rows.iter().filter(|r| r.is_empty()).count()), (4358, 1467));
+            assert!(wikitext2_test(None).unwrap().starts_with("\n\n = Robert Boulter = \n\n\n\n\n Robert Boulter is"));
+        }
+    }
 
     #[test]
     fn windows_drop_the_remainder() {

@@ -12,8 +12,8 @@
 //! are relative to the Markdown file's folder.
 //!
 //! Kinds: `study SPEC [RESULTS]` — a study's summary table ([`crate::size_axis::markdown`]) and its
-//! finding ([`crate::size_axis::finding`]) from the finished cells (default results folder as
-//! [`crate::size_axis::load`] picks it).
+//! finding ([`crate::size_axis::finding`]) from the study's finished cells
+//! ([`crate::study::collect_study`]; default results folder [`crate::size_axis::default_results`]).
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::Path;
 
@@ -25,10 +25,13 @@ pub fn render(cmd: &str, base: &Path) -> Result<String> {
     let words: Vec<&str> = cmd.split_whitespace().collect();
     match words.as_slice() {
         ["study", spec, rest @ ..] if rest.len() <= 1 => {
-            let results = rest.first().map(|r| base.join(r));
-            let (study, dir) = crate::size_axis::load(&base.join(spec), &crate::size_axis::Overrides { results, ..Default::default() })?;
+            // every model of the file, also those not on this machine: the table is of the
+            // committed cells, whatever this machine holds
+            let path = base.join(spec);
+            let study = crate::study::Study::load(&path)?;
+            let dir = rest.first().map(|r| base.join(r)).unwrap_or_else(|| crate::size_axis::default_results(&path, &study, false));
             let sizes = crate::size_axis::model_sizes(&study, &dir)?;
-            let table = crate::study::summary(&crate::study::collect(&dir)?, &sizes)?;
+            let table = crate::study::summary(&crate::study::collect_study(&study, &dir)?, &sizes)?;
             Ok(format!("{}\n{}", crate::size_axis::markdown(&table)?, crate::size_axis::finding(&table)?))
         }
         _ => bail!("report block '{cmd}': unknown; expected `study SPEC [RESULTS]`"),

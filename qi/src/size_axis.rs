@@ -89,13 +89,22 @@ pub fn load(path: &Path, o: &Overrides) -> Result<(Study, PathBuf)> {
     if study.models.is_empty() {
         return Err(anyhow!("{}: none of the study's {before} models is on this machine (run ./dev models)", path.display()));
     }
-    let root = path.canonicalize().ok().and_then(|p| p.parent().and_then(Path::parent).map(Path::to_path_buf)).unwrap_or_else(|| PathBuf::from("."));
     let results = match &o.results {
         Some(r) => r.clone(),
-        None if o.any() => root.join("target").join("study").join(format!("{}-custom", study.name)),
-        None => root.join("data").join("results").join(&study.name),
+        None => default_results(path, &study, o.any()),
     };
     Ok((study, results))
+}
+
+/// The results folder of a study file `STUDIES/NAME.toml`: `STUDIES/../data/results/NAME` (the
+/// committed cells), or `STUDIES/../target/study/NAME-custom` for a run with overrides.
+pub fn default_results(path: &Path, study: &Study, overridden: bool) -> PathBuf {
+    let root = path.canonicalize().ok().and_then(|p| p.parent().and_then(Path::parent).map(Path::to_path_buf)).unwrap_or_else(|| PathBuf::from("."));
+    if overridden {
+        root.join("target").join("study").join(format!("{}-custom", study.name))
+    } else {
+        root.join("data").join("results").join(&study.name)
+    }
 }
 
 /// Non-embedding parameters of a model file: GGUF tensors counted from the header (no weights are

@@ -148,6 +148,20 @@ impl Cell {
     }
 }
 
+/// The version of the text an analysis with these options reads, where it reads one whose
+/// preparation has changed since results were first cached: WikiText-2 (rows as the Hugging Face
+/// dataset has them) and C4 (the calibration / SAE / evaluation split).
+fn data_version(options: &Value) -> Option<String> {
+    let text = options.get("text").and_then(Value::as_str)?;
+    if text == "wikitext2" {
+        Some(format!("wikitext2-v{}", crate::data::WIKITEXT2_TEXT_VERSION))
+    } else if text.starts_with("c4") {
+        Some(format!("c4-split-v{}", crate::quant::spec::CALIBRATION_DATA_VERSION))
+    } else {
+        None
+    }
+}
+
 /// A cell's files, as [`Cell::state`] finds them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CellState {
@@ -267,10 +281,20 @@ impl Study {
                 let group = mi * specs.len() + si;
                 for (ai, a) in self.analyses.iter().enumerate() {
                     for &seed in &a.seeds {
-                        let key = format!(
+                        let mut key = format!(
                             "model={}|source={}|spec={spec}|analysis={}|name={}|seed={seed}|options={}",
                             m.name, m.source, a.id, a.name, a.options
                         );
+                        // what else the result depends on: the quantizer's algorithm version and
+                        // the version of the text read (appended only where they are not the
+                        // first, so cells made before versions existed keep their keys)
+                        let algo = spec.algorithm_version();
+                        if !algo.ends_with("-v1") {
+                            key.push_str(&format!("|algo={algo}"));
+                        }
+                        if let Some(v) = data_version(&a.options) {
+                            key.push_str(&format!("|data={v}"));
+                        }
                         let hash = &stable_hash(&[&key])[..8];
                         let stem = format!("{}__{}__{}__s{seed}__{hash}", slug(&m.name), slug(&spec.to_string()), slug(&a.id));
                         out.push(Cell { model: mi, spec: spec.clone(), analysis: ai, seed, group, key, stem });
@@ -758,6 +782,36 @@ pub fn collect(results: &Path) -> Result<DataFrame> {
         bail!("{} result cell(s) in {} cannot be trusted (re-run the study to redo them): {}", bad.len(), results.display(), list.join("; "));
     }
     Ok(df)
+}
+
+/// The finished cells of `study` in `results`, in one frame (as [`collect`]): only files that belong
+/// to a cell of the study under its current key, so results made under an older key (another
+/// quantizer or data version) never mix in. A damaged cell is an error naming it; cells not run
+/// yet are absent.
+pub fn collect_study(study: &Study, results: &Path) -> Result<DataFrame> {
+    let mut frames = Vec::new();
+    let mut bad = Vec::new();
+    for c in study.cells() {
+        match c.state(results) {
+            CellState::Done => frames.push(tidy::read_parquet(&c.parquet(results))?),
+            CellState::Missing => {}
+            CellState::Damaged(why) => bad.push(why),
+        }
+    }
+    if !bad.is_empty() {
+        bail!("{} result cell(s) of study {} in {} cannot be trusted (re-run the study to redo them): {}", bad.len(), study.name, results.display(), bad.join("; "));
+    }
+    if frames.is_empty() {
+        return Err(QiError::invalid("results directory", results.display(), format!("holds no finished cell of study {}", study.name)).into());
+    }
+    concat_diagonal(&frames)
+}
+
+/// Result files in `results` that belong to no cell of `study` (made under an older key, or by
+/// another study); [`collect`] would include them, [`collect_study`] does not.
+pub fn orphans(study: &Study, results: &Path) -> Result<Vec<PathBuf>> {
+    let mine: std::collections::HashSet<PathBuf> = study.cells().iter().map(|c| c.parquet(results)).collect();
+    Ok(result_files(results)?.into_iter().filter(|p| !mine.contains(p)).collect())
 }
 
 /// [`collect`] over the cells that check out, and the ones left out with what is wrong with each.
