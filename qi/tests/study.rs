@@ -290,6 +290,28 @@ fn run_resume_collect_and_determinism() {
 }
 
 #[test]
+fn cell_keys_carry_the_quantizer_and_text_versions() {
+    let dir = temp_dir("study-keys");
+    let toml = write(
+        &dir,
+        "k.toml",
+        &format!(
+            "name = \"k\"\nquantizers = [\"rtn:bits=4\", \"gptq:bits=4,samples=4,seqlen=16\"]\nmodels = [\"{}\"]\n[[analyses]]\nname = \"perplexity\"\noptions = {{ text = \"wikitext2\" }}\n[[analyses]]\nname = \"perplexity\"\nid = \"ppl_random\"\noptions = {{ text = \"random\" }}\n",
+            fixture("llama").display()
+        ),
+    );
+    let s = Study::load(&toml).unwrap();
+    let key = |spec: &str, id: &str| s.cells().into_iter().find(|c| c.spec.to_string() == spec && s.analyses[c.analysis].id == id).unwrap().key;
+    // a changed quantizer (GPTQ v2) or text (WikiText-2 rows) must give new cells, never reuse old ones
+    assert!(key("gptq:bits=4,samples=4,seqlen=16", "ppl_random").ends_with("|algo=gptq-v2-data2"), "{}", key("gptq:bits=4,samples=4,seqlen=16", "ppl_random"));
+    assert!(key("rtn:bits=4", "perplexity").ends_with(&format!("|data=wikitext2-v{}", qi::data::WIKITEXT2_TEXT_VERSION)));
+    // first versions leave the key as it was, so cells made before versions existed stay valid
+    let plain = key("rtn:bits=4", "ppl_random");
+    assert!(!plain.contains("|algo=") && !plain.contains("|data="), "{plain}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn a_damaged_result_cell_is_redone_never_counted_as_done() {
     let dir = temp_dir("study-damage");
     let s = Study::load(&small_spec(&dir)).unwrap();
