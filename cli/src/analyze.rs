@@ -27,7 +27,7 @@ pub struct AnalyzeArgs {
     /// Name for the `model` column (default: the model's file stem or Hub id).
     #[arg(long)]
     pub name_as: Option<String>,
-    /// Quantized-twin cache directory (default: QI_CACHE or target/qi-cache).
+    /// Quantized-twin cache directory (default: QI_CACHE, else ~/.cache/qi/twins).
     #[arg(long)]
     pub cache: Option<PathBuf>,
     /// Quantize in memory only.

@@ -62,7 +62,7 @@ enum Command {
         /// Output directory (must not exist or be empty).
         #[arg(long, required_unless_present = "cache")]
         out: Option<PathBuf>,
-        /// Store the twin in the quantized-twin cache (QI_CACHE or target/qi-cache) that
+        /// Store the twin in the quantized-twin cache (QI_CACHE, else ~/.cache/qi/twins) that
         /// `qi analyze` and studies read, instead of --out.
         #[arg(long, conflicts_with = "out")]
         cache: bool,
@@ -105,7 +105,7 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
-    /// The quantized-twin cache (QI_CACHE or target/qi-cache): check or clear it.
+    /// The quantized-twin cache (QI_CACHE, else ~/.cache/qi/twins): check or clear it.
     #[command(subcommand)]
     Cache(CacheCommand),
     /// Print a tidy results table (parquet from `qi analyze` / `qi study`) as markdown, optionally
@@ -148,7 +148,7 @@ enum CacheCommand {
     /// Check every cached twin's files against its manifest (size and XXH3-128); exit 1 when any
     /// entry is damaged (a study or analysis re-quantizes damaged entries by itself).
     Verify {
-        /// Cache directory (default: QI_CACHE or target/qi-cache).
+        /// Cache directory (default: QI_CACHE, else ~/.cache/qi/twins).
         #[arg(long)]
         cache: Option<PathBuf>,
         /// Remove the damaged entries.

@@ -17,7 +17,7 @@ pub enum StudyCommand {
         spec: PathBuf,
         #[command(flatten)]
         sel: Selection,
-        /// Quantized-twin cache directory (default: QI_CACHE or target/qi-cache).
+        /// Quantized-twin cache directory (default: QI_CACHE, else ~/.cache/qi/twins).
         #[arg(long)]
         cache: Option<PathBuf>,
         /// Quantize in memory only.

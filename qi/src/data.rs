@@ -89,19 +89,42 @@ pub fn documents_in(docs: &[String], split: Split) -> Vec<String> {
     docs.iter().filter(|d| Split::of_document(d) == split).cloned().collect()
 }
 
-fn shared_or(rel: &str, path: Option<&Path>) -> Result<PathBuf> {
-    match path {
-        Some(p) => Ok(p.to_path_buf()),
-        None => crate::shared::shared_dir()
-            .map(|d| d.join(rel))
-            .with_context(|| format!("no path given and the shared data folder was not found (set QI_SHARED); expected {rel} in it")),
-    }
+/// Where a dataset comes from when no path is given: the local copy in the shared data folder
+/// (`QI_SHARED`) when it is there, else the Hub (through hf-hub and its cache).
+enum Source {
+    Local(PathBuf),
+    Hub(PathBuf),
 }
 
+fn local_or_hub(rel: &str, path: Option<&Path>, hub: (&str, &str)) -> Result<Source> {
+    if let Some(p) = path {
+        return Ok(Source::Local(p.to_path_buf()));
+    }
+    if let Some(p) = crate::shared::shared_dir().map(|d| d.join(rel)).filter(|p| p.exists()) {
+        return Ok(Source::Local(p));
+    }
+    crate::loader::hub::dataset_file(hub.0, hub.1)
+        .map(Source::Hub)
+        .with_context(|| format!("no local copy ({rel} in the shared data folder, QI_SHARED) and no download"))
+}
+
+/// The Hub dataset and file WikiText-2's test split comes from when there is no local copy.
+pub const WIKITEXT2_HUB: (&str, &str) = ("Salesforce/wikitext", "wikitext-2-raw-v1/test-00000-of-00001.parquet");
+/// The Hub dataset and file of C4's English validation shard 0; its first [`C4_HUB_DOCUMENTS`]
+/// documents are the sample used when there is no local copy.
+pub const C4_HUB: (&str, &str) = ("allenai/c4", "en/c4-validation.00000-of-00008.json.gz");
+pub const C4_HUB_DOCUMENTS: usize = 2000;
+
 /// WikiText-2 raw test split as one string, joined the way the GPTQ paper does (`"\n\n".join`
-/// over the rows of the Hugging Face dataset `wikitext-2-raw-v1`).
+/// over the rows of the Hugging Face dataset `wikitext-2-raw-v1`). `path`: the raw file
+/// (`wiki.test.raw`) or the dataset's parquet file; `None`: the shared folder's copy, else the Hub.
 pub fn wikitext2_test(path: Option<&Path>) -> Result<String> {
-    let p = shared_or(crate::shared::WIKITEXT2_TEST, path)?;
+    let p = match local_or_hub(crate::shared::WIKITEXT2_TEST, path, WIKITEXT2_HUB)? {
+        Source::Local(p) | Source::Hub(p) => p,
+    };
+    if p.extension().is_some_and(|e| e == "parquet") {
+        return Ok(text_column(&p)?.join("\n\n"));
+    }
     let raw = std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read WikiText-2 text", p.display()))?;
     Ok(wikitext2_rows(&raw).join("\n\n"))
 }
@@ -128,16 +151,54 @@ pub fn wikitext2_eval_ids(model: &crate::HookedTransformer) -> Result<Vec<u32>> 
     Ok(ids)
 }
 
-/// The `text` column of the C4 validation parquet file.
+/// C4 documents (the `text` field): `path` a parquet file with a `text` column or a JSON-lines
+/// file (optionally gzipped, as the Hub stores C4); `None`: the shared folder's 2,000-document
+/// sample, else the first [`C4_HUB_DOCUMENTS`] documents of the Hub's validation shard 0.
 pub fn c4_documents(path: Option<&Path>) -> Result<Vec<String>> {
+    let (p, limit) = match local_or_hub(crate::shared::C4_VALIDATION, path, C4_HUB)? {
+        Source::Local(p) => (p, usize::MAX),
+        Source::Hub(p) => (p, C4_HUB_DOCUMENTS),
+    };
+    let name = p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    if name.ends_with(".parquet") {
+        return Ok(text_column(&p)?.into_iter().take(limit).collect());
+    }
+    if name.ends_with(".json.gz") || name.ends_with(".jsonl.gz") || name.ends_with(".json") || name.ends_with(".jsonl") {
+        return json_lines_text(&p, limit);
+    }
+    anyhow::bail!("{}: expected a .parquet file with a 'text' column or JSON lines (.json[l][.gz]) with a \"text\" field", p.display())
+}
+
+/// The `text` field of each line of a JSON-lines file (gzipped when its name ends in `.gz`).
+fn json_lines_text(p: &Path, limit: usize) -> Result<Vec<String>> {
+    use std::io::BufRead;
+    let f = std::fs::File::open(p).with_context(|| format!("{}: cannot open", p.display()))?;
+    let reader: Box<dyn BufRead> = if p.extension().is_some_and(|e| e == "gz") { Box::new(std::io::BufReader::new(flate2::read::GzDecoder::new(f))) } else { Box::new(std::io::BufReader::new(f)) };
+    let mut out = Vec::new();
+    for (i, line) in reader.lines().enumerate() {
+        if out.len() >= limit {
+            break;
+        }
+        let line = line.with_context(|| format!("{}: cannot read line {}", p.display(), i + 1))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(&line).with_context(|| format!("{}: line {} is not JSON", p.display(), i + 1))?;
+        let t = v.get("text").and_then(|t| t.as_str()).with_context(|| format!("{}: line {} has no \"text\" string", p.display(), i + 1))?;
+        out.push(t.to_string());
+    }
+    Ok(out)
+}
+
+/// The `text` column of a parquet file.
+fn text_column(p: &Path) -> Result<Vec<String>> {
     use polars::prelude::{ParquetReader, SerReader};
-    let p = shared_or(crate::shared::C4_VALIDATION, path)?;
-    let file = std::fs::File::open(&p).with_context(|| format!("{}: cannot open C4 parquet file", p.display()))?;
+    let file = std::fs::File::open(p).with_context(|| format!("{}: cannot open parquet file", p.display()))?;
     let df = ParquetReader::new(file)
         .with_columns(Some(vec!["text".into()]))
         .finish()
         .with_context(|| format!("{}: not a readable parquet file with a 'text' column", p.display()))?;
-    let col = df.column("text").with_context(|| format!("{}: no 'text' column", p.display()))?;
+    let col = df.columns().iter().find(|c| c.name().as_str() == "text").with_context(|| format!("{}: no 'text' column", p.display()))?;
     let ca = col.str().with_context(|| format!("{}: 'text' column is not a string column", p.display()))?;
     Ok(ca.iter().flatten().map(str::to_string).collect())
 }

@@ -225,9 +225,11 @@ pub fn svg_img_html(svg: &str, alt: &str) -> String {
 /// HTML that draws the figure with the vendored plotly.js, referenced by a path relative to the
 /// kernel's working directory (the notebook's folder), so no 3.5 MB copy lands in the notebook.
 fn loader_html(json: &str, why: &str) -> String {
-    let js = crate::figures::plotly_js_path();
     let cwd = std::env::current_dir().unwrap_or_default();
-    let src = relative_path(&cwd, &js);
+    let src = match crate::figures::plotly_js_path() {
+        Ok(js) => relative_path(&cwd, &js),
+        Err(_) => "plotly.min.js".to_string(),
+    };
     let id = format!("qi-plot-{:x}", fxhash(json));
     format!(
         "<div id=\"{id}\" style=\"height:450px\"></div>\n<!-- no static image: {} -->\n<script src=\"{}\"></script>\n<script>(function(){{var f={};var go=function(){{if(window.Plotly){{Plotly.newPlot(\"{id}\",f.data,f.layout,f.config);}}else{{setTimeout(go,100);}}}};go();}})();</script>",

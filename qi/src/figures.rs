@@ -1,41 +1,42 @@
 //! Saving plotly figures as files: an interactive HTML page and a static SVG.
 //!
-//! * `NAME.html` loads `plotly.min.js` from the same folder (the repo vendors plotly.js 3.0.1, MIT,
-//!   in `figures/plotly.min.js`; it is copied next to the figures when `QI_FIGURES_DIR` points
-//!   elsewhere), so each page is a few KB instead of 4.6 MB and works offline as long as the
-//!   folder is kept together.
+//! * `NAME.html` loads `plotly.min.js` from the same folder (plotly.js 3.0.1, MIT, is built into qi
+//!   from `qi/assets/` and written next to the figures), so each page is a few KB instead of
+//!   4.6 MB and works offline as long as the folder is kept together.
 //! * `NAME.svg` is rendered by kaleido 0.2.1 (PyPI; bundles its own headless Chromium), started with
 //!   `--plotlyjs=<vendored plotly.min.js>` so it never fetches plotly.js from a CDN. kaleido is
-//!   found through `QI_KALEIDO` (its `kaleido/executable/kaleido` launcher), the project venv
-//!   `target/venv` (made by `./dev setup-notebooks`), or the active `VIRTUAL_ENV`.
+//!   found through `QI_KALEIDO` (its `kaleido/executable/kaleido` launcher), or in the venv
+//!   `QI_VENV` (`./dev` sets it to `target/venv`, made by `./dev setup-notebooks`) or the active
+//!   `VIRTUAL_ENV`.
 //!
-//! Files are written atomically. The folder is `<repo>/figures` unless `QI_FIGURES_DIR` is set.
+//! Files are written atomically. The folder is `QI_FIGURES_DIR`, else `figures/` in the working
+//! directory (`./dev` points it at the repository's `figures/`).
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-/// The repository root (parent of the `qi` crate).
-pub fn repo_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    dir.canonicalize().unwrap_or(dir)
-}
-
-/// Where figures are written: `QI_FIGURES_DIR`, else `<repo>/figures`.
+/// Where figures are written: `QI_FIGURES_DIR`, else `figures/` in the working directory.
 pub fn figures_dir() -> PathBuf {
     match std::env::var_os("QI_FIGURES_DIR") {
         Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => repo_dir().join("figures"),
+        _ => PathBuf::from("figures"),
     }
 }
 
-/// The vendored plotly.js (3.0.1, MIT licence), `<repo>/figures/plotly.min.js`.
-pub fn plotly_js_path() -> PathBuf {
-    repo_dir().join("figures").join("plotly.min.js")
+/// plotly.js 3.0.1 (MIT licence), built into qi so figures work wherever qi is used.
+pub const PLOTLY_JS: &[u8] = include_bytes!("../assets/plotly.min.js");
+
+/// A copy of plotly.js in the figures folder (written there when absent), for the figures' HTML
+/// pages, the notebook display and kaleido.
+pub fn plotly_js_path() -> Result<PathBuf> {
+    let dir = figures_dir();
+    ensure_plotly_js(&dir)?;
+    Ok(dir.join("plotly.min.js"))
 }
 
-const INSTALL_HINT: &str = "install the static renderer with `./dev setup-notebooks` (it runs `python3 -m venv target/venv && target/venv/bin/pip install kaleido==0.2.1`), or set QI_KALEIDO to .../site-packages/kaleido/executable/kaleido";
+const INSTALL_HINT: &str = "install the static renderer with `pip install kaleido==0.2.1` into a venv and set QI_VENV to it (`./dev setup-notebooks` does this in target/venv), or set QI_KALEIDO to .../site-packages/kaleido/executable/kaleido";
 
 /// kaleido's launcher script (`site-packages/kaleido/executable/kaleido`).
 pub fn kaleido_path() -> Result<PathBuf> {
@@ -46,10 +47,7 @@ pub fn kaleido_path() -> Result<PathBuf> {
         }
         bail!("QI_KALEIDO={} does not exist; {INSTALL_HINT}", p.display());
     }
-    let mut venvs = vec![repo_dir().join("target").join("venv")];
-    if let Some(v) = std::env::var_os("VIRTUAL_ENV") {
-        venvs.push(PathBuf::from(v));
-    }
+    let venvs: Vec<PathBuf> = ["QI_VENV", "VIRTUAL_ENV"].iter().filter_map(|k| std::env::var_os(k)).filter(|v| !v.is_empty()).map(PathBuf::from).collect();
     for venv in &venvs {
         let Ok(rd) = std::fs::read_dir(venv.join("lib")) else { continue };
         for e in rd.flatten() {
@@ -59,7 +57,7 @@ pub fn kaleido_path() -> Result<PathBuf> {
             }
         }
     }
-    bail!("static figure export needs kaleido 0.2.1, which was not found (looked in QI_KALEIDO, {}); {INSTALL_HINT}", venvs.iter().map(|v| v.display().to_string()).collect::<Vec<_>>().join(", "))
+    bail!("static figure export needs kaleido 0.2.1, which was not found (looked in QI_KALEIDO, QI_VENV, VIRTUAL_ENV: {}); {INSTALL_HINT}", if venvs.is_empty() { "none set".to_string() } else { venvs.iter().map(|v| v.display().to_string()).collect::<Vec<_>>().join(", ") })
 }
 
 /// Renders a figure (plotly JSON: `{"data": …, "layout": …}`) to SVG with kaleido.
@@ -83,10 +81,7 @@ pub fn render_json(figure_json: &str, format: &str) -> Result<String> {
 /// One kaleido run; `None` when it did not answer within `timeout_secs` (it is killed).
 fn render_json_once(figure_json: &str, format: &str, timeout_secs: u64) -> Result<Option<String>> {
     let kaleido = kaleido_path()?;
-    let js = plotly_js_path();
-    if !js.is_file() {
-        bail!("{} is missing (the repo vendors plotly.js there; restore it with git checkout figures/plotly.min.js)", js.display());
-    }
+    let js = plotly_js_path()?;
     let fig: serde_json::Value = serde_json::from_str(figure_json).context("figure is not valid JSON")?;
     let layout = &fig["layout"];
     let width = layout["width"].as_u64().unwrap_or(700);
@@ -165,22 +160,14 @@ pub fn save_figure_in(plot: &plotly::Plot, name: &str, dir: &Path) -> Result<Fig
     Ok(paths)
 }
 
-/// Copies the vendored plotly.min.js into `dir` unless an identical-size copy is there.
+/// Writes qi's plotly.js into `dir` unless a copy of the same size is there.
 fn ensure_plotly_js(dir: &Path) -> Result<()> {
-    let src = plotly_js_path();
     let dst = dir.join("plotly.min.js");
-    let same_file = match (src.canonicalize(), dst.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    };
-    if same_file {
+    if std::fs::metadata(&dst).map(|m| m.len()).ok() == Some(PLOTLY_JS.len() as u64) {
         return Ok(());
     }
-    let src_len = std::fs::metadata(&src).with_context(|| format!("{} is missing (vendored plotly.js)", src.display()))?.len();
-    if std::fs::metadata(&dst).map(|m| m.len()) .ok() == Some(src_len) {
-        return Ok(());
-    }
-    crate::io::write_atomic(&dst, |tmp| std::fs::copy(&src, tmp).map(|_| ()).with_context(|| format!("cannot copy {} to {}", src.display(), dst.display())))
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    crate::io::write_atomic(&dst, |tmp| std::fs::write(tmp, PLOTLY_JS).with_context(|| format!("cannot write {}", dst.display())))
 }
 
 /// A standalone page drawing the figure with `plotly.min.js` from the same folder.
@@ -214,10 +201,17 @@ mod tests {
     }
 
     #[test]
-    fn vendored_plotly_js_is_present() {
-        let js = plotly_js_path();
-        let head = std::fs::read_to_string(&js).expect("figures/plotly.min.js is vendored");
-        assert!(head.starts_with("/**\n* plotly.js v3.0.1") && head[..200].contains("MIT"));
+    fn plotly_js_is_built_in_and_written_next_to_the_figures() {
+        assert!(PLOTLY_JS.starts_with(b"/**\n* plotly.js v3.0.1") && String::from_utf8_lossy(&PLOTLY_JS[..200]).contains("MIT"));
+        let dir = std::env::temp_dir().join(format!("qi-plotly-js-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        ensure_plotly_js(&dir).unwrap();
+        assert_eq!(std::fs::read(dir.join("plotly.min.js")).unwrap(), PLOTLY_JS);
+        // a truncated copy is replaced
+        std::fs::write(dir.join("plotly.min.js"), b"/**").unwrap();
+        ensure_plotly_js(&dir).unwrap();
+        assert_eq!(std::fs::metadata(dir.join("plotly.min.js")).unwrap().len(), PLOTLY_JS.len() as u64);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Needs kaleido (./dev setup-notebooks); skipped with a message otherwise.

@@ -1,26 +1,31 @@
 //! Where the real data and weights live on development and CI machines.
 //!
-//! `QI_SHARED` names the folder; otherwise `../shared` beside the workspace root is used. Tests that
+//! `QI_SHARED` names the folder (`./dev` sets it to `../shared` beside the repository). Tests that
 //! need it call [`shared_path`] and skip with a printed reason when it returns `None`.
 use std::path::PathBuf;
 
-/// The shared data folder, if present.
+/// The shared data folder (`QI_SHARED`), if set and present. qi never derives it from where its
+/// source lives: outside this repository datasets come from the Hub instead ([`crate::data`]).
+/// `./dev` sets it to `../shared` beside the repository.
 pub fn shared_dir() -> Option<PathBuf> {
-    let dir = match std::env::var_os("QI_SHARED") {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"),
-    };
+    let dir = PathBuf::from(std::env::var_os("QI_SHARED").filter(|d| !d.is_empty())?);
     dir.is_dir().then_some(dir)
 }
 
+fn env_dir(k: &str) -> Option<PathBuf> {
+    std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from)
+}
+
+/// qi's folder in the user's cache: `$XDG_CACHE_HOME/qi`, else `~/.cache/qi` (else `.cache/qi`
+/// in the working directory, where there is no home).
+pub fn user_cache_dir() -> PathBuf {
+    env_dir("XDG_CACHE_HOME").map(|d| d.join("qi")).or_else(|| env_dir("HOME").map(|d| d.join(".cache").join("qi"))).unwrap_or_else(|| PathBuf::from(".cache/qi"))
+}
+
 /// The folder `./dev models` assembles the larger reference models into: `QI_MODELS`, else
-/// `$XDG_CACHE_HOME/qi/models`, else `~/.cache/qi/models`.
+/// `models/` in [`user_cache_dir`].
 pub fn models_dir() -> PathBuf {
-    let nonempty = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
-    nonempty("QI_MODELS")
-        .or_else(|| nonempty("XDG_CACHE_HOME").map(|d| d.join("qi").join("models")))
-        .or_else(|| nonempty("HOME").map(|d| d.join(".cache").join("qi").join("models")))
-        .unwrap_or_else(|| PathBuf::from(".cache/qi/models"))
+    env_dir("QI_MODELS").unwrap_or_else(|| user_cache_dir().join("models"))
 }
 
 /// A model file in [`models_dir`], if it is there; prints why not otherwise (tests skip on None).
@@ -39,7 +44,7 @@ pub fn model_path(file: &str) -> Option<PathBuf> {
 pub fn shared_path(relative: &str) -> Option<PathBuf> {
     match shared_dir() {
         None => {
-            eprintln!("skipping: shared data folder not found (set QI_SHARED or put it at ../shared)");
+            eprintln!("skipping: shared data folder not found (set QI_SHARED; ./dev sets it to ../shared)");
             None
         }
         Some(dir) => {

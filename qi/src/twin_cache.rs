@@ -4,7 +4,7 @@
 //! `<cache>/<model-slug>-<key>/<spec-slug>-<key>`, where the keys hash everything the result
 //! depends on: the content of the source's files (sampled, see [`file_fingerprint`]; not their
 //! paths or times, which change when a shared folder is re-created), the spec and the options.
-//! The cache root is `QI_CACHE`, else `<repo>/target/qi-cache`.
+//! The cache root is `QI_CACHE`, else `~/.cache/qi/twins` ([`cache_root`]).
 //!
 //! Nothing in the cache is used unchecked: each entry holds a manifest ([`crate::integrity`]) with
 //! the full key it was made for and every file's size and XXH3-128, checked on every read; an
@@ -19,11 +19,12 @@ use crate::HookedTransformer;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
-/// The cache root: `QI_CACHE`, else `<repo>/target/qi-cache`.
+/// The cache root: `QI_CACHE`, else `twins/` in the user's cache folder
+/// (`$XDG_CACHE_HOME/qi`, else `~/.cache/qi`).
 pub fn cache_root() -> PathBuf {
     match std::env::var_os("QI_CACHE") {
         Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => crate::figures::repo_dir().join("target").join("qi-cache"),
+        _ => crate::shared::user_cache_dir().join("twins"),
     }
 }
 

@@ -8,6 +8,26 @@ fn offline() -> bool {
     matches!(std::env::var("HF_HUB_OFFLINE").as_deref(), Ok("1") | Ok("true") | Ok("TRUE") | Ok("yes"))
 }
 
+/// A function that fetches one file of `repo`: from hf-hub's cache only when offline, else
+/// through the Hub client (which uses the cache first).
+fn fetcher(repo: Repo) -> Result<Box<dyn Fn(&str) -> Result<PathBuf>>> {
+    Ok(if offline() {
+        let cache = hf_hub::Cache::from_env().repo(repo);
+        Box::new(move |f: &str| cache.get(f).ok_or_else(|| anyhow!("'{f}' is not in the local Hugging Face cache (HF_HUB_OFFLINE is set)")))
+    } else {
+        let api = hf_hub::api::sync::ApiBuilder::from_env().with_progress(true).build().context("cannot set up the Hugging Face Hub client")?;
+        let r = api.repo(repo);
+        Box::new(move |f: &str| r.get(f).map_err(|e| anyhow!("{e}")))
+    })
+}
+
+/// One file of the Hub dataset `id` (e.g. `Salesforce/wikitext`), downloaded into hf-hub's cache
+/// or found there; the local path.
+pub fn dataset_file(id: &str, file: &str) -> Result<PathBuf> {
+    let fetch = fetcher(Repo::new(id.to_string(), RepoType::Dataset))?;
+    fetch(file).with_context(|| format!("Hub dataset '{id}': cannot get {file}"))
+}
+
 /// Fetches config, weights and tokenizer files of `id` and returns the snapshot directory that
 /// holds them (hf-hub keeps all files of one revision side by side).
 pub fn download(id: &str, revision: Option<&str>) -> Result<PathBuf> {
@@ -15,14 +35,7 @@ pub fn download(id: &str, revision: Option<&str>) -> Result<PathBuf> {
         Some(r) => Repo::with_revision(id.to_string(), RepoType::Model, r.to_string()),
         None => Repo::new(id.to_string(), RepoType::Model),
     };
-    let fetch: Box<dyn Fn(&str) -> Result<PathBuf>> = if offline() {
-        let cache = hf_hub::Cache::from_env().repo(repo.clone());
-        Box::new(move |f: &str| cache.get(f).ok_or_else(|| anyhow!("'{f}' is not in the local Hugging Face cache (HF_HUB_OFFLINE is set)")))
-    } else {
-        let api = hf_hub::api::sync::ApiBuilder::from_env().with_progress(true).build().context("cannot set up the Hugging Face Hub client")?;
-        let r = api.repo(repo.clone());
-        Box::new(move |f: &str| r.get(f).map_err(|e| anyhow!("{e}")))
-    };
+    let fetch = fetcher(repo)?;
     let config = fetch("config.json").with_context(|| format!("Hub model '{id}': cannot get config.json"))?;
     let dir = config.parent().map(Path::to_path_buf).ok_or_else(|| anyhow!("odd cache path {}", config.display()))?;
     if fetch("model.safetensors").is_err() {
