@@ -10,6 +10,9 @@ pub fn next_token_nll(logits: &Tensor, tokens: &Tensor) -> Result<Tensor> {
     if p < 2 {
         bail!("need at least two positions to score next tokens, got {p}");
     }
+    if crate::fused::fusable(&[logits]) {
+        return Ok(crate::fused::next_token_nll(logits, tokens)?);
+    }
     let lp = crate::ops::log_softmax_last(&logits.narrow(1, 0, p - 1)?.to_dtype(DType::F32)?)?;
     let targets = tokens.narrow(1, 1, p - 1)?.to_dtype(DType::U32)?.contiguous()?;
     let picked = lp.reshape((b * (p - 1), v))?.gather(&targets.reshape((b * (p - 1), 1))?, 1)?;
