@@ -39,7 +39,9 @@ pub fn ensure_empty_output_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn write_files(model: &HookedTransformer, dir: &Path, report: Option<&QuantReport>) -> Result<()> {
+/// Writes the HF files of `model` into the existing directory `dir` (no staging: callers that
+/// need atomicity stage the directory themselves, as [`save_hf_dir`] and the twin cache do).
+pub(crate) fn write_files(model: &HookedTransformer, dir: &Path, report: Option<&QuantReport>) -> Result<()> {
     let cfg = config_to_hf(&model.cfg);
     std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&cfg)?)?;
     let tensors: HashMap<String, candle_core::Tensor> = hf_state_dict(model)?

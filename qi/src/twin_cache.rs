@@ -12,7 +12,6 @@
 //! manifest) is reported on stderr, removed and quantized again. An entry is written into a hidden
 //! staging folder and renamed into place, and a lock file beside it keeps two processes from
 //! quantizing the same twin at once (the second waits and reads the first one's entry).
-use crate::export::save_hf_dir;
 use crate::quant::QuantSpec;
 use crate::quantize::{quantize_model, QuantReport, QuantizeOptions};
 use crate::HookedTransformer;
@@ -77,7 +76,7 @@ pub fn model_key(model: &HookedTransformer) -> String {
     stable_hash(&parts.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
-/// Version of the on-disk twin layout; bump when what [`save_hf_dir`] writes changes meaning.
+/// Version of the on-disk twin layout; bump when what [`crate::export::save_hf_dir`] writes changes meaning.
 pub const TWIN_FORMAT_VERSION: u32 = 1;
 
 /// The directory a twin of `model` under `spec` and `opts` is cached in. The key holds the
@@ -137,6 +136,7 @@ pub fn quantize_cached(
     let key = twin_manifest_key(model, spec, opts)?;
     // One process per entry at a time: a second one waits, then reads what the first stored.
     let _lock = crate::integrity::lock(&lock_path(&dir));
+    let mut can_store = true;
     if dir.exists() {
         match read_verified(&dir, &key, model, spec) {
             Ok(found) => return Ok(found),
@@ -144,16 +144,17 @@ pub fn quantize_cached(
                 eprintln!("qi: the cached twin {} cannot be trusted ({why}); quantizing it again", dir.display());
                 if let Err(e) = crate::integrity::remove(&dir) {
                     eprintln!("qi: {e:#}; the new twin will not be cached");
-                    let (twin, report) = quantize_model(model, spec, opts)?;
-                    return Ok((twin, Some(report), TwinOrigin::Quantized));
+                    can_store = false;
                 }
             }
         }
     }
     let (twin, report) = quantize_model(model, spec, opts)?;
-    if let Err(e) = store(&twin, &report, &dir, &key) {
-        // a cache that cannot be written (read-only, full) costs time, not correctness
-        eprintln!("qi: could not cache the twin in {}: {e:#}", dir.display());
+    if can_store {
+        if let Err(e) = store(&twin, &report, &dir, &key) {
+            // a cache that cannot be written (read-only, full) costs time, not correctness
+            eprintln!("qi: could not cache the twin in {}: {e:#}", dir.display());
+        }
     }
     Ok((twin, Some(report), TwinOrigin::Quantized))
 }
@@ -188,13 +189,14 @@ fn store(twin: &HookedTransformer, report: &QuantReport, dir: &Path, key: &str) 
     // under the entry's lock nobody else is writing it: what a killed writer left can go
     if let Some(parent) = dir.parent() {
         for e in std::fs::read_dir(parent).into_iter().flatten().flatten() {
-            let n = e.file_name().to_string_lossy().to_string();
-            if n.starts_with(&format!(".{name}.staging-")) || n.starts_with(&format!("..{name}.staging-")) {
+            if e.file_name().to_string_lossy().starts_with(&format!(".{name}.staging-")) {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
     }
-    let result = save_hf_dir(twin, &staging, Some(report))
+    let result = std::fs::create_dir_all(&staging)
+        .with_context(|| format!("cannot create {}", staging.display()))
+        .and_then(|_| crate::export::write_files(twin, &staging, Some(report)))
         .and_then(|_| crate::integrity::write_manifest(&staging, key).map(|_| ()))
         .and_then(|_| std::fs::rename(&staging, dir).with_context(|| format!("cannot move {} to {}", staging.display(), dir.display())));
     if result.is_err() {
@@ -367,7 +369,7 @@ mod tests {
         // a twin stored under another version (here: an 8-bit twin, so reusing it would show)
         let old = twin_dir_versioned(&root, &m, &spec, &opts, "rtn-v0-format1").unwrap();
         let (stale, _) = quantize_model(&m, &"rtn:bits=8".parse().unwrap(), &opts).unwrap();
-        save_hf_dir(&stale, &old, None).unwrap();
+        crate::export::save_hf_dir(&stale, &old, None).unwrap();
         assert_ne!(old, twin_dir(&root, &m, &spec, &opts).unwrap());
         let (fresh, _, origin) = quantize_cached(&m, &spec, &opts, Some(&root)).unwrap();
         assert_eq!(origin, TwinOrigin::Quantized, "the old-version twin must not be read");
