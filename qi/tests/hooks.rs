@@ -198,6 +198,26 @@ fn gradients_at_hooks_match_finite_differences() {
     }
 }
 
+/// Gradients at several hook points at once are each the full derivative: the gradient at layer 0's
+/// residual stream still flows through layer 1 when layer 1 is hooked too (a hook that replaced
+/// the activation by a detached variable would give zero there).
+#[test]
+fn gradients_at_several_hooks_equal_each_alone() {
+    let model = load_model(fixture("llama").to_str().unwrap()).unwrap();
+    let batch = Batch::from_ids(&[3, 14, 15, 92, 65]).unwrap();
+    let metric = |logits: &Tensor| -> anyhow::Result<Tensor> { Ok(logits.i((0, 4, 17))?) };
+    let (h0, h1, a1) = (names::resid_post(0), names::resid_post(1), names::attn_out(1));
+    let (_, both) = model.gradients_at(&batch, &[h0.as_str(), a1.as_str(), h1.as_str()], metric).unwrap();
+    for h in [&h0, &a1, &h1] {
+        let (_, alone) = model.gradients_at(&batch, &[h.as_str()], metric).unwrap();
+        let (a, g) = (&alone[h.as_str()], &both[h.as_str()]);
+        // (with an earlier hook, later blocks run candle's composed ops instead of the fused kernels)
+        assert!(max_abs_diff(&a.0, &g.0) < 1e-4, "{h}: activation");
+        let scale = a.1.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(scale > 0.0 && max_abs_diff(&a.1, &g.1) <= 1e-5 * scale, "{h}: gradient with other hooks differs");
+    }
+}
+
 /// Gradient entry points run on a copy whose tensors have new ids (notebook cells each carry
 /// their own copy of candle's id counter): same storage, same numbers, different identities.
 #[test]

@@ -2,28 +2,35 @@
 //! when only that head is quantized.
 //!
 //! Metric `M`: the induction loss (default) or the text loss, as in [`super::patching`].
-//! Attribution of head h in layer l for a twin: `Σ |∂M/∂z| · |z_twin − z_ref|` over the head's
-//! `hook_z` slice (all `d_head` features) and the real token positions, with the gradient taken in
-//! the reference run (candle autograd, [`HookedTransformer::gradients_at`]) and `z_twin` from the
-//! twin's own full run on the same tokens.
 //!
-//! Measured: `M(hybrid) − M(ref)` where the hybrid is the reference with that head's weights taken
-//! from the twin: its rows of W_Q and its columns of W_O and, with `kv = shared` (default), the rows
-//! of W_K and W_V of the key/value head it reads (under grouped-query attention that KV head is
-//! shared by `n_heads / n_kv_heads` query heads, which then see the quantized K/V too — the head
-//! cannot compute with quantized weights otherwise); `kv = none` takes only W_Q and W_O. Biases
-//! stay the reference's. The hybrid's loss is computed from the head's layer on, starting from the
-//! reference's cached `resid_pre` (earlier layers are identical).
+//! Measured: `M(hybrid) − M(ref)` where the hybrid is the reference with head h of layer l taking
+//! its weights from the twin: its rows of W_Q and its columns of W_O and, with `kv = shared`
+//! (default), the rows of W_K and W_V of the key/value head it reads (under grouped-query attention
+//! that KV head is shared by `n_heads / n_kv_heads` query heads, which then see the quantized K/V
+//! too — the head cannot compute with quantized weights otherwise); `kv = none` takes only W_Q and
+//! W_O. Biases stay the reference's. The hybrid's loss is computed from the head's layer on,
+//! starting from the reference's cached `resid_pre` (earlier layers are identical).
 //!
-//! Which heads are measured: all (`measure_all`), or the `top_k` by attribution plus `random`
-//! others drawn with the seed. Rows: `attribution` per head and twin, `measured_delta` per measured
-//! head, `spearman` (attribution vs |measured_delta| over the measured heads, `n` = their count).
-use super::ablation::clean_run;
+//! Attribution predicts that same number to first order, from the same intervention: the hybrid
+//! changes nothing before layer l and, within it, only what the attention sublayer writes to the
+//! residual stream, so `M(hybrid) − M(ref) ≈ Σ ∂M/∂a · (a_hybrid − a_ref)` with `a` = layer l's
+//! `hook_attn_out` (which also carries the W_O change and, with shared K/V, the other query heads
+//! of the group), summed over real positions, the gradient taken in the reference run (candle
+//! autograd, [`HookedTransformer::gradients_at`]). That signed term is `attribution`; beside it
+//! `attribution_abs` = `Σ |∂M/∂a| · |a_hybrid − a_ref|` over the same Δ, an upper bound on the
+//! term's size that ignores cancellation. (Using Δ from the full twin instead would mix in drift
+//! from every earlier layer, which the single-head hybrid does not have.)
+//!
+//! Which heads are measured: all (`measure_all`), or the `top_k` by |attribution| plus `random`
+//! others drawn with the seed. Rows: `attribution` and `attribution_abs` per head and twin,
+//! `measured_delta` per measured head; `spearman` (attribution vs measured_delta, both signed) and
+//! `spearman_abs` (attribution_abs vs |measured_delta|) over the measured heads, `n` = their count.
+use super::ablation::{clean_run, CleanRun};
 use super::induction::{loss_target_doc, LossInputs, LossTarget};
 use super::plots::{self, Labels};
 use super::tidy::{f64_values, filter_eq, str_values};
 use super::{Analysis, Comparison, Row, Tidy};
-use crate::hooks::names;
+use crate::hooks::{names, Hooks};
 use crate::models::{Linear, QkvProj};
 use crate::{metrics, HookedTransformer, QiError};
 use anyhow::Result;
@@ -90,24 +97,51 @@ pub fn single_head_hybrid(reference: &HookedTransformer, twin: &HookedTransforme
     Ok(m)
 }
 
-/// Per head `[layer][head]`: `Σ |∂M/∂z| · |z_twin − z_ref|` over the head's z slice and real positions.
-pub fn attribution_scores(reference: &HookedTransformer, twin: &HookedTransformer, inputs: &LossInputs) -> Result<Vec<Vec<f64>>> {
+/// First-order estimates per head `[layer][head]` (see the module docs): the signed term and its
+/// absolute form.
+pub struct HeadAttribution {
+    pub signed: Vec<Vec<f64>>,
+    pub abs: Vec<Vec<f64>>,
+}
+
+/// For every head, `Σ ∂M/∂a · Δa` and `Σ |∂M/∂a| · |Δa|` with `a` = the head's layer's
+/// `hook_attn_out` and `Δa` what [`single_head_hybrid`] changes there (layer l alone run on the
+/// reference's `resid_pre`, so one block per head and batch instead of a forward pass).
+pub fn attribution_scores(reference: &HookedTransformer, twin: &HookedTransformer, inputs: &LossInputs, clean: &CleanRun, include_kv: bool) -> Result<HeadAttribution> {
     let (nl, nh) = (reference.cfg.n_layers, reference.cfg.n_heads);
-    let z_names: Vec<String> = (0..nl).map(names::z).collect();
-    let z_refs: Vec<&str> = z_names.iter().map(String::as_str).collect();
-    let mut out = vec![vec![0.0; nh]; nl];
+    let a_names: Vec<String> = (0..nl).map(names::attn_out).collect();
+    let a_refs: Vec<&str> = a_names.iter().map(String::as_str).collect();
+    // `hook_attn_out` of layer l run alone on the reference's input to it: the same computation for
+    // the reference and every hybrid, so an untouched head's Δa is exactly zero
+    let attn_out_of = |model: &HookedTransformer, l: usize, i: usize| -> Result<Tensor> {
+        let mut a = None;
+        let mut hooks = Hooks::new();
+        hooks.add(a_names[l].as_str(), |_, x| {
+            a = Some(x.to_dtype(DType::F32)?);
+            Ok(None)
+        });
+        model.run_block(l, &clean.resid_pre[i][l], &inputs.batches[i], Some(&mut hooks))?;
+        drop(hooks);
+        a.ok_or_else(|| anyhow::anyhow!("{} was not reached", a_names[l]))
+    };
+    // per batch: ∂M/∂a per layer, masked to the real positions, and the reference's a per layer
+    let mut per_batch = Vec::new();
     for (i, b) in inputs.batches.iter().enumerate() {
-        let (_, grads) = reference.gradients_at(b, &z_refs, |logits| inputs.loss_tensor(i, logits))?;
-        let (_, twin_cache) = twin.run_with_cache(b, "blocks.*.attn.hook_z")?;
+        let (_, grads) = reference.gradients_at(b, &a_refs, |logits| inputs.loss_tensor(i, logits))?;
         let (bs, p) = b.tokens.dims2()?;
-        let mask = b.valid_mask()?.to_dtype(DType::F32)?.reshape((bs, p, 1, 1))?;
-        for (l, name) in z_names.iter().enumerate() {
-            let (z_ref, g) = &grads[name];
-            let dz = (twin_cache.get(name)?.to_dtype(DType::F32)? - z_ref.to_dtype(DType::F32)?)?.abs()?;
-            // [b, p, h, d] → per head
-            let a = (g.to_dtype(DType::F32)?.abs()? * dz)?.broadcast_mul(&mask)?.sum(3)?.sum(1)?.sum(0)?.to_vec1::<f32>()?;
-            for h in 0..nh {
-                out[l][h] += a[h] as f64;
+        let mask = b.valid_mask()?.to_dtype(DType::F32)?.reshape((bs, p, 1))?;
+        let g = a_names.iter().map(|n| Ok(grads[n].1.to_dtype(DType::F32)?.broadcast_mul(&mask)?)).collect::<Result<Vec<_>>>()?;
+        let a_ref = (0..nl).map(|l| attn_out_of(reference, l, i)).collect::<Result<Vec<_>>>()?;
+        per_batch.push((g, a_ref));
+    }
+    let mut out = HeadAttribution { signed: vec![vec![0.0; nh]; nl], abs: vec![vec![0.0; nh]; nl] };
+    for l in 0..nl {
+        for h in 0..nh {
+            let hybrid = single_head_hybrid(reference, twin, l, h, include_kv)?;
+            for (i, (g, a_ref)) in per_batch.iter().enumerate() {
+                let da = (attn_out_of(&hybrid, l, i)? - &a_ref[l])?;
+                out.signed[l][h] += (&g[l] * &da)?.sum_all()?.to_scalar::<f32>()? as f64;
+                out.abs[l][h] += (g[l].abs()? * da.abs()?)?.sum_all()?.to_scalar::<f32>()? as f64;
             }
         }
     }
@@ -145,7 +179,7 @@ pub struct Attribution;
 
 impl Analysis for Attribution {
     const NAME: &'static str = "attribution";
-    const ABOUT: &'static str = "first-order attribution |∂M/∂z|·|Δz| per head vs the measured damage of quantizing only that head; Spearman per twin";
+    const ABOUT: &'static str = "first-order attribution ∂M/∂a·Δa per head (Δa from quantizing only that head) vs the measured damage of quantizing only that head; Spearman per twin";
     type Options = AttributionOptions;
 
     fn options_doc() -> &'static str {
@@ -153,7 +187,7 @@ impl Analysis for Attribution {
             loss_target_doc!(),
             "\n",
             "measure_all: measure every head's single-head damage (default false: top_k + random)\n\
-         top_k: heads with the largest attribution that are measured (default 10)\n\
+         top_k: heads with the largest |attribution| that are measured (default 10)\n\
          random: further heads drawn at random (seeded) that are measured (default 10)\n\
          kv: shared (the head's hybrid also takes its shared K/V head's rows) or none (only W_Q, W_O) (default shared)\n\
          seed: seeds the random tokens, text windows and the random heads"
@@ -172,14 +206,16 @@ impl Analysis for Attribution {
         let nh = cmp.n_heads();
         let mut out = Tidy::new(cmp.name.clone());
         for twin in &cmp.twins {
-            let attr = attribution_scores(cmp.reference, twin.model, &inputs)?;
-            let flat: Vec<f64> = attr.iter().flatten().copied().collect();
-            let measured = measured_heads(&flat, o.measure_all, o.top_k, o.random, o.seed);
-            let mut a_m = Vec::new();
-            let mut d_m = Vec::new();
-            for (i, &a) in flat.iter().enumerate() {
+            let attr = attribution_scores(cmp.reference, twin.model, &inputs, &clean, include_kv)?;
+            let flat: Vec<f64> = attr.signed.iter().flatten().copied().collect();
+            let flat_abs: Vec<f64> = attr.abs.iter().flatten().copied().collect();
+            let magnitude: Vec<f64> = flat.iter().map(|a| a.abs()).collect();
+            let measured = measured_heads(&magnitude, o.measure_all, o.top_k, o.random, o.seed);
+            for (i, (&a, &a_abs)) in flat.iter().zip(&flat_abs).enumerate() {
                 out.push(Row::new(twin.spec, "attribution", a).layer(i / nh).head(i % nh));
+                out.push(Row::new(twin.spec, "attribution_abs", a_abs).layer(i / nh).head(i % nh));
             }
+            let (mut a_m, mut a_abs_m, mut d_m) = (Vec::new(), Vec::new(), Vec::new());
             for &i in &measured {
                 let (l, h) = (i / nh, i % nh);
                 let hybrid = single_head_hybrid(cmp.reference, twin.model, l, h, include_kv)?;
@@ -187,9 +223,12 @@ impl Analysis for Attribution {
                 let delta = m - clean.loss;
                 out.push(Row::new(twin.spec, "measured_delta", delta).layer(l).head(h));
                 a_m.push(flat[i]);
-                d_m.push(delta.abs());
+                a_abs_m.push(flat_abs[i]);
+                d_m.push(delta);
             }
+            let d_abs: Vec<f64> = d_m.iter().map(|d| d.abs()).collect();
             out.push(Row::new(twin.spec, "spearman", metrics::spearman(&a_m, &d_m)).n(a_m.len()));
+            out.push(Row::new(twin.spec, "spearman_abs", metrics::spearman(&a_abs_m, &d_abs)).n(a_m.len()));
         }
         Ok(out)
     }
@@ -211,7 +250,8 @@ pub fn measured_heads(attribution: &[f64], all: bool, top_k: usize, random: usiz
     picked
 }
 
-/// Attribution (x) vs measured single-head damage (y) of the measured heads, one series per twin.
+/// Attribution (x) vs measured single-head damage (y), both signed, of the measured heads, one
+/// series per twin.
 pub fn attribution_figure(df: &DataFrame) -> Result<Plot> {
     let attr = filter_eq(df, "metric", "attribution")?;
     let key = |d: &DataFrame| -> Result<Vec<(String, i64, i64)>> {
@@ -227,13 +267,13 @@ pub fn attribution_figure(df: &DataFrame) -> Result<Plot> {
         for (k, v) in keys.iter().zip(&vals).filter(|(k, _)| k.0 == s) {
             if let Some(&a) = amap.get(k) {
                 x.push(a);
-                y.push(v.abs());
+                y.push(*v);
                 t.push(format!("L{}H{}", k.1, k.2));
             }
         }
         series.push((s, x, y, t));
     }
-    plots::paired_scatter(&series, &Labels::new("First-order attribution vs measured damage of quantizing one head", "Σ |∂M/∂z|·|Δz| (nats)", "|M(hybrid) − M(ref)| (nats)"))
+    plots::paired_scatter(&series, &Labels::new("First-order attribution vs measured damage of quantizing one head", "Σ ∂M/∂a·Δa (nats)", "M(hybrid) − M(ref) (nats)"))
 }
 
 #[cfg(test)]

@@ -165,14 +165,17 @@ impl HookedTransformer {
         metric: impl Fn(&Tensor) -> Result<Tensor>,
     ) -> Result<(f64, BTreeMap<String, (Tensor, Tensor)>)> {
         let model = self.with_fresh_tensor_ids()?;
-        let vars: RefCell<BTreeMap<String, Var>> = RefCell::new(BTreeMap::new());
+        // Each hook point adds a zero variable (x + 0): its gradient is d metric / dx along every
+        // path, including those through later hook points. Replacing x by a detached variable
+        // instead would cut the paths from earlier hook points through later ones.
+        let vars: RefCell<BTreeMap<String, (Tensor, Var)>> = RefCell::new(BTreeMap::new());
         let names: Vec<String> = hook_names.iter().map(|s| s.to_string()).collect();
         let logits = {
             let mut hooks = Hooks::new();
             hooks.add(names.clone(), |name, x| {
-                let v = Var::from_tensor(&x.detach())?;
-                let t = v.as_tensor().clone();
-                vars.borrow_mut().insert(name.to_string(), v);
+                let v = Var::zeros(x.dims(), x.dtype(), x.device())?;
+                let t = (x + v.as_tensor())?;
+                vars.borrow_mut().insert(name.to_string(), (x.detach(), v));
                 Ok(Some(t))
             });
             model.run_with_hooks(batch, &mut hooks)?
@@ -184,12 +187,12 @@ impl HookedTransformer {
         let value = m.to_dtype(DType::F64)?.flatten_all()?.get(0)?.to_scalar::<f64>()?;
         let grads = m.backward()?;
         let mut out = BTreeMap::new();
-        for (name, v) in vars.into_inner() {
+        for (name, (x, v)) in vars.into_inner() {
             let g = match grads.get(v.as_tensor()) {
                 Some(g) => g.clone(),
                 None => v.as_tensor().zeros_like()?,
             };
-            out.insert(name, (v.as_tensor().detach(), g));
+            out.insert(name, (x, g));
         }
         Ok((value, out))
     }
