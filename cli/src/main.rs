@@ -340,6 +340,8 @@ fn perplexity(src: &str, quant: Option<&str>, seqlen: usize, windows: Option<usi
         let mut v = serde_json::to_value(&r)?;
         v["model"] = serde_json::json!(src);
         v["quant"] = serde_json::json!(quant.unwrap_or("none"));
+        let spec: QuantSpec = quant.unwrap_or("none").parse()?;
+        v["bits_per_weight"] = serde_json::json!(qi::quantize::model_bits_per_weight(&m, &spec));
         println!("{v}");
     } else {
         println!("perplexity {:.4} (nll {:.4}, {} windows x {} tokens, {:.1} s)", r.perplexity, r.nll, r.windows, r.seqlen, r.seconds);

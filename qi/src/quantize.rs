@@ -156,6 +156,23 @@ pub fn bits_per_weight(spec: &QuantSpec, rows: usize, cols: usize) -> f64 {
     }
 }
 
+/// The mean bits per weight [`quantize_model`] would report for `model` under `spec` with the
+/// default options (every block linear, embeddings left alone), without quantizing: the storage
+/// estimate of each linear weighted by its parameter count.
+pub fn model_bits_per_weight(model: &HookedTransformer, spec: &QuantSpec) -> f64 {
+    let (mut bits, mut n) = (0.0, 0usize);
+    for lin in model.linears() {
+        let (rows, cols) = (lin.out_features(), lin.in_features());
+        bits += bits_per_weight(spec, rows, cols) * (rows * cols) as f64;
+        n += rows * cols;
+    }
+    if n == 0 || matches!(spec, QuantSpec::None) {
+        32.0
+    } else {
+        bits / n as f64
+    }
+}
+
 /// The storage format of a `[rows, cols]` matrix under `spec` (see [`MatrixReport::format`]).
 pub fn storage_format(spec: &QuantSpec, rows: usize, cols: usize) -> String {
     match spec {

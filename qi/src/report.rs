@@ -11,9 +11,13 @@
 //! naming each block, when one differs (a test runs it on the README). Paths in a block's command
 //! are relative to the Markdown file's folder.
 //!
-//! Kinds: `study SPEC [RESULTS]` — a study's summary table ([`crate::size_axis::markdown`]) and its
-//! finding ([`crate::size_axis::finding`]) from the study's finished cells
-//! ([`crate::study::collect_study`]; default results folder [`crate::size_axis::default_results`]).
+//! Kinds:
+//! - `study SPEC [RESULTS]` — a study's summary table ([`crate::size_axis::markdown`]) and its
+//!   finding ([`crate::size_axis::finding`]) from the study's finished cells
+//!   ([`crate::study::collect_study`]; default results folder [`crate::size_axis::default_results`]).
+//! - `perplexity FILE.jsonl` — one row per line of `qi perplexity --json` output (quantizer,
+//!   bits per weight, perplexity, difference to the `none` row), in file order, as
+//!   `scripts/perplexity_table.sh` writes it.
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::Path;
 
@@ -34,8 +38,33 @@ pub fn render(cmd: &str, base: &Path) -> Result<String> {
             let table = crate::study::summary(&crate::study::collect_study(&study, &dir)?, &sizes)?;
             Ok(format!("{}\n{}", crate::size_axis::markdown(&table)?, crate::size_axis::finding(&table)?))
         }
-        _ => bail!("report block '{cmd}': unknown; expected `study SPEC [RESULTS]`"),
+        ["perplexity", file] => perplexity_table(&base.join(file)),
+        _ => bail!("report block '{cmd}': unknown; expected `study SPEC [RESULTS]` or `perplexity FILE.jsonl`"),
     }
+}
+
+/// The Markdown perplexity table of a `qi perplexity --json` lines file (see the module docs).
+pub fn perplexity_table(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let mut rows = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let at = || format!("{} line {}", path.display(), i + 1);
+        let v: serde_json::Value = serde_json::from_str(line).with_context(at)?;
+        let num = |k: &str| v.get(k).and_then(|x| x.as_f64()).ok_or_else(|| anyhow!("{}: no number '{k}'", at()));
+        let quant = v.get("quant").and_then(|x| x.as_str()).ok_or_else(|| anyhow!("{}: no string 'quant'", at()))?.to_string();
+        rows.push((quant, num("bits_per_weight")?, num("perplexity")?, num("windows")?, num("seqlen")?));
+    }
+    let first = rows.first().ok_or_else(|| anyhow!("{}: no rows", path.display()))?.clone();
+    if let Some(r) = rows.iter().find(|r| (r.3, r.4) != (first.3, first.4)) {
+        bail!("{}: row '{}' has {} windows of {} tokens, the first row {} of {}: rows must share their windows", path.display(), r.0, r.3, r.4, first.3, first.4);
+    }
+    let base = rows.iter().find(|r| r.0 == "none").map(|r| r.2).ok_or_else(|| anyhow!("{}: no `none` (reference) row", path.display()))?;
+    let bits = |b: f64| if b.fract() == 0.0 { format!("{b:.0}") } else { format!("{b:.2}") };
+    let mut out = String::from("| quantizer (`--quant`) | bits/weight | perplexity | Δ vs reference |\n|---|---:|---:|---:|\n");
+    for (q, b, p, _, _) in &rows {
+        out.push_str(&format!("| `{q}` | {} | {p:.2} | {:+.2} |\n", bits(*b), p - base));
+    }
+    Ok(out)
 }
 
 /// `text` with every block re-rendered, and the commands of the blocks whose content changed.
@@ -87,5 +116,31 @@ mod tests {
         assert!(format!("{:#}", update("<!-- qi:report study s.toml -->\nno end\n", base).unwrap_err()).contains("no closing"));
         // text without blocks passes through unchanged
         assert_eq!(update("plain\ntext\n", base).unwrap(), ("plain\ntext\n".to_string(), vec![]));
+    }
+
+    #[test]
+    fn perplexity_table_from_json_lines() {
+        let dir = std::env::temp_dir().join(format!("qi-report-ppl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("p.jsonl");
+        let row = |q: &str, b: f64, p: f64, w: u32| format!("{{\"quant\":\"{q}\",\"bits_per_weight\":{b},\"perplexity\":{p},\"windows\":{w},\"seqlen\":512}}\n");
+        // the reference need not come first; Δ is against it, not against the first row
+        std::fs::write(&f, row("rtn:bits=4", 4.03125, 61.554, 20) + &row("none", 32.0, 35.876, 20) + "\n" + &row("q4_0", 4.5, 34.9, 20)).unwrap();
+        let t = update("x\n<!-- qi:report perplexity p.jsonl -->\nold\n<!-- /qi:report -->\n", &dir).unwrap();
+        assert_eq!(
+            t.0,
+            "x\n<!-- qi:report perplexity p.jsonl -->\n| quantizer (`--quant`) | bits/weight | perplexity | Δ vs reference |\n|---|---:|---:|---:|\n\
+             | `rtn:bits=4` | 4.03 | 61.55 | +25.68 |\n| `none` | 32 | 35.88 | +0.00 |\n| `q4_0` | 4.50 | 34.90 | -0.98 |\n<!-- /qi:report -->\n"
+        );
+        assert_eq!(t.1, vec!["perplexity p.jsonl".to_string()]);
+        // rows on other windows, a missing field, no reference: errors naming the file and line
+        std::fs::write(&f, row("none", 32.0, 35.9, 20) + &row("nf4", 4.5, 40.0, 8)).unwrap();
+        assert!(format!("{:#}", perplexity_table(&f).unwrap_err()).contains("'nf4' has 8 windows"));
+        std::fs::write(&f, row("none", 32.0, 35.9, 20) + "{\"quant\":\"nf4\",\"perplexity\":40,\"windows\":20,\"seqlen\":512}\n").unwrap();
+        let e = format!("{:#}", perplexity_table(&f).unwrap_err());
+        assert!(e.contains("line 2") && e.contains("bits_per_weight"), "{e}");
+        std::fs::write(&f, row("nf4", 4.5, 40.0, 20)).unwrap();
+        assert!(format!("{:#}", perplexity_table(&f).unwrap_err()).contains("no `none`"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -49,6 +49,9 @@ fn every_method_runs_on_every_architecture_without_touching_the_reference() {
             let df = report.table().unwrap();
             assert_eq!(df.height(), n_linears);
             assert!(report.bits_per_weight > 0.0 && report.model_bytes > 0.0);
+            // the estimate without quantizing (what `qi perplexity --json` reports) is the report's
+            let est = qi::quantize::model_bits_per_weight(&model, &spec);
+            assert!((est - report.bits_per_weight).abs() < 1e-9, "{arch} {s}: estimate {est} vs report {}", report.bits_per_weight);
         }
     }
 }
