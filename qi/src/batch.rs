@@ -121,3 +121,27 @@ impl TryFrom<&[u32]> for Batch {
         Batch::from_ids(ids)
     }
 }
+
+/// Token rows grouped into right-padded batches of at most `batch_size` rows.
+pub fn batches(rows: &[Vec<u32>], batch_size: usize, pad_id: u32) -> Result<Vec<Batch>> {
+    if rows.is_empty() {
+        return Err(crate::QiError::invalid("inputs", "[]", "no token sequences to analyse").into());
+    }
+    rows.chunks(batch_size.max(1)).map(|c| Batch::from_rows(c, Padding::Right, pad_id)).collect()
+}
+
+/// Indices of real (non-padding) tokens of a `[batch, pos]` mask, flattened row-major.
+pub fn valid_indices(mask: &Tensor) -> Result<Vec<u32>> {
+    let m: Vec<u8> = mask.to_dtype(DType::U8)?.flatten_all()?.to_vec1()?;
+    Ok(m.iter().enumerate().filter(|(_, &v)| v != 0).map(|(i, _)| i as u32).collect())
+}
+
+/// The real-token rows of a `[batch, pos, …]` activation as `[n_valid, features]` (f32).
+pub fn valid_rows(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let (b, p) = (x.dim(0)?, x.dim(1)?);
+    let feat: usize = x.dims()[2..].iter().product();
+    let flat = x.to_dtype(DType::F32)?.reshape((b * p, feat))?;
+    let idx = valid_indices(mask)?;
+    let idx = Tensor::from_vec(idx.clone(), idx.len(), x.device())?;
+    Ok(flat.index_select(&idx, 0)?)
+}

@@ -7,6 +7,7 @@
 //! cut into an evaluation part (the first half, where perplexity's consecutive windows start) and
 //! two quarters for calibration and SAE training.
 use crate::rng::Rng;
+use crate::HookedTransformer;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -145,7 +146,7 @@ pub const WIKITEXT2_TEXT_VERSION: u32 = 2;
 /// tokenizer: perplexity and every WikiText-2 analysis read these, never the calibration or SAE
 /// training quarters. (The GPTQ paper evaluates the whole split; with 20 windows of 512 tokens
 /// both read the same first windows.)
-pub fn wikitext2_eval_ids(model: &crate::HookedTransformer) -> Result<Vec<u32>> {
+pub fn wikitext2_eval_ids(model: &HookedTransformer) -> Result<Vec<u32>> {
     let mut ids = model.tokenizer()?.encode(&wikitext2_test(None)?, false)?;
     ids.truncate(Split::Eval.wikitext2_range(ids.len()).end);
     Ok(ids)
@@ -252,14 +253,14 @@ pub fn random_windows(docs: &[String], n: usize, seqlen: usize, seed: u64, mut t
 
 /// Calibration windows from a corpus with the model's tokenizer: seeded random windows from the
 /// calibration split ([`Split`]).
-pub fn calibration_windows(model: &crate::HookedTransformer, corpus: Corpus, n: usize, seqlen: usize, seed: u64) -> Result<Vec<Vec<u32>>> {
+pub fn calibration_windows(model: &HookedTransformer, corpus: Corpus, n: usize, seqlen: usize, seed: u64) -> Result<Vec<Vec<u32>>> {
     split_windows(model, corpus, Split::Calibration, n, seqlen, seed)
 }
 
 /// `n` seeded random windows of `seqlen` tokens from one split of a corpus: C4 as GPTQ draws
 /// them (a random document of that split, a random start), WikiText-2 from the split's part of
 /// the test text.
-pub fn split_windows(model: &crate::HookedTransformer, corpus: Corpus, split: Split, n: usize, seqlen: usize, seed: u64) -> Result<Vec<Vec<u32>>> {
+pub fn split_windows(model: &HookedTransformer, corpus: Corpus, split: Split, n: usize, seqlen: usize, seed: u64) -> Result<Vec<Vec<u32>>> {
     let tok = model.tokenizer()?;
     match corpus {
         Corpus::C4 => random_windows(&documents_in(&c4_documents(None)?, split), n, seqlen, seed, |t| tok.encode(t, false))
@@ -283,6 +284,69 @@ fn windows_in_range(ids: &[u32], n: usize, seqlen: usize, seed: u64) -> Result<V
             ids[s..s + seqlen].to_vec()
         })
         .collect())
+}
+
+/// Special-token ids of the model's tokenizer plus BOS/EOS from the config (excluded from random
+/// token sequences).
+pub fn special_ids(model: &HookedTransformer) -> Vec<u32> {
+    let mut v: Vec<u32> = model.tokenizer.as_ref().map(|t| t.special_ids()).unwrap_or_default();
+    v.extend(model.cfg.bos_token_id);
+    v.extend(model.cfg.eos_token_id);
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// Token windows to analyse: `wikitext2` or `c4` (from the shared folder, tokenized with the
+/// model's tokenizer; both from their evaluation split, see [`Split`]: WikiText-2
+/// as consecutive windows from the start, C4 as seeded random windows of random documents),
+/// `c4:calibration`, `c4:train`, `c4:eval` for an explicit C4 split, `random` (seeded uniform
+/// tokens, special tokens excluded; works for models without a tokenizer), or a path to a UTF-8
+/// text file (consecutive windows).
+pub fn text_windows(model: &HookedTransformer, source: &str, n: usize, seqlen: usize, seed: u64) -> Result<Vec<Vec<u32>>> {
+    if n == 0 || seqlen < 2 {
+        return Err(crate::QiError::invalid("window count/length", format!("{n}×{seqlen}"), "need at least one window of at least 2 tokens").into());
+    }
+    if seqlen > model.cfg.n_ctx {
+        return Err(crate::QiError::invalid("seqlen", seqlen, format!("the model's context is {} tokens", model.cfg.n_ctx)).into());
+    }
+    let consecutive = |ids: Vec<u32>, what: &str| -> Result<Vec<Vec<u32>>> {
+        let w = sequential_windows(&ids, seqlen, Some(n))?;
+        if w.len() < n {
+            return Err(crate::QiError::invalid("text", what, format!("has {} tokens, fewer than {n} windows of {seqlen}", ids.len())).into());
+        }
+        Ok(w)
+    };
+    match source {
+        "random" => {
+            let mut rng = crate::rng::Rng::new(seed);
+            let exclude = special_ids(model);
+            Ok((0..n).map(|_| rng.tokens(seqlen, model.cfg.d_vocab, &exclude)).collect())
+        }
+        "wikitext2" => consecutive(wikitext2_eval_ids(model)?, "wikitext2 (evaluation half)"),
+        "c4" => split_windows(model, Corpus::C4, Split::Eval, n, seqlen, seed),
+        s if s.starts_with("c4:") => split_windows(model, Corpus::C4, s[3..].parse()?, n, seqlen, seed),
+        path => {
+            let p = std::path::Path::new(path);
+            if !p.is_file() {
+                return Err(crate::QiError::invalid("text source", path, "expected wikitext2, c4, random or a path to a text file").into());
+            }
+            let text = std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{path}: cannot read ({e})"))?;
+            consecutive(model.tokenizer()?.encode(&text, false)?, path)
+        }
+    }
+}
+
+/// Token windows to train an SAE on: [`text_windows`], except that `c4` and `wikitext2` read their
+/// SAE-training split ([`Split::SaeTrain`]; WikiText-2 as seeded random windows of
+/// its last quarter), so training text is never the text the SAE is evaluated on.
+pub fn training_windows(model: &HookedTransformer, source: &str, n: usize, seqlen: usize, seed: u64) -> Result<Vec<Vec<u32>>> {
+    use {split_windows, Corpus, Split};
+    match source {
+        "c4" => split_windows(model, Corpus::C4, Split::SaeTrain, n, seqlen, seed),
+        "wikitext2" => split_windows(model, Corpus::Wikitext2, Split::SaeTrain, n, seqlen, seed),
+        other => text_windows(model, other, n, seqlen, seed),
+    }
 }
 
 #[cfg(test)]

@@ -24,21 +24,7 @@ pub fn emit(parts: &[(&str, &str)]) {
     print!("{s}");
 }
 
-/// Escapes text for HTML element content and attribute values.
-pub fn html_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub use crate::figures::html_escape;
 
 /// A short human rendering of a float: 4 significant digits, scientific outside [1e-3, 1e5).
 pub fn fmt_float(x: f64) -> String {

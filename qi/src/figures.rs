@@ -174,9 +174,25 @@ fn ensure_plotly_js(dir: &Path) -> Result<()> {
 pub fn html_page(figure_json: &str, title: &str) -> String {
     format!(
         "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{t}</title>\n<script src=\"plotly.min.js\"></script>\n</head>\n<body style=\"margin:0\">\n<div id=\"figure\" style=\"width:100%;height:100vh\"></div>\n<script>\nvar fig = {j};\nif (window.Plotly) {{ Plotly.newPlot(\"figure\", fig.data, fig.layout, Object.assign({{responsive: true}}, fig.config || {{}})); }}\nelse {{ document.body.textContent = \"plotly.min.js was not found next to this file; keep the figures folder together.\"; }}\n</script>\n</body>\n</html>\n",
-        t = crate::display::html_escape(title),
+        t = html_escape(title),
         j = figure_json.replace("</", "<\\/")
     )
+}
+
+/// Escapes text for HTML element content and attribute values.
+pub fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]

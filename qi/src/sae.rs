@@ -20,8 +20,7 @@
 //! collected `buffer_windows` at a time, shuffled, consumed, then refilled from fresh windows — so
 //! memory stays bounded. Padding, the first position of each window (the attention sink, whose
 //! norm is an outlier) and BOS tokens never enter training or evaluation.
-use crate::analysis::{batches, pad_id, valid_indices};
-use crate::batch::Batch;
+use crate::batch::{batches, valid_indices, Batch};
 use crate::rng::Rng;
 use crate::{HookedTransformer, Hooks, QiError};
 use anyhow::{Context, Result};
@@ -55,7 +54,7 @@ impl Default for SaeTraining {
 impl SaeTraining {
     /// One training run at `hook` on windows of `source` × `seq_len`; warm-up is a tenth of the
     /// steps. `c4` and `wikitext2` train on their SAE-training split, disjoint from the
-    /// evaluation text ([`crate::analysis::training_windows`]).
+    /// evaluation text ([`crate::data::training_windows`]).
     pub fn train_options(&self, hook: &str, source: &str, seq_len: usize, forward_batch: usize, seed: u64) -> TrainOptions {
         TrainOptions {
             variant: self.variant,
@@ -628,7 +627,7 @@ pub fn token_mask(model: &HookedTransformer, batch: &Batch) -> Result<Tensor> {
 pub fn hook_activations(model: &HookedTransformer, hook: &str, rows: &[Vec<u32>], forward_batch: usize) -> Result<Tensor> {
     check_hook(model, hook)?;
     let mut parts = Vec::new();
-    for b in batches(rows, forward_batch, pad_id(model))? {
+    for b in batches(rows, forward_batch, model.pad_id())? {
         let cache = match crate::hooks::hook_layer(hook) {
             Some(l) => model.run_with_cache_until(&b, hook, l)?,
             None => model.run_with_cache(&b, hook)?.1,
@@ -679,7 +678,7 @@ impl<'a> ActivationStream<'a> {
         let o = &self.opts;
         // a different window draw per refill; for consecutive sources the windows repeat
         let seed = o.seed.wrapping_add(self.refills.wrapping_mul(0x9E37_79B9));
-        let rows = crate::analysis::training_windows(self.model, &o.source, o.buffer_windows, o.seq_len, seed)?;
+        let rows = crate::data::training_windows(self.model, &o.source, o.buffer_windows, o.seq_len, seed)?;
         let x = hook_activations(self.model, &self.hook, &rows, o.forward_batch)?;
         let n = x.dim(0)?;
         if n < o.batch_size {
@@ -771,7 +770,7 @@ pub fn evaluate(sae: &Sae, model: &HookedTransformer, hook: &str, rows: &[Vec<u3
     let n = x.dim(0)?;
     let (sse, sst, counts) = recon_stats(sae, &x)?;
     let (mut clean, mut spliced, mut weight) = (0f64, 0f64, 0f64);
-    for b in batches(rows, forward_batch.max(1), pad_id(model))? {
+    for b in batches(rows, forward_batch.max(1), model.pad_id())? {
         let m = token_mask(model, &b)?;
         let nt_mask = crate::metrics::next_token_mask(&b.valid_mask()?)?;
         let logits = model.forward(&b)?;

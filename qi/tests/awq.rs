@@ -4,8 +4,9 @@
 //! clip thresholds and the final model (folded norms, quantized linears) must match.
 mod common;
 use common::*;
-use qi::quant::awq::Fold;
-use qi::quant::{awq_block, AwqGrid, QuantSpec};
+use qi::quantize::awq::Fold;
+use qi::quant::QuantSpec;
+use qi::quantize::{awq_block, AwqGrid};
 use qi::quantize::{quantize_model, QuantizeOptions};
 use qi::{load_model, Batch};
 

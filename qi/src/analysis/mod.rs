@@ -28,11 +28,9 @@ pub use tidy::{Label, Row, Tidy};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::batch::{Batch, Padding};
 use crate::quant::QuantSpec;
 use crate::{HookedTransformer, QiError};
 use anyhow::Result;
-use candle_core::{DType, Tensor};
 
 /// A quantized twin of the reference model.
 #[derive(Clone, Copy)]
@@ -119,97 +117,14 @@ pub fn check_compatible(reference: &HookedTransformer, other: &HookedTransformer
     Ok(())
 }
 
-/// Token rows grouped into right-padded batches of at most `batch_size` rows.
-pub fn batches(rows: &[Vec<u32>], batch_size: usize, pad_id: u32) -> Result<Vec<Batch>> {
-    if rows.is_empty() {
-        return Err(QiError::invalid("inputs", "[]", "no token sequences to analyse").into());
-    }
-    rows.chunks(batch_size.max(1)).map(|c| Batch::from_rows(c, Padding::Right, pad_id)).collect()
-}
+pub use crate::batch::{batches, valid_indices, valid_rows};
 
-/// A pad id for batching: the tokenizer's pad, else EOS, else 0 (padding never enters a metric).
+/// A pad id for batching ([`HookedTransformer::pad_id`]).
 pub fn pad_id(model: &HookedTransformer) -> u32 {
-    model.tokenizer.as_ref().and_then(|t| t.pad_id()).or(model.cfg.eos_token_id).unwrap_or(0)
+    model.pad_id()
 }
 
-/// Indices of real (non-padding) tokens of a `[batch, pos]` mask, flattened row-major.
-pub fn valid_indices(mask: &Tensor) -> Result<Vec<u32>> {
-    let m: Vec<u8> = mask.to_dtype(DType::U8)?.flatten_all()?.to_vec1()?;
-    Ok(m.iter().enumerate().filter(|(_, &v)| v != 0).map(|(i, _)| i as u32).collect())
-}
-
-/// The real-token rows of a `[batch, pos, …]` activation as `[n_valid, features]` (f32).
-pub fn valid_rows(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    let (b, p) = (x.dim(0)?, x.dim(1)?);
-    let feat: usize = x.dims()[2..].iter().product();
-    let flat = x.to_dtype(DType::F32)?.reshape((b * p, feat))?;
-    let idx = valid_indices(mask)?;
-    let idx = Tensor::from_vec(idx.clone(), idx.len(), x.device())?;
-    Ok(flat.index_select(&idx, 0)?)
-}
-
-/// Special-token ids of the model's tokenizer plus BOS/EOS from the config (excluded from random
-/// token sequences).
-pub fn special_ids(model: &HookedTransformer) -> Vec<u32> {
-    let mut v: Vec<u32> = model.tokenizer.as_ref().map(|t| t.special_ids()).unwrap_or_default();
-    v.extend(model.cfg.bos_token_id);
-    v.extend(model.cfg.eos_token_id);
-    v.sort_unstable();
-    v.dedup();
-    v
-}
-
-/// Token windows to analyse: `wikitext2` or `c4` (from the shared folder, tokenized with the
-/// model's tokenizer; both from their evaluation split, see [`crate::data::Split`]: WikiText-2
-/// as consecutive windows from the start, C4 as seeded random windows of random documents),
-/// `c4:calibration`, `c4:train`, `c4:eval` for an explicit C4 split, `random` (seeded uniform
-/// tokens, special tokens excluded; works for models without a tokenizer), or a path to a UTF-8
-/// text file (consecutive windows).
-pub fn text_windows(model: &HookedTransformer, source: &str, n: usize, seqlen: usize, seed: u64) -> Result<Vec<Vec<u32>>> {
-    if n == 0 || seqlen < 2 {
-        return Err(QiError::invalid("window count/length", format!("{n}×{seqlen}"), "need at least one window of at least 2 tokens").into());
-    }
-    if seqlen > model.cfg.n_ctx {
-        return Err(QiError::invalid("seqlen", seqlen, format!("the model's context is {} tokens", model.cfg.n_ctx)).into());
-    }
-    let consecutive = |ids: Vec<u32>, what: &str| -> Result<Vec<Vec<u32>>> {
-        let w = crate::data::sequential_windows(&ids, seqlen, Some(n))?;
-        if w.len() < n {
-            return Err(QiError::invalid("text", what, format!("has {} tokens, fewer than {n} windows of {seqlen}", ids.len())).into());
-        }
-        Ok(w)
-    };
-    match source {
-        "random" => {
-            let mut rng = crate::rng::Rng::new(seed);
-            let exclude = special_ids(model);
-            Ok((0..n).map(|_| rng.tokens(seqlen, model.cfg.d_vocab, &exclude)).collect())
-        }
-        "wikitext2" => consecutive(crate::data::wikitext2_eval_ids(model)?, "wikitext2 (evaluation half)"),
-        "c4" => crate::data::split_windows(model, crate::data::Corpus::C4, crate::data::Split::Eval, n, seqlen, seed),
-        s if s.starts_with("c4:") => crate::data::split_windows(model, crate::data::Corpus::C4, s[3..].parse()?, n, seqlen, seed),
-        path => {
-            let p = std::path::Path::new(path);
-            if !p.is_file() {
-                return Err(QiError::invalid("text source", path, "expected wikitext2, c4, random or a path to a text file").into());
-            }
-            let text = std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{path}: cannot read ({e})"))?;
-            consecutive(model.tokenizer()?.encode(&text, false)?, path)
-        }
-    }
-}
-
-/// Token windows to train an SAE on: [`text_windows`], except that `c4` and `wikitext2` read their
-/// SAE-training split ([`crate::data::Split::SaeTrain`]; WikiText-2 as seeded random windows of
-/// its last quarter), so training text is never the text the SAE is evaluated on.
-pub fn training_windows(model: &HookedTransformer, source: &str, n: usize, seqlen: usize, seed: u64) -> Result<Vec<Vec<u32>>> {
-    use crate::data::{split_windows, Corpus, Split};
-    match source {
-        "c4" => split_windows(model, Corpus::C4, Split::SaeTrain, n, seqlen, seed),
-        "wikitext2" => split_windows(model, Corpus::Wikitext2, Split::SaeTrain, n, seqlen, seed),
-        other => text_windows(model, other, n, seqlen, seed),
-    }
-}
+pub use crate::data::{special_ids, text_windows, training_windows};
 
 /// An analysis reachable by name from the CLI (`qi analyze NAME`) and from study files: options
 /// as serde JSON with defaults, inputs built from the options (data source, sizes, `seed`).
@@ -373,6 +288,7 @@ mod tests {
 
     #[test]
     fn valid_rows_drop_padding() {
+        use candle_core::Tensor;
         let dev = candle_core::Device::Cpu;
         let x = Tensor::arange(0f32, 12.0, &dev).unwrap().reshape((2, 3, 2)).unwrap();
         let mask = Tensor::new(&[[1u8, 1, 0], [1, 0, 0]], &dev).unwrap();

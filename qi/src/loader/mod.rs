@@ -1,9 +1,8 @@
 //! Loading models by Hub id, local HF directory, single safetensors file or GGUF file.
-mod checkpoint;
 pub mod gguf;
 pub mod hub;
 
-pub use checkpoint::Checkpoint;
+pub use crate::models::Checkpoint;
 
 use crate::models::{self, hf_config::HfConfig, Architecture, HookedTransformer, SourceInfo};
 use crate::tokenizer::Tokenizer;
@@ -135,7 +134,7 @@ pub fn load_hf_dir(dir: &Path, files: Option<Vec<PathBuf>>) -> Result<HookedTran
 #[derive(serde::Deserialize)]
 struct QuantizationNote {
     spec: Option<String>,
-    report: Option<crate::quantize::QuantReport>,
+    report: Option<crate::quant::report::QuantReport>,
 }
 
 impl QuantizationNote {

@@ -21,7 +21,7 @@
 //! Gemma3TextConfig defaults.
 use super::hf_config::HfConfig;
 use super::{load_linear, Activation, Architecture, Attention, Block, Extras, Linear, Mlp, ModelConfig, Norm, Positional, QkvProj};
-use crate::loader::Checkpoint;
+use super::Checkpoint;
 use anyhow::{anyhow, bail, Result};
 use serde_json::{json, Value};
 

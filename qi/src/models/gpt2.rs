@@ -2,7 +2,7 @@
 //! `gelu_new`, unembedding tied to the token embedding.
 use super::hf_config::HfConfig;
 use super::{load_linear, load_norm, Activation, Architecture, Attention, Block, Linear, Mlp, ModelConfig, Positional, QkvProj};
-use crate::loader::Checkpoint;
+use super::Checkpoint;
 use anyhow::Result;
 use serde_json::{json, Value};
 

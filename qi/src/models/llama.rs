@@ -5,7 +5,7 @@
 //! biases on the q/k/v projections.
 use super::hf_config::HfConfig;
 use super::{load_linear, load_norm, Activation, Architecture, Attention, Block, Linear, Mlp, ModelConfig, Positional, QkvProj};
-use crate::loader::Checkpoint;
+use super::Checkpoint;
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
 

@@ -4,6 +4,9 @@
 //! tensors onto the common [`HookedTransformer`] parts; `transformer.rs` runs the forward pass with
 //! hook points. Linear weights are kept in PyTorch `nn.Linear` layout `[out, in]` under their
 //! Hugging Face parameter names, so quantizers see exactly the raw matrices a HF checkpoint holds.
+mod checkpoint;
+pub use checkpoint::Checkpoint;
+pub use crate::quant::ActQuant;
 pub mod gemma3;
 pub mod gpt2;
 pub mod hf_config;
@@ -195,42 +198,6 @@ pub struct Linear {
     pub transposed_in_checkpoint: bool,
     /// Fake quantization of this layer's input (W8A8, LLM.int8); None = f32 input.
     pub act_quant: Option<ActQuant>,
-}
-
-/// Activation-side fake quantization at a linear layer's input.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
-pub enum ActQuant {
-    /// Dynamic per-token symmetric int8 (absmax / 127 per row).
-    PerTokenInt8,
-    /// LLM.int8: the listed input columns (outlier features) stay in f16; the rest is per-token int8.
-    Int8Outliers { outliers: Vec<usize> },
-}
-
-impl ActQuant {
-    /// Applies the fake quantization to `x` `[rows, in]`.
-    pub fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let q = |t: &Tensor| crate::quant::quantize_activations_per_token_int8(t).map_err(candle_core::Error::wrap);
-        match self {
-            ActQuant::PerTokenInt8 => q(x),
-            ActQuant::Int8Outliers { outliers } => {
-                if outliers.is_empty() {
-                    return q(x);
-                }
-                let d = x.dim(1)?;
-                let mut keep = vec![1f32; d];
-                for &c in outliers {
-                    if c < d {
-                        keep[c] = 0.0;
-                    }
-                }
-                let keep = Tensor::from_vec(keep, (1, d), x.device())?;
-                let regular = q(&x.broadcast_mul(&keep)?)?;
-                let outlier = x.broadcast_mul(&(1.0 - &keep)?)?.to_dtype(candle_core::DType::F16)?.to_dtype(x.dtype())?;
-                regular + outlier
-            }
-        }
-    }
 }
 
 /// The same tensor (shared storage, no copy) under a new identity: see
@@ -476,7 +443,7 @@ impl SourceInfo {
 
 /// Reads `{prefix}.weight` `[out, in]` (and `{prefix}.bias` `[out]` when `bias`).
 /// `conv1d`: the checkpoint stores the weight as `[in, out]` (GPT-2), transposed here.
-pub(crate) fn load_linear(ck: &crate::loader::Checkpoint, prefix: &str, out: usize, inp: usize, bias: bool, conv1d: bool) -> Result<Linear> {
+pub(crate) fn load_linear(ck: &Checkpoint, prefix: &str, out: usize, inp: usize, bias: bool, conv1d: bool) -> Result<Linear> {
     let name = format!("{prefix}.weight");
     let weight = if conv1d { ck.tensor(&name, &[inp, out])?.t()? } else { ck.tensor(&name, &[out, inp])? };
     let bias = if bias { Some(ck.tensor(&format!("{prefix}.bias"), &[out])?) } else { None };
@@ -484,7 +451,7 @@ pub(crate) fn load_linear(ck: &crate::loader::Checkpoint, prefix: &str, out: usi
 }
 
 /// Reads `{prefix}.weight` (and `.bias` for LayerNorm) of width `d`.
-pub(crate) fn load_norm(ck: &crate::loader::Checkpoint, prefix: &str, d: usize, eps: f64, bias: bool) -> Result<Norm> {
+pub(crate) fn load_norm(ck: &Checkpoint, prefix: &str, d: usize, eps: f64, bias: bool) -> Result<Norm> {
     let weight = ck.tensor(&format!("{prefix}.weight"), &[d])?;
     let bias = if bias { Some(ck.tensor(&format!("{prefix}.bias"), &[d])?) } else { None };
     Ok(Norm { name: prefix.to_string(), weight, bias, eps, unit_offset: false })
@@ -558,7 +525,7 @@ pub fn config_to_hf(cfg: &ModelConfig) -> serde_json::Value {
 }
 
 /// Builds the model parts for `cfg` from a checkpoint.
-pub fn build_parts(cfg: &ModelConfig, ck: &crate::loader::Checkpoint) -> Result<Parts> {
+pub fn build_parts(cfg: &ModelConfig, ck: &Checkpoint) -> Result<Parts> {
     match cfg.architecture {
         Architecture::Gpt2 => gpt2::build(cfg, ck),
         Architecture::GptNeox => neox::build(cfg, ck),

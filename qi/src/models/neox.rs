@@ -3,7 +3,7 @@
 //! `query_key_value` laid out per head as `[q_h | k_h | v_h]`, untied `embed_out`.
 use super::hf_config::HfConfig;
 use super::{load_linear, load_norm, Activation, Architecture, Attention, Block, Linear, Mlp, ModelConfig, Positional, QkvProj};
-use crate::loader::Checkpoint;
+use super::Checkpoint;
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
 

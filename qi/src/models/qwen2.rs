@@ -4,7 +4,7 @@
 //! in every released checkpoint; qi runs full causal attention and refuses configs that enable it.
 use super::hf_config::HfConfig;
 use super::{llama, Architecture, ModelConfig};
-use crate::loader::Checkpoint;
+use super::Checkpoint;
 use anyhow::{bail, Result};
 use serde_json::Value;
 

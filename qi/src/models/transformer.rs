@@ -197,6 +197,11 @@ impl HookedTransformer {
         Ok((value, out))
     }
 
+    /// A pad id for batching: the tokenizer's pad, else EOS, else 0 (padding never enters a metric).
+    pub fn pad_id(&self) -> u32 {
+        self.tokenizer.as_ref().and_then(|t| t.pad_id()).or(self.cfg.eos_token_id).unwrap_or(0)
+    }
+
     /// The tokenizer, or an error saying the model was loaded without one.
     pub fn tokenizer(&self) -> Result<&Tokenizer> {
         self.tokenizer.as_ref().ok_or_else(|| anyhow!("model '{}' has no tokenizer (pass token ids instead of text)", self.source.source))

@@ -8,6 +8,7 @@
 use super::Matrix;
 use crate::QiError;
 use anyhow::Result;
+use serde::{Deserialize, Serialize};
 use candle_core::{DType, Device, Tensor};
 
 /// bitsandbytes' f32 literal for 1/127.
@@ -83,6 +84,42 @@ pub fn quantize_activations_per_token_int8(x: &Tensor) -> Result<Tensor> {
     let mut m = Matrix::read(x, "activations")?;
     rowwise_in_place(&mut m.data, m.cols, &[], None);
     m.into_tensor()
+}
+
+/// Activation-side fake quantization at a linear layer's input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum ActQuant {
+    /// Dynamic per-token symmetric int8 (absmax / 127 per row).
+    PerTokenInt8,
+    /// LLM.int8: the listed input columns (outlier features) stay in f16; the rest is per-token int8.
+    Int8Outliers { outliers: Vec<usize> },
+}
+
+impl ActQuant {
+    /// Applies the fake quantization to `x` `[rows, in]`.
+    pub fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let q = |t: &Tensor| quantize_activations_per_token_int8(t).map_err(candle_core::Error::wrap);
+        match self {
+            ActQuant::PerTokenInt8 => q(x),
+            ActQuant::Int8Outliers { outliers } => {
+                if outliers.is_empty() {
+                    return q(x);
+                }
+                let d = x.dim(1)?;
+                let mut keep = vec![1f32; d];
+                for &c in outliers {
+                    if c < d {
+                        keep[c] = 0.0;
+                    }
+                }
+                let keep = Tensor::from_vec(keep, (1, d), x.device())?;
+                let regular = q(&x.broadcast_mul(&keep)?)?;
+                let outlier = x.broadcast_mul(&(1.0 - &keep)?)?.to_dtype(candle_core::DType::F16)?.to_dtype(x.dtype())?;
+                regular + outlier
+            }
+        }
+    }
 }
 
 #[cfg(test)]

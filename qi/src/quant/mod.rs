@@ -23,7 +23,6 @@
 //! - [`prune`]: unstructured magnitude pruning.
 //! - [`matrix`]: [`quantize_weight`], one dispatch for everything that needs at most a Hessian or
 //!   an outlier-column list.
-pub mod awq;
 pub mod cast;
 pub mod ggml;
 pub mod gptq;
@@ -32,17 +31,17 @@ pub mod int8;
 pub mod matrix;
 pub mod nf4;
 pub mod prune;
+pub mod report;
 pub mod rtn;
 pub mod spec;
 #[cfg(test)]
 pub(crate) mod testutil;
 
-pub use awq::{awq_block, AwqGrid, BlockAwq};
 pub use cast::{bf16_round_trip, fp16_round_trip};
 pub use ggml::{ggml_quantize, GgmlKind, GgmlSpec, GgmlStorage};
 pub use gptq::{gptq_quantize, GptqOptions, GptqOutput, HessianAccumulator};
 pub use grid::{GridParams, Real, UniformGrid};
-pub use int8::{llm_int8_quantize, int8_rowwise_quantize, quantize_activations_per_token_int8, Int8Output};
+pub use int8::{llm_int8_quantize, ActQuant, int8_rowwise_quantize, quantize_activations_per_token_int8, Int8Output};
 pub use matrix::quantize_weight;
 pub use nf4::{
     bnb4_quantize, create_dynamic_map, dynamic_map_from_formula, dynamic_dequantize_blockwise, dynamic_quantize_blockwise, Bnb4Output,

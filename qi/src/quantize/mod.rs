@@ -11,7 +11,7 @@
 //!   already-quantized blocks `0..l` (as the reference implementation), each linear's Hessian
 //!   H = 2/n Σ x xᵀ is accumulated from its inputs, and with `true_sequential` the sub-layers are
 //!   quantized in order (qkv → o → up/gate → down) with inputs recomputed after each.
-//! - **AWQ** follows llm-awq ([`quant::awq`]): per input group (q/k/v, o after v with multi-head
+//! - **AWQ** follows llm-awq ([`awq`]): per input group (q/k/v, o after v with multi-head
 //!   attention, gate/up, down after up) a per-channel scale s = mean|x|^r (normalised) is searched,
 //!   r ∈ {0, 0.05, …, 0.95}, on the group's module output (attention, o, MLP, down) over all
 //!   calibration tokens; 1/s is folded into the preceding norm or linear and s into the group's
@@ -22,14 +22,15 @@
 //!   linear; those columns stay f16 in weights and activations, the rest is int8.
 //! - **W8A8** quantizes weights per row to int8 and every linear input per token to int8.
 use crate::data::Corpus;
-use crate::models::{is_attention_role, linear_input_hook, ActQuant, Linear};
+use crate::models::{is_attention_role, linear_input_hook, Linear};
+use crate::quant::ActQuant;
 use crate::quant::{self, CalibData, GptqOptions, HessianAccumulator, QuantSpec};
 use crate::{Batch, HookedTransformer, Hooks};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 /// Which weights to quantize, and calibration settings not carried by the spec.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -60,70 +61,9 @@ impl Default for QuantizeOptions {
     }
 }
 
-/// Reconstruction error of one matrix.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MatrixReport {
-    pub layer: Option<usize>,
-    /// `q`, `k`, `v`, `qkv`, `o`, `fc_in`, `fc_out`, `gate`, `up`, `down`, `embed`, `unembed`.
-    pub role: String,
-    /// HF parameter name.
-    pub name: String,
-    pub rows: usize,
-    pub cols: usize,
-    /// ‖W − Ŵ‖_F / ‖W‖_F.
-    pub rel_error: f64,
-    pub max_abs_error: f64,
-    /// Storage estimate in bits per weight, scales and zero points included.
-    pub bits_per_weight: f64,
-    /// The storage format this matrix got: for GGML specs the block type actually used (a
-    /// k-quant's fallback for rows it cannot hold: `q5_0`, `f16`, …), otherwise the method name.
-    #[serde(default)]
-    pub format: String,
-    /// GPTQ's accumulated loss Σ (w − q)² / d² (the reference's `Losses`), when applicable.
-    pub gptq_loss: Option<f64>,
-}
-
-/// What quantization did to a model.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct QuantReport {
-    pub spec: String,
-    pub matrices: Vec<MatrixReport>,
-    /// Calibration tokens used (0 for data-free methods).
-    pub calibration_tokens: usize,
-    pub seconds: f64,
-    /// Parameters in quantized matrices / in the whole model.
-    pub quantized_params: usize,
-    pub total_params: usize,
-    /// Mean bits per weight over the quantized matrices.
-    pub bits_per_weight: f64,
-    /// Estimated model size: quantized matrices at their bits, everything else f32.
-    pub model_bytes: f64,
-    /// Activation quantization per linear (W8A8, LLM.int8), by HF weight name.
-    pub activation_quant: BTreeMap<String, ActQuant>,
-}
-
-impl QuantReport {
-    /// One row per matrix: method, layer, role, name, rows, cols, rel_error, max_abs_error,
-    /// bits_per_weight, format, gptq_loss.
-    pub fn table(&self) -> Result<polars::prelude::DataFrame> {
-        use polars::prelude::*;
-        let m = &self.matrices;
-        let df = DataFrame::new_infer_height(vec![
-            Column::new("method".into(), vec![self.spec.clone(); m.len()]),
-            Column::new("layer".into(), m.iter().map(|r| r.layer.map(|l| l as i64)).collect::<Vec<_>>()),
-            Column::new("role".into(), m.iter().map(|r| r.role.clone()).collect::<Vec<_>>()),
-            Column::new("name".into(), m.iter().map(|r| r.name.clone()).collect::<Vec<_>>()),
-            Column::new("rows".into(), m.iter().map(|r| r.rows as u64).collect::<Vec<_>>()),
-            Column::new("cols".into(), m.iter().map(|r| r.cols as u64).collect::<Vec<_>>()),
-            Column::new("rel_error".into(), m.iter().map(|r| r.rel_error).collect::<Vec<_>>()),
-            Column::new("max_abs_error".into(), m.iter().map(|r| r.max_abs_error).collect::<Vec<_>>()),
-            Column::new("bits_per_weight".into(), m.iter().map(|r| r.bits_per_weight).collect::<Vec<_>>()),
-            Column::new("format".into(), m.iter().map(|r| r.format.clone()).collect::<Vec<_>>()),
-            Column::new("gptq_loss".into(), m.iter().map(|r| r.gptq_loss).collect::<Vec<_>>()),
-        ])?;
-        Ok(df)
-    }
-}
+pub mod awq;
+pub use awq::{awq_block, AwqGrid, BlockAwq};
+pub use crate::quant::report::{MatrixReport, QuantReport};
 
 /// Storage estimate in bits per weight for a `[rows, cols]` matrix: the codes plus per-group
 /// scales (f16) and zero points (at the code width), as packed formats store them.
@@ -479,12 +419,12 @@ fn outlier_columns(model: &HookedTransformer, windows: &[Vec<u32>], opts: &Quant
 fn awq_model(model: &HookedTransformer, q: &mut HookedTransformer, spec: &QuantSpec, a: &quant::AwqSpec, opts: &QuantizeOptions, state: &mut State) -> Result<()> {
     let batches = calibration_batches(model, a.data, a.samples, a.seqlen, a.seed, opts)?;
     state.calibration_tokens = batches.iter().map(|b| b.batch_size() * b.seq_len()).sum();
-    let grid = quant::AwqGrid { bits: a.bits, group: a.group, sym: a.sym };
+    let grid = AwqGrid { bits: a.bits, group: a.group, sym: a.sym };
     // AWQ (like llm-awq) calibrates every block on the full-precision model's activations.
     let mut inputs: Vec<Tensor> = batches.iter().map(|b| model.embed_tokens(b)).collect::<Result<_>>()?;
     let pb = crate::progress::bar(q.cfg.n_layers as u64, "awq");
     for l in 0..q.cfg.n_layers {
-        let out = quant::awq_block(model, q, l, &batches, &inputs, &grid, &|r| selected(opts, r)).with_context(|| format!("AWQ of block {l}"))?;
+        let out = awq_block(model, q, l, &batches, &inputs, &grid, &|r| selected(opts, r)).with_context(|| format!("AWQ of block {l}"))?;
         for (role, effective) in &out.effective {
             let original = model.blocks[l].linears_labeled().into_iter().find(|(r, _)| r == role).map(|(_, lin)| lin).context("AWQ quantized a linear the model lacks")?;
             state.report(Some(l), role, &original.name, &original.weight(), effective, spec, None)?;

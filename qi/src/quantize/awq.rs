@@ -66,13 +66,13 @@ impl AwqGrid {
     /// The group size for rows of `cols` columns, checked.
     fn group_for(&self, cols: usize) -> Result<usize> {
         let g = self.group.unwrap_or(cols);
-        super::rtn::check_group(g, cols)?;
+        crate::quant::rtn::check_group(g, cols)?;
         Ok(g)
     }
 
     /// Fake-quantizes `w` `[rows, cols]` (f32); `name` labels errors.
     pub fn quantize(&self, w: &Tensor, name: &str) -> Result<Tensor> {
-        super::check_bits(self.bits)?;
+        crate::quant::check_bits(self.bits)?;
         let (rows, cols) = w.dims2().with_context(|| format!("AWQ: '{name}' must be a 2-D weight"))?;
         let g = self.group_for(cols)?;
         let mut data = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
