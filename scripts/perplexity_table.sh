@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # WikiText-2 perplexity of one model under many quantizers (same windows for every row), as a
-# JSON-lines file plus a markdown table. Usage:
+# JSON-lines file (rendered as a table by `qi report`). Usage:
 #   scripts/perplexity_table.sh QI_BINARY OUT.jsonl [MODEL] [WINDOWS] [GPTQ_SAMPLES]
 # Rows already in OUT.jsonl are skipped, so an interrupted run resumes.
 set -uo pipefail
@@ -31,14 +31,7 @@ for s in "${SPECS[@]}"; do
     echo "FAILED: $s" >&2; status=1
   fi
 done
-python3 - "$OUT" <<'PY'
-import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-print("| quantizer | perplexity | Δ vs f32 |")
-print("|---|---:|---:|")
-base = next((r["perplexity"] for r in rows if r["quant"] == "none"), None)
-for r in rows:
-    d = f"{r['perplexity'] - base:+.2f}" if base else ""
-    print(f"| `{r['quant']}` | {r['perplexity']:.2f} | {d} |")
-PY
+# The Markdown table is rendered from OUT by `qi report` (a `<!-- qi:report perplexity OUT -->`
+# block, as in the README), the one renderer of this file.
+echo "rows in $OUT; render the table with: qi report FILE.md (block: perplexity $OUT)"
 exit $status

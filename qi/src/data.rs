@@ -341,7 +341,6 @@ pub fn text_windows(model: &HookedTransformer, source: &str, n: usize, seqlen: u
 /// SAE-training split ([`Split::SaeTrain`]; WikiText-2 as seeded random windows of
 /// its last quarter), so training text is never the text the SAE is evaluated on.
 pub fn training_windows(model: &HookedTransformer, source: &str, n: usize, seqlen: usize, seed: u64) -> Result<Vec<Vec<u32>>> {
-    use {split_windows, Corpus, Split};
     match source {
         "c4" => split_windows(model, Corpus::C4, Split::SaeTrain, n, seqlen, seed),
         "wikitext2" => split_windows(model, Corpus::Wikitext2, Split::SaeTrain, n, seqlen, seed),
