@@ -151,16 +151,30 @@ pub fn markdown(summary: &DataFrame) -> Result<String> {
     let vals: Vec<(Vec<f64>, Vec<f64>)> = cols.iter().map(|c| Ok((f(c)?, f(&format!("{c}_ci"))?))).collect::<Result<_>>()?;
     let num = |x: f64, d: usize| if x.is_finite() { format!("{x:.d$}") } else { "–".into() };
     let pm = |x: f64, ci: f64, d: usize| if !x.is_finite() { "–".into() } else if ci.is_finite() && ci > 0.0 { format!("{x:.d$} ± {ci:.d$}") } else { format!("{x:.d$}") };
+    // smallest model first (the size axis reads down the table); the summary's order within a model
+    let mut order: Vec<usize> = (0..specs.len()).collect();
+    order.sort_by(|&a, &b| params[a].total_cmp(&params[b]).then(models[a].cmp(&models[b])).then(a.cmp(&b)));
+    let size = |i: usize| if params[i].is_finite() { format!("{:.0} M", params[i] / 1e6) } else { "–".into() };
+    let spec = |i: usize| if specs[i] == "none" { "reference".to_string() } else { format!("`{}`", specs[i]) };
     let mut out = String::from("| model | non-embedding params | spec | perplexity | × reference | survival (stripe ≥ 0.4) | survival (mean + 2σ) | survival (original rule) | score r |\n|---|---:|---|---:|---:|---:|---:|---:|---:|\n");
-    for i in 0..specs.len() {
-        let size = if params[i].is_finite() { format!("{:.0} M", params[i] / 1e6) } else { "–".into() };
-        let spec = if specs[i] == "none" { "reference".to_string() } else { format!("`{}`", specs[i]) };
-        let mut row = format!("| {} | {size} | {spec} | {} | {} |", models[i], num(ppl[i], 2), if specs[i] == "none" { "–".into() } else { num(ratio[i], 2) });
+    for &i in &order {
+        let mut row = format!("| {} | {} | {} | {} | {} |", models[i], size(i), spec(i), num(ppl[i], 2), if specs[i] == "none" { "–".into() } else { num(ratio[i], 2) });
         for (j, (v, ci)) in vals.iter().enumerate() {
             row.push_str(&format!(" {} |", pm(v[i], ci[i], if j == 3 { 3 } else { 2 })));
         }
         out.push_str(&row);
         out.push('\n');
+    }
+    // attention, logit lens and features: a second table, of the twins that have any of them
+    let more = ["attention_jsd", "lens_kl", "feature_survival"];
+    let more: Vec<(Vec<f64>, Vec<f64>)> = more.iter().map(|c| Ok((f(c)?, f(&format!("{c}_ci"))?))).collect::<Result<_>>()?;
+    let rows: Vec<usize> = order.iter().copied().filter(|&i| specs[i] != "none" && more.iter().any(|(v, _)| v[i].is_finite())).collect();
+    if !rows.is_empty() {
+        out.push_str("\n| model | spec | attention JSD (mean over heads) | logit-lens KL (mean over layers) | feature survival |\n|---|---|---:|---:|---:|\n");
+        for i in rows {
+            let cell = |(v, ci): &(Vec<f64>, Vec<f64>), d: usize| pm(v[i], ci[i], d);
+            out.push_str(&format!("| {} | {} | {} | {} | {} |\n", models[i], spec(i), cell(&more[0], 4), cell(&more[1], 3), cell(&more[2], 2)));
+        }
     }
     Ok(out)
 }
@@ -256,9 +270,18 @@ mod tests {
         assert!(text.contains("rises with size for 1 of 1"), "{text}");
         let md = markdown(&s).unwrap();
         let lines: Vec<&str> = md.lines().collect();
-        assert_eq!(lines.len(), 2 + 6, "{md}");
+        assert_eq!(lines.len(), 2 + 6, "no attention, lens or feature values: no second table\n{md}");
         assert_eq!(lines[2], "| a | 0 M | reference | 10.00 | – | – | – | – | – |");
         assert_eq!(lines[3], "| a | 0 M | `rtn:bits=4` | 12.00 | 1.20 | 0.20 | – | – | – |");
+        // by size, not by name: c (20) before b (30)
+        assert!(lines[5].starts_with("| c |") && lines[7].starts_with("| b |"), "{md}");
+        // a twin with an attention value gets a row in the second table
+        let mut t = Tidy::new("a");
+        t.push(Row::new(&rtn, "js_divergence", 0.01).layer(0).head(0).seed(0));
+        let with_jsd = crate::study::concat_diagonal(&[df.clone(), t.to_frame().unwrap()]).unwrap();
+        let md = markdown(&crate::study::summary(&with_jsd, &sizes).unwrap()).unwrap();
+        assert!(md.contains("| a | `rtn:bits=4` | 0.0100 | – | – |"), "{md}");
+        assert_eq!(md.lines().filter(|l| l.starts_with("| a |")).count(), 3, "{md}");
         // two models: no trend claimed
         let two = BTreeMap::from([("a".to_string(), 10), ("b".to_string(), 30)]);
         let s2 = crate::study::summary(&crate::study::concat_diagonal(&frames[..2]).unwrap(), &two).unwrap();

@@ -22,6 +22,7 @@
 //! [[analyses]]
 //! name = "induction"                     # `analyses = ["perplexity", "induction"]` also works
 //! id = "induction_long"                  # optional, default = name; needed to run one analysis twice
+//! models = ["SmolLM2-135M"]              # optional: only these models (display names)
 //! ```
 //!
 //! - **quantizers**: QuantSpec strings. One without `bits` of a method that takes bits (`rtn`,
@@ -95,6 +96,8 @@ pub struct StudyAnalysis {
     /// Complete options (defaults, then `data`, then the analysis' own), without `seed`.
     pub options: Value,
     pub seeds: Vec<u64>,
+    /// Only these models (display names); `None` = every model of the study.
+    pub models: Option<Vec<String>>,
 }
 
 /// A checked study.
@@ -263,7 +266,8 @@ impl Study {
         };
         let models = parse_models(top.get("models"), file, &err)?;
         let specs = parse_quantizers(top.get("quantizers"), top.get("bits"), &err)?;
-        let analyses = parse_analyses(top.get("analyses"), top.get("data"), &seeds, only, &err)?;
+        let model_names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
+        let analyses = parse_analyses(top.get("analyses"), top.get("data"), &seeds, &model_names, only, &err)?;
         Ok(Study { name, file: file.to_path_buf(), models, specs, analyses })
     }
 
@@ -280,6 +284,9 @@ impl Study {
             for (si, spec) in specs.iter().enumerate() {
                 let group = mi * specs.len() + si;
                 for (ai, a) in self.analyses.iter().enumerate() {
+                    if a.models.as_ref().is_some_and(|only| !only.contains(&m.name)) {
+                        continue;
+                    }
                     for &seed in &a.seeds {
                         let mut key = format!(
                             "model={}|source={}|spec={spec}|analysis={}|name={}|seed={seed}|options={}",
@@ -472,7 +479,7 @@ fn parse_quantizers(v: Option<&Value>, bits: Option<&Value>, err: &ErrFn) -> Res
     Ok(out.into_iter().map(|(s, _)| s).collect())
 }
 
-fn parse_analyses(v: Option<&Value>, data: Option<&Value>, seeds: &[u64], only: &[String], err: &ErrFn) -> Result<Vec<StudyAnalysis>> {
+fn parse_analyses(v: Option<&Value>, data: Option<&Value>, seeds: &[u64], model_names: &[&str], only: &[String], err: &ErrFn) -> Result<Vec<StudyAnalysis>> {
     let list = match v {
         Some(Value::Array(a)) if !a.is_empty() => a,
         other => return Err(err("analyses", &show(other), "expected a non-empty list of analysis names or [[analyses]] tables with name, id, options, seeds".into())),
@@ -494,8 +501,8 @@ fn parse_analyses(v: Option<&Value>, data: Option<&Value>, seeds: &[u64], only: 
         let (name, table) = match a {
             Value::String(s) => (s.trim().to_string(), &empty),
             Value::Object(t) => {
-                if let Some(k) = t.keys().find(|k| !["name", "id", "options", "seeds"].contains(&k.as_str())) {
-                    return Err(err(&format!("{key}.{k}"), k, "unknown key; valid keys: name, id, options, seeds".into()));
+                if let Some(k) = t.keys().find(|k| !["name", "id", "options", "seeds", "models"].contains(&k.as_str())) {
+                    return Err(err(&format!("{key}.{k}"), k, "unknown key; valid keys: name, id, options, seeds, models".into()));
                 }
                 let n = t.get("name").and_then(Value::as_str).ok_or_else(|| err(&format!("{key}.name"), &show(t.get("name")), format!("expected an analysis name; valid analyses: {}", valid.join(", "))))?;
                 (n.trim().to_string(), t)
@@ -545,7 +552,21 @@ fn parse_analyses(v: Option<&Value>, data: Option<&Value>, seeds: &[u64], only: 
             None => seeds.to_vec(),
             Some(s) => parse_seeds(s).map_err(|r| err(&format!("{key}.seeds"), s, r))?,
         };
-        out.push(StudyAnalysis { id, name, options, seeds });
+        let models = match table.get("models") {
+            None => None,
+            Some(Value::Array(a)) if !a.is_empty() => {
+                let mut names = Vec::new();
+                for v in a {
+                    match v.as_str().map(str::trim) {
+                        Some(n) if model_names.contains(&n) => names.push(n.to_string()),
+                        _ => return Err(err(&format!("{key}.models"), v, format!("not a model of the study; its models: {}", model_names.join(", ")))),
+                    }
+                }
+                Some(names)
+            }
+            Some(other) => return Err(err(&format!("{key}.models"), other, "expected a non-empty list of the study's model names".into())),
+        };
+        out.push(StudyAnalysis { id, name, options, seeds, models });
     }
     if !only.is_empty() && out.is_empty() {
         return Err(err("analyses", &only.join(", "), "none of the selected analyses is in the study".into()));
@@ -955,10 +976,14 @@ pub fn against_size(summary: &DataFrame, metric: &str, range: Option<(f64, f64)>
 /// detected in the twin), `survival_sigma` (mean + 2σ rule), `survival_original` (the original
 /// study's rule), `score_r` (Pearson r of all heads' stripe scores, reference vs twin),
 /// `feature_survival` (share of the SAE's active features in the `survived` category, from the
-/// `features` analysis) and the 95% t-CI half-widths over seeds `*_ci` and the number of seeds
-/// `n_seeds`, and `perplexity_ratio` (perplexity over the same model's reference perplexity).
+/// `features` analysis), `attention_jsd` (Jensen–Shannon divergence of the twin's attention
+/// patterns from the reference's, mean over heads, from the `attention` analysis), `lens_kl`
+/// (KL of the reference's logit-lens distribution to the twin's, mean over layers, all prompts,
+/// from the `logit-lens` analysis), the 95% t-CI half-widths over seeds `*_ci` (each seed's
+/// mean over heads or layers is one sample) and the number of seeds `n_seeds`, and
+/// `perplexity_ratio` (perplexity over the same model's reference perplexity).
 /// Built from a collected frame ([`collect`]) with the `perplexity`, `induction` and
-/// (optionally) `features` analyses; a metric that is missing is null.
+/// (optionally) `features`, `attention` and `logit-lens` analyses; a metric that is missing is null.
 pub fn summary(df: &DataFrame, params: &std::collections::BTreeMap<String, usize>) -> Result<DataFrame> {
     use std::collections::BTreeMap;
     let col = |c: &str| -> Result<Vec<String>> {
@@ -973,8 +998,11 @@ pub fn summary(df: &DataFrame, params: &std::collections::BTreeMap<String, usize
     let methods = col("method")?;
     let bits = tidy::f64_values(df, "bits")?;
     let values = tidy::f64_values(df, "value")?;
-    // (model, spec) → metric name → values over seeds
-    let mut groups: Vec<((String, String), (String, f64, BTreeMap<&str, Vec<f64>>))> = Vec::new();
+    let seeds = if tidy::column(df, "seed").is_ok() { tidy::f64_values(df, "seed")? } else { vec![f64::NAN; df.height()] };
+    // (model, spec) → metric name → seed → values (heads or layers of one seed are averaged
+    // first, so a seed is one sample of the CI)
+    type BySeed = BTreeMap<u64, Vec<f64>>;
+    let mut groups: Vec<((String, String), (String, f64, BTreeMap<&str, BySeed>))> = Vec::new();
     for i in 0..df.height() {
         let key = match (metrics[i].as_str(), scores[i].as_str(), rules[i].as_str()) {
             ("perplexity", _, _) => "perplexity",
@@ -983,6 +1011,8 @@ pub fn summary(df: &DataFrame, params: &std::collections::BTreeMap<String, usize
             ("survival", "stripe", "original") => "survival_original",
             ("pearson_r", "stripe", _) => "score_r",
             ("share", _, _) if categories[i] == "survived" => "feature_survival",
+            ("js_divergence", _, _) => "attention_jsd",
+            ("kl_ref_quant", _, _) if categories[i] == "all" => "lens_kl",
             _ => continue,
         };
         let k = (models[i].clone(), specs[i].clone());
@@ -993,13 +1023,33 @@ pub fn summary(df: &DataFrame, params: &std::collections::BTreeMap<String, usize
                 groups.len() - 1
             }
         };
-        groups[pos].1 .2.entry(key).or_default().push(values[i]);
+        // a row without a seed is its own sample
+        let seed = if seeds[i].is_finite() { seeds[i] as u64 } else { u64::MAX - i as u64 };
+        groups[pos].1 .2.entry(key).or_default().entry(seed).or_default().push(values[i]);
     }
+    // one value per seed: the mean of that seed's finite values
+    let mut groups: Vec<((String, String), (String, f64, BTreeMap<&str, Vec<f64>>))> = groups
+        .into_iter()
+        .map(|(k, (method, bits, by_metric))| {
+            let per_seed = by_metric
+                .into_iter()
+                .map(|(m, by_seed)| {
+                    let v: Vec<f64> = by_seed
+                        .into_values()
+                        .map(|v| v.into_iter().filter(|x| x.is_finite()).collect::<Vec<f64>>())
+                        .map(|v| if v.is_empty() { f64::NAN } else { crate::metrics::mean(&v) })
+                        .collect();
+                    (m, v)
+                })
+                .collect();
+            (k, (method, bits, per_seed))
+        })
+        .collect();
     // per model: the reference first, then by method and decreasing bits
     groups.sort_by(|a, b| {
         (&a.0 .0, a.0 .1 != "none", &a.1 .0).cmp(&(&b.0 .0, b.0 .1 != "none", &b.1 .0)).then(b.1 .1.total_cmp(&a.1 .1)).then(a.0 .1.cmp(&b.0 .1))
     });
-    let names = ["perplexity", "survival", "survival_sigma", "survival_original", "score_r", "feature_survival"];
+    let names = ["perplexity", "survival", "survival_sigma", "survival_original", "score_r", "feature_survival", "attention_jsd", "lens_kl"];
     let mut cols: Vec<Column> = vec![
         Column::new("model".into(), groups.iter().map(|g| g.0 .0.clone()).collect::<Vec<_>>()),
         Column::new("params".into(), groups.iter().map(|g| params.get(&g.0 .0).map(|&p| p as u64)).collect::<Vec<_>>()),

@@ -59,6 +59,11 @@ seeds = 1
 name = "perplexity"
 id = "ppl_random"
 options = {{ text = "random", max_windows = 3 }}
+[[analyses]]
+name = "perplexity"
+id = "ppl_mine"
+seeds = 1
+models = ["mine"]
 "#,
             fixture("llama").display()
         ),
@@ -78,8 +83,14 @@ options = {{ text = "random", max_windows = 3 }}
     assert_eq!(s.analyses[0].options["seqlen"], 16, "data keys reach the analyses");
     assert_eq!(s.analyses[1].options["text"], "random");
     assert!(s.analyses[0].options.get("seed").is_none());
+    assert_eq!(s.analyses[2].models.as_deref(), Some(&["mine".to_string()][..]));
+    assert!(s.analyses[0].models.is_none());
     let cells = s.cells();
-    assert_eq!(cells.len(), 3 * 7 * (1 + 2));
+    // the third analysis runs on one model of three: 7 more cells, all of `mine`
+    assert_eq!(cells.len(), 3 * 7 * (1 + 2) + 7);
+    let restricted: Vec<_> = cells.iter().filter(|c| c.analysis == 2).collect();
+    assert_eq!(restricted.len(), 7);
+    assert!(restricted.iter().all(|c| s.models[c.model].name == "mine"));
     assert_eq!(cells[0].spec, qi::quant::QuantSpec::None, "reference first");
     let mut stems: Vec<&str> = cells.iter().map(|c| c.stem.as_str()).collect();
     stems.sort();
@@ -94,7 +105,7 @@ options = {{ text = "random", max_windows = 3 }}
             "quantizers": ["rtn", "gptq:samples=4,seqlen=16", "nf4", "rtn:bits=3,group=16"],
             "models": [fixture("llama").display().to_string(), "gpt2", {"source": "./rel/model", "name": "mine"}],
             "data": {"seqlen": 16},
-            "analyses": [{"name": "perplexity", "seeds": 1}, {"name": "perplexity", "id": "ppl_random", "options": {"text": "random", "max_windows": 3}}]
+            "analyses": [{"name": "perplexity", "seeds": 1}, {"name": "perplexity", "id": "ppl_random", "options": {"text": "random", "max_windows": 3}}, {"name": "perplexity", "id": "ppl_mine", "seeds": 1, "models": ["mine"]}]
         })
         .to_string(),
     );
@@ -149,7 +160,9 @@ fn bad_specs_are_clear_errors() {
         ("analyses = [{ name = \"perplexity\", options = { seqlen = \"long\" } }]", &["`analyses[0].options`", "perplexity"]),
         ("analyses = [{ name = \"perplexity\", options = { seed = 3 } }]", &["`analyses[0].options.seed`", "seeds"]),
         ("analyses = [\"perplexity\", \"perplexity\"]", &["`analyses[1]`", "duplicate cells", "id"]),
-        ("analyses = [{ name = \"perplexity\", colour = 1 }]", &["`analyses[0].colour`", "valid keys: name, id, options, seeds"]),
+        ("analyses = [{ name = \"perplexity\", colour = 1 }]", &["`analyses[0].colour`", "valid keys: name, id, options, seeds, models"]),
+        ("analyses = [{ name = \"perplexity\", models = [\"gtp2\"] }]", &["`analyses[0].models`", "gtp2", "its models: gpt2"]),
+        ("analyses = [{ name = \"perplexity\", models = [] }]", &["`analyses[0].models`", "non-empty list"]),
         ("seeds = 0", &["`seeds`", "seed count >= 1"]),
         ("seeds = [1, 1]", &["`seeds`", "seed 1 is listed twice"]),
         ("data = { n_prompts = 4 }", &["`data.n_prompts`", "no analysis of the study has this option"]),
@@ -423,6 +436,19 @@ fn summary_has_the_original_studys_shape() {
         t.push(Row::new(&rtn, "share", 0.2 + 0.1 * seed as f64).label("category", "survived").seed(seed));
         t.push(Row::new(&rtn, "share", 0.7).label("category", "destroyed").seed(seed));
     }
+    // attention: two heads per seed, averaged within a seed first (seed means 0.2 and 0.4)
+    for (seed, heads) in [(0, [0.1, 0.3]), (1, [0.2, 0.6])] {
+        for (h, v) in heads.into_iter().enumerate() {
+            t.push(Row::new(&rtn, "js_divergence", v).layer(0).head(h).seed(seed));
+        }
+    }
+    // logit lens: only the `all` prompt category counts (the 100s would move the mean)
+    for (seed, layers) in [(0, [1.0, 3.0]), (1, [2.0, 2.0])] {
+        for (l, v) in layers.into_iter().enumerate() {
+            t.push(Row::new(&rtn, "kl_ref_quant", v).layer(l).label("category", "all").seed(seed));
+            t.push(Row::new(&rtn, "kl_ref_quant", 100.0).layer(l).label("category", "induction").seed(seed));
+        }
+    }
     let params = std::collections::BTreeMap::from([("m".to_string(), 1234usize)]);
     let s = qi::study::summary(&t.to_frame().unwrap(), &params).unwrap();
     assert_eq!(s.height(), 2);
@@ -438,6 +464,11 @@ fn summary_has_the_original_studys_shape() {
     assert!(f("feature_survival")[0].is_nan());
     assert!((f("feature_survival")[1] - 0.25).abs() < 1e-12);
     assert_eq!(f("n_seeds")[1], 2.0);
+    // one sample per seed: t(0.975, 1) · sd(0.2, 0.4) / √2; pooling the four heads gives another CI
+    assert!((f("attention_jsd")[1] - 0.3).abs() < 1e-12);
+    assert!((f("attention_jsd_ci")[1] - 12.706 * 0.02f64.sqrt() / 2f64.sqrt()).abs() < 1e-9, "{}", f("attention_jsd_ci")[1]);
+    assert!((f("lens_kl")[1] - 2.0).abs() < 1e-12 && f("lens_kl_ci")[1].abs() < 1e-12);
+    assert!(f("lens_kl")[0].is_nan() && f("attention_jsd")[0].is_nan());
     assert_eq!(f("perplexity_ratio"), [1.0, 40.0 / 30.0]);
     // against size: the reference is left out, and the CI (0.75 ± 3.18) is clamped to [0, 1]
     let a = qi::study::against_size(&s, "survival", Some((0.0, 1.0)), false).unwrap();
