@@ -13,8 +13,12 @@ pub struct AnalyzeArgs {
     #[arg(long)]
     pub model: String,
     /// Quantized twins to compare, one QuantSpec each (repeat the flag), e.g. --quant rtn:bits=4 --quant gptq:bits=4.
-    #[arg(long = "quant", required = true)]
+    #[arg(long = "quant", required_unless_present = "twin")]
     pub quant: Vec<String>,
+    /// A model quantized elsewhere to compare as a twin (a llama.cpp GGUF, an HF directory another
+    /// quantizer exported), labelled `twin:PATH`; repeat the flag. Same as `--quant twin:PATH`.
+    #[arg(long = "twin", value_name = "PATH")]
+    pub twin: Vec<String>,
     /// Run seeds 0..N (each seed draws new inputs where the analysis samples them).
     #[arg(long, default_value_t = 1)]
     pub seeds: u64,
@@ -82,7 +86,13 @@ pub fn run(a: AnalyzeArgs) -> Result<()> {
     let options = options_json(a.options.as_deref(), &a.set)?;
     // validate the options before loading and quantizing anything
     (entry.check)(&options)?;
-    let specs: Vec<QuantSpec> = a.quant.iter().map(|q| q.parse().with_context(|| format!("--quant '{q}'"))).collect::<Result<_>>()?;
+    let mut specs: Vec<QuantSpec> = a.quant.iter().map(|q| q.parse().with_context(|| format!("--quant '{q}'"))).collect::<Result<_>>()?;
+    for t in &a.twin {
+        if !Path::new(t).exists() {
+            anyhow::bail!("--twin {t}: no such file or directory");
+        }
+        specs.push(QuantSpec::Twin(t.clone()));
+    }
     let t0 = std::time::Instant::now();
     let reference = qi::load_model(&a.model)?;
     let root = if a.no_cache { None } else { Some(a.cache.clone().unwrap_or_else(qi::twin_cache::cache_root)) };

@@ -124,7 +124,8 @@ pub fn quantize_cached(
     opts: &QuantizeOptions,
     root: Option<&Path>,
 ) -> Result<(HookedTransformer, Option<QuantReport>, TwinOrigin)> {
-    let cacheable = !matches!(spec, QuantSpec::None) && opts.calibration.is_none();
+    // an external twin is read from its own file: nothing to cache
+    let cacheable = !matches!(spec, QuantSpec::None | QuantSpec::Twin(_)) && opts.calibration.is_none();
     let dir = match root {
         Some(r) if cacheable => Some(twin_dir(r, model, spec, opts)?),
         _ => None,
@@ -218,7 +219,8 @@ pub fn twins(model: &HookedTransformer, specs: &[QuantSpec], opts: &QuantizeOpti
         match origin {
             TwinOrigin::Cached(d) => eprintln!("{spec}: cached twin {} ({:.1} s)", d.display(), t.elapsed().as_secs_f64()),
             TwinOrigin::Quantized => eprintln!(
-                "{spec}: quantized in {:.1} s ({:.2} bits/weight)",
+                "{spec}: {} in {:.1} s ({:.2} bits/weight)",
+                if matches!(spec, QuantSpec::Twin(_)) { "loaded" } else { "quantized" },
                 t.elapsed().as_secs_f64(),
                 report.map(|r| r.bits_per_weight).unwrap_or(f64::NAN)
             ),

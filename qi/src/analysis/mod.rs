@@ -93,28 +93,10 @@ impl<'a> Comparison<'a> {
 /// The spec of the reference rows.
 pub static REFERENCE: QuantSpec = QuantSpec::None;
 
-/// Errors if `other` cannot be compared position by position with `reference`.
+/// Errors if `other` cannot be compared position by position with `reference`
+/// ([`HookedTransformer::check_comparable`]).
 pub fn check_compatible(reference: &HookedTransformer, other: &HookedTransformer, label: &str) -> Result<()> {
-    let (a, b) = (&reference.cfg, &other.cfg);
-    let fields: [(&str, String, String); 6] = [
-        ("architecture", a.architecture.name().to_string(), b.architecture.name().to_string()),
-        ("d_vocab", a.d_vocab.to_string(), b.d_vocab.to_string()),
-        ("n_layers", a.n_layers.to_string(), b.n_layers.to_string()),
-        ("n_heads", a.n_heads.to_string(), b.n_heads.to_string()),
-        ("d_model", a.d_model.to_string(), b.d_model.to_string()),
-        ("d_mlp", a.d_mlp.to_string(), b.d_mlp.to_string()),
-    ];
-    for (what, x, y) in fields {
-        if x != y {
-            return Err(QiError::invalid(
-                "model pair",
-                label,
-                format!("models are not comparable: {what} is {x} in the reference but {y} in '{label}'"),
-            )
-            .into());
-        }
-    }
-    Ok(())
+    reference.check_comparable(other, label)
 }
 
 pub use crate::batch::{batches, valid_indices, valid_rows};

@@ -257,6 +257,44 @@ impl HookedTransformer {
         self.n_params() - emb
     }
 
+    /// Errors, naming the first mismatch, unless `other` can be compared position by position with
+    /// this model: same architecture, vocabulary (size, and the same ids for a probe text when both
+    /// have tokenizers), layer count, heads and widths, and the same shape of every block linear.
+    /// `label` names `other` in the error.
+    pub fn check_comparable(&self, other: &HookedTransformer, label: &str) -> Result<()> {
+        let (a, b) = (&self.cfg, &other.cfg);
+        let fields: [(&str, String, String); 8] = [
+            ("architecture", a.architecture.name().to_string(), b.architecture.name().to_string()),
+            ("d_vocab", a.d_vocab.to_string(), b.d_vocab.to_string()),
+            ("n_layers", a.n_layers.to_string(), b.n_layers.to_string()),
+            ("n_heads", a.n_heads.to_string(), b.n_heads.to_string()),
+            ("n_kv_heads", a.n_kv_heads.to_string(), b.n_kv_heads.to_string()),
+            ("d_model", a.d_model.to_string(), b.d_model.to_string()),
+            ("d_head", a.d_head.to_string(), b.d_head.to_string()),
+            ("d_mlp", a.d_mlp.to_string(), b.d_mlp.to_string()),
+        ];
+        let not_comparable = |why: String| -> anyhow::Error { QiError::invalid("model pair", label, format!("models are not comparable: {why}")).into() };
+        for (what, x, y) in fields {
+            if x != y {
+                return Err(not_comparable(format!("{what} is {x} in the reference but {y} in '{label}'")));
+            }
+        }
+        for (r, t) in self.linears().into_iter().zip(other.linears()) {
+            let (rs, ts) = ((r.out_features(), r.in_features()), (t.out_features(), t.in_features()));
+            if rs != ts {
+                return Err(not_comparable(format!("'{}' is {rs:?} in the reference but '{}' is {ts:?} in '{label}'", r.name, t.name)));
+            }
+        }
+        if let (Some(x), Some(y)) = (&self.tokenizer, &other.tokenizer) {
+            const PROBE: &str = "The quick brown fox, 1234 — naïve café 数学 def f(x): return x";
+            let (ix, iy) = (x.encode(PROBE, false)?, y.encode(PROBE, false)?);
+            if ix != iy {
+                return Err(not_comparable(format!("the vocabularies differ: the probe text \"{PROBE}\" is {ix:?} in the reference but {iy:?} in '{label}'")));
+            }
+        }
+        Ok(())
+    }
+
     /// All block linear layers, in forward order.
     pub fn linears(&self) -> Vec<&Linear> {
         self.blocks.iter().flat_map(|b| b.linears()).collect()

@@ -36,7 +36,7 @@ pub fn quantize_weight(
         QuantSpec::Int8(_) => llm_int8_quantize(w, outlier_cols.unwrap_or(&[])).map(|o| o.weight),
         QuantSpec::Ggml(g) => ggml_quantize(w, *g, name),
         QuantSpec::Prune(p) => magnitude_prune(w, p.sparsity).map(|o| o.weight),
-        QuantSpec::Awq(_) | QuantSpec::W8a8 => {
+        QuantSpec::Awq(_) | QuantSpec::W8a8 | QuantSpec::Twin(_) => {
             return Err(QiError::invalid(
                 "quantization method",
                 spec,
@@ -62,11 +62,12 @@ mod tests {
             let spec: QuantSpec = match s {
                 "rtn" | "gptq" | "awq" => format!("{s}:bits=4").parse().unwrap(),
                 "prune" => "prune:sparsity=0.5".parse().unwrap(),
+                "twin" => "twin:m.gguf".parse().unwrap(),
                 _ => s.parse().unwrap(),
             };
             let r = quantize_weight(&w, &spec, "blk.0.w", Some(&eye), Some(&[3]));
             match s {
-                "awq" | "w8a8" => assert!(r.unwrap_err().to_string().contains("model-level"), "{s}"),
+                "awq" | "w8a8" | "twin" => assert!(r.unwrap_err().to_string().contains("model-level"), "{s}"),
                 _ => {
                     let q = r.unwrap_or_else(|e| panic!("{s}: {e:#}"));
                     assert_eq!(q.dims(), &[8, 256], "{s}");

@@ -14,6 +14,7 @@
 //! | `q2_k` `q3_k` `q4_k` `q5_k` `q6_k` | `fallback` (`false`) | GGML k-quants (super-blocks of 256); with `fallback=true` a tensor whose rows they cannot hold gets llama.cpp's substitute type (q4_k → q5_0, q5_k → q5_1, q6_k → q8_0), otherwise it is an error |
 //! | `w8a8` | — | int8 per-row weights and dynamic per-token int8 activations |
 //! | `prune` | `sparsity` (required, in [0, 1)) | unstructured magnitude pruning |
+//! | `twin` | `twin:PATH` (everything after the colon is the path) | not a quantizer: a model quantized elsewhere (a llama.cpp GGUF, an HF directory another tool exported), loaded from PATH and compared with the reference as a qi twin is |
 //!
 //! Parsing trims whitespace around tokens, accepts keys in any order and `true`/`false` for flags;
 //! unknown methods or keys, duplicate keys and out-of-range values are errors listing what is valid.
@@ -171,12 +172,14 @@ pub enum QuantSpec {
     Ggml(GgmlSpec),
     W8a8,
     Prune(PruneSpec),
+    /// A checkpoint quantized outside qi, by its path (see [`crate::quantize::quantize_model`]).
+    Twin(String),
 }
 
 /// Every method name, in documentation order.
-pub const METHODS: [&str; 21] = [
+pub const METHODS: [&str; 22] = [
     "none", "fp16", "bf16", "rtn", "gptq", "awq", "nf4", "fp4", "int8", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0",
-    "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "w8a8", "prune",
+    "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "w8a8", "prune", "twin",
 ];
 
 fn keys_of(method: &str) -> &'static [&'static str] {
@@ -221,12 +224,14 @@ impl QuantSpec {
             QuantSpec::Ggml(g) => g.kind.name(),
             QuantSpec::W8a8 => "w8a8",
             QuantSpec::Prune(_) => "prune",
+            QuantSpec::Twin(_) => "twin",
         }
     }
 
     /// Nominal bits per weight for tables: f32 32, fp16/bf16 16, rtn/gptq/awq their `bits`, nf4/fp4
     /// 4, int8/w8a8 8, GGML types their storage rate including block scales (q4_0 4.5, q4_k 4.5,
-    /// q6_k 6.5625, ...). `None` for pruning (storage depends on the sparse format).
+    /// q6_k 6.5625, ...). `None` for pruning (storage depends on the sparse format) and for an
+    /// external twin (its report has the storage types of its file).
     pub fn bits(&self) -> Option<f32> {
         match self {
             QuantSpec::None => Some(32.0),
@@ -237,7 +242,7 @@ impl QuantSpec {
             QuantSpec::Nf4(_) | QuantSpec::Fp4(_) => Some(4.0),
             QuantSpec::Int8(_) | QuantSpec::W8a8 => Some(8.0),
             QuantSpec::Ggml(g) => Some(g.kind.bits_per_weight()),
-            QuantSpec::Prune(_) => None,
+            QuantSpec::Prune(_) | QuantSpec::Twin(_) => None,
         }
     }
 
@@ -277,6 +282,8 @@ impl QuantSpec {
             QuantSpec::Int8(_) => 1,
             QuantSpec::Ggml(_) => 1,
             QuantSpec::Prune(_) => 1,
+            // the file is the twin: its content is in the study cell's key through the path only
+            QuantSpec::Twin(_) => 1,
         };
         if self.needs_calibration() {
             format!("{}-v{v}-data{CALIBRATION_DATA_VERSION}", self.method_name())
@@ -356,6 +363,16 @@ impl FromStr for QuantSpec {
 
     fn from_str(s: &str) -> Result<Self> {
         let s = s.trim();
+        // a path may hold ',' '=' and ':': everything after `twin:` is the path
+        if let Some((m, path)) = s.split_once(':') {
+            if m.trim().eq_ignore_ascii_case("twin") {
+                let path = path.trim();
+                if path.is_empty() {
+                    return Err(bad("twin", s, "expected twin:PATH (a GGUF file or an HF directory of a quantized model)"));
+                }
+                return Ok(QuantSpec::Twin(path.to_string()));
+            }
+        }
         let (method, rest) = match s.split_once(':') {
             Some((m, r)) => (m.trim(), Some(r)),
             None => (s, None),
@@ -513,6 +530,7 @@ impl FromStr for QuantSpec {
                 }
                 QuantSpec::Prune(PruneSpec { sparsity })
             }
+            "twin" => return Err(bad("twin", s, "expected twin:PATH (a GGUF file or an HF directory of a quantized model)")),
             other => match GgmlKind::from_name(other) {
                 Some(kind) => {
                     let fallback = o.take("fallback").map(|v| parse_bool("fallback", v)).transpose()?.unwrap_or(false);
@@ -609,6 +627,7 @@ impl fmt::Display for QuantSpec {
                 }
             }
             QuantSpec::Prune(p) => kv.push(format!("sparsity={}", p.sparsity)),
+            QuantSpec::Twin(path) => return write!(f, "twin:{path}"),
             QuantSpec::Ggml(g) => flag(&mut kv, "fallback", g.fallback, false),
             QuantSpec::None | QuantSpec::Fp16 | QuantSpec::Bf16 | QuantSpec::W8a8 => {}
         }
@@ -732,6 +751,10 @@ mod tests {
         }
         for sparsity in [0.0, 0.5, 0.9, 1.0 / 3.0] {
             all.push(QuantSpec::Prune(PruneSpec { sparsity }));
+        }
+        // paths keep their commas, equals signs and colons
+        for path in ["m.gguf", "/tmp/a,b=c:d/model-q4_k_m.gguf", "./twins/gptq dir"] {
+            all.push(QuantSpec::Twin(path.into()));
         }
         let mut methods = std::collections::BTreeSet::new();
         for s in &all {

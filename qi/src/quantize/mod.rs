@@ -93,6 +93,8 @@ pub fn bits_per_weight(spec: &QuantSpec, rows: usize, cols: usize) -> f64 {
         QuantSpec::Int8(_) | QuantSpec::W8a8 => 8.0 + 32.0 / cols as f64,
         QuantSpec::Ggml(g) => ggml_storage(g, rows, cols).bits_per_weight() as f64,
         QuantSpec::Prune(p) => 32.0 * (1.0 - p.sparsity) + 1.0,
+        // what the file stores, known only once it is loaded (see `external_twin`)
+        QuantSpec::Twin(_) => f64::NAN,
     }
 }
 
@@ -136,6 +138,9 @@ fn corpus(d: CalibData) -> Corpus {
 
 /// Quantizes `model` by `spec`. Returns the quantized twin and a report.
 pub fn quantize_model(model: &HookedTransformer, spec: &QuantSpec, opts: &QuantizeOptions) -> Result<(HookedTransformer, QuantReport)> {
+    if let QuantSpec::Twin(path) = spec {
+        return external_twin(model, path, spec);
+    }
     let start = std::time::Instant::now();
     let mut q = model.clone();
     q.source.quantization = Some(spec.to_string());
@@ -191,6 +196,51 @@ pub fn quantize_model(model: &HookedTransformer, spec: &QuantSpec, opts: &Quanti
             .collect(),
     };
     Ok((q, report))
+}
+
+/// A model quantized outside qi (`twin:PATH`), loaded and checked against the reference: same
+/// architecture, vocabulary and shapes, else an error naming the first mismatch. The report
+/// gives each block linear's difference from the reference and the bits per weight of its
+/// storage type in the file (a GGML type's rate; F16/BF16 16; F32 32).
+fn external_twin(model: &HookedTransformer, path: &str, spec: &QuantSpec) -> Result<(HookedTransformer, QuantReport)> {
+    let start = std::time::Instant::now();
+    let mut twin = crate::load_model(path).with_context(|| format!("loading the twin '{path}'"))?;
+    model.check_comparable(&twin, path)?;
+    twin.source.quantization = Some(spec.to_string());
+    let mut state = State::default();
+    for (l, (rb, tb)) in model.blocks.iter().zip(&twin.blocks).enumerate() {
+        for ((role, r), (_, t)) in rb.linears_labeled().into_iter().zip(tb.linears_labeled()) {
+            state.report(Some(l), role, &t.name, &r.weight(), &t.weight(), spec, None)?;
+            let stored = twin.source.tensor_types.get(&t.name).cloned().unwrap_or_else(|| "F32".into());
+            let m = state.matrices.last_mut().expect("just recorded");
+            m.bits_per_weight = storage_bits(&stored);
+            m.format = stored.to_ascii_lowercase();
+        }
+    }
+    let total_params = twin.n_params();
+    let quantized_params: usize = state.matrices.iter().map(|m| m.rows * m.cols).sum();
+    let qbits: f64 = state.matrices.iter().map(|m| m.bits_per_weight * (m.rows * m.cols) as f64).sum();
+    let report = QuantReport {
+        spec: spec.to_string(),
+        bits_per_weight: if quantized_params > 0 { qbits / quantized_params as f64 } else { 32.0 },
+        model_bytes: (qbits + 32.0 * (total_params.saturating_sub(quantized_params)) as f64) / 8.0,
+        matrices: state.matrices,
+        calibration_tokens: 0,
+        seconds: start.elapsed().as_secs_f64(),
+        quantized_params,
+        total_params,
+        activation_quant: Default::default(),
+    };
+    Ok((twin, report))
+}
+
+/// Bits per weight of a source storage type name (`Q4_K`, `F16`, `F32`, ...); a name qi does not
+/// know counts as 32 (it was read as floats).
+fn storage_bits(t: &str) -> f64 {
+    match t.to_ascii_lowercase().as_str() {
+        "f16" | "bf16" => 16.0,
+        other => quant::GgmlKind::from_name(other).map_or(32.0, |k| k.bits_per_weight() as f64),
+    }
 }
 
 #[derive(Default)]
