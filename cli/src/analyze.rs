@@ -40,6 +40,9 @@ pub struct AnalyzeArgs {
     /// Output parquet file (written atomically).
     #[arg(long)]
     pub out: PathBuf,
+    /// Print what was written (file, rows, specs, seeds, times) as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The analyses and their options, for `qi analyze --help`.
@@ -104,6 +107,14 @@ pub fn run(a: AnalyzeArgs) -> Result<()> {
     let tidy = analysis::run_seeds(&entry, &cmp, &options, &seeds)?;
     let df = tidy.to_frame()?;
     qi::analysis::tidy::write_parquet(&df, &a.out)?;
+    if a.json {
+        let specs: Vec<String> = cmp.all().iter().map(|t| t.spec.to_string()).collect();
+        println!(
+            "{}",
+            serde_json::json!({ "analysis": entry.name, "out": a.out.display().to_string(), "rows": df.height(), "model": cmp.name, "specs": specs, "seeds": seeds,
+                "load_quantize_s": (t1 - t0).as_secs_f64(), "analysis_s": t1.elapsed().as_secs_f64() })
+        );
+    }
     eprintln!(
         "wrote {} ({} rows; load+quantize {:.1} s, analysis {:.1} s)",
         a.out.display(),

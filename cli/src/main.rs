@@ -48,9 +48,12 @@ enum Command {
         /// Output .safetensors file (tensors named by hook name, plus `logits` and `tokens`).
         #[arg(long)]
         out: PathBuf,
-        /// Trace the quantized twin (a QuantSpec, e.g. 'rtn:bits=4').
+        /// Trace the quantized twin (a QuantSpec, e.g. 'rtn:bits=4'; one: a trace is of one model).
         #[arg(long)]
         quant: Option<String>,
+        /// Print what was written (file, tokens, each tensor's shape) as JSON on stdout.
+        #[arg(long)]
+        json: bool,
     },
     /// Quantize a model and write it as an HF directory (dequantized weights + report).
     Quantize {
@@ -71,14 +74,18 @@ enum Command {
         embeddings: bool,
         #[arg(long)]
         unembedding: bool,
+        /// Print the report's summary (bits per weight, size, worst error, time, where) as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Perplexity with the GPTQ protocol (non-overlapping windows, remainder dropped).
     Perplexity {
         #[arg(long)]
         model: String,
-        /// Evaluate the quantized twin.
+        /// Evaluate quantized twins, one QuantSpec each (repeat the flag; `none` = the reference,
+        /// the default when the flag is absent): one line (or JSON object) per spec.
         #[arg(long)]
-        quant: Option<String>,
+        quant: Vec<String>,
         #[arg(long, default_value_t = 512)]
         seqlen: usize,
         /// Use only the first N windows.
@@ -87,7 +94,7 @@ enum Command {
         /// Text file to evaluate (default: WikiText-2 test from the shared folder).
         #[arg(long)]
         text: Option<PathBuf>,
-        /// Print one JSON object.
+        /// Print one JSON object per spec (JSON lines, what `qi report`'s perplexity blocks read).
         #[arg(long)]
         json: bool,
     },
@@ -126,6 +133,9 @@ enum Command {
     Hooks {
         #[arg(long)]
         model: String,
+        /// Print them as a JSON array.
+        #[arg(long)]
+        json: bool,
     },
     /// Forward-pass benchmark: a cache of every hook_resid_post and hook_pattern on a batch of
     /// random tokens; prints one JSON line (compare with scripts/bench_forward_torch.py).
@@ -154,6 +164,9 @@ enum CacheCommand {
         /// Remove the damaged entries.
         #[arg(long)]
         remove_damaged: bool,
+        /// Print every entry (directory, bytes, problems) as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Remove every cached twin.
     Clear {
@@ -165,15 +178,25 @@ enum CacheCommand {
 fn cache_command(c: CacheCommand) -> Result<()> {
     let gb = |b: u64| b as f64 / 1e9;
     match c {
-        CacheCommand::Verify { cache, remove_damaged } => {
+        CacheCommand::Verify { cache, remove_damaged, json } => {
             let root = cache.unwrap_or_else(qi::twin_cache::cache_root);
             let checks = qi::twin_cache::verify(&root)?;
             let damaged: Vec<_> = checks.iter().filter(|e| !e.problems.is_empty()).collect();
-            for e in &damaged {
-                println!("damaged: {}: {}", e.dir.display(), qi::integrity::describe(&e.problems));
-            }
             let total: u64 = checks.iter().map(|e| e.bytes).sum();
-            println!("{}: {} twin(s), {:.2} GB; {} sound, {} damaged", root.display(), checks.len(), gb(total), checks.len() - damaged.len(), damaged.len());
+            let summary = format!("{}: {} twin(s), {:.2} GB; {} sound, {} damaged", root.display(), checks.len(), gb(total), checks.len() - damaged.len(), damaged.len());
+            if json {
+                let entries: Vec<serde_json::Value> = checks
+                    .iter()
+                    .map(|e| serde_json::json!({ "dir": e.dir.display().to_string(), "bytes": e.bytes, "sound": e.problems.is_empty(), "problems": if e.problems.is_empty() { serde_json::Value::Null } else { qi::integrity::describe(&e.problems).into() } }))
+                    .collect();
+                println!("{}", serde_json::json!({ "cache": root.display().to_string(), "entries": entries, "bytes": total, "damaged": damaged.len() }));
+                eprintln!("{summary}");
+            } else {
+                for e in &damaged {
+                    println!("damaged: {}: {}", e.dir.display(), qi::integrity::describe(&e.problems));
+                }
+                println!("{summary}");
+            }
             if remove_damaged && !damaged.is_empty() {
                 let (n, bytes) = qi::twin_cache::clear(&root, true)?;
                 println!("removed {n} damaged entr{} ({:.2} GB)", if n == 1 { "y" } else { "ies" }, gb(bytes));
@@ -205,12 +228,9 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Info { model, json } => info(&model, json),
-        Command::Trace { model, text, tokens, prepend_bos, hooks, out, quant } => trace(&model, quant.as_deref(), text, tokens, prepend_bos, &hooks, &out),
-        Command::Quantize { model, quant, out, cache, embeddings, unembedding } => match (out, cache) {
-            (Some(out), false) => quantize(&model, &quant, &out, embeddings, unembedding),
-            _ => quantize_into_cache(&model, &quant, embeddings, unembedding),
-        },
-        Command::Perplexity { model, quant, seqlen, windows, text, json } => perplexity(&model, quant.as_deref(), seqlen, windows, text.as_deref(), json),
+        Command::Trace { model, text, tokens, prepend_bos, hooks, out, quant, json } => trace(&model, quant.as_deref(), text, tokens, prepend_bos, &hooks, &out, json),
+        Command::Quantize { model, quant, out, cache, embeddings, unembedding, json } => quantize(&model, &quant, out.as_deref().filter(|_| !cache), embeddings, unembedding, json),
+        Command::Perplexity { model, quant, seqlen, windows, text, json } => perplexity(&model, &quant, seqlen, windows, text.as_deref(), json),
         Command::BenchForward { model, batch, seq, runs, seed } => bench_forward(&model, batch, seq, runs, seed),
         Command::Analyze(a) => analyze::run(a),
         Command::Study(a) => study::run(a),
@@ -228,10 +248,14 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Show { file, metric, columns, rows } => show(&file, &metric, columns.as_deref(), rows),
-        Command::Hooks { model } => {
+        Command::Hooks { model, json } => {
             let m = load_model(&model)?;
-            for n in m.hook_names() {
-                println!("{n}");
+            if json {
+                println!("{}", serde_json::json!(m.hook_names()));
+            } else {
+                for n in m.hook_names() {
+                    println!("{n}");
+                }
             }
             Ok(())
         }
@@ -295,61 +319,91 @@ fn load_maybe_quantized(src: &str, quant: Option<&str>) -> Result<qi::HookedTran
     }
 }
 
-fn quantize(src: &str, quant: &str, out: &std::path::Path, embeddings: bool, unembedding: bool) -> Result<()> {
+/// `qi quantize`: into `out` as an HF directory, or into the twin cache when `out` is `None`.
+fn quantize(src: &str, quant: &str, out: Option<&std::path::Path>, embeddings: bool, unembedding: bool, json: bool) -> Result<()> {
     let spec: QuantSpec = quant.parse().with_context(|| format!("--quant '{quant}'"))?;
-    qi::export::ensure_empty_output_dir(out).context("--out")?;
+    if let Some(out) = out {
+        qi::export::ensure_empty_output_dir(out).context("--out")?;
+    }
     let m = load_model(src)?;
     let opts = QuantizeOptions { embeddings, unembedding, ..Default::default() };
-    let (q, report) = quantize_model(&m, &spec, &opts)?;
-    qi::export::save_hf_dir(&q, out, Some(&report))?;
-    let worst = report.matrices.iter().map(|r| r.rel_error).fold(0.0, f64::max);
-    eprintln!(
-        "wrote {} ({spec}: {} matrices, {:.2} bits/weight, {:.1} MB estimated, worst relative error {:.4}, {:.1} s)",
-        out.display(),
-        report.matrices.len(),
-        report.bits_per_weight,
-        report.model_bytes / 1e6,
-        worst,
-        report.seconds
-    );
-    Ok(())
-}
-
-fn quantize_into_cache(src: &str, quant: &str, embeddings: bool, unembedding: bool) -> Result<()> {
-    let spec: QuantSpec = quant.parse().with_context(|| format!("--quant '{quant}'"))?;
-    let m = load_model(src)?;
-    let opts = QuantizeOptions { embeddings, unembedding, ..Default::default() };
-    let root = qi::twin_cache::cache_root();
-    qi::twin_cache::twins(&m, &[spec.clone()], &opts, Some(&root))?;
-    eprintln!("cached in {}", qi::twin_cache::twin_dir(&root, &m, &spec, &opts)?.display());
-    Ok(())
-}
-
-fn perplexity(src: &str, quant: Option<&str>, seqlen: usize, windows: Option<usize>, text: Option<&std::path::Path>, json: bool) -> Result<()> {
-    let m = load_maybe_quantized(src, quant)?;
-    let opts = qi::perplexity::PerplexityOptions { seqlen, max_windows: windows, ..Default::default() };
-    let r = match text {
-        Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("--text {}: cannot read", p.display()))?;
-            qi::perplexity::perplexity_on_text(&m, &text, &opts)?
+    let (dest, report) = match out {
+        Some(out) => {
+            let (q, report) = quantize_model(&m, &spec, &opts)?;
+            qi::export::save_hf_dir(&q, out, Some(&report))?;
+            (out.to_path_buf(), Some(report))
         }
-        // the evaluation half: the rest of the split is reserved for calibration and SAE training
-        None => qi::perplexity::perplexity(&m, &qi::data::wikitext2_eval_ids(&m)?, &opts)?,
+        None => {
+            let root = qi::twin_cache::cache_root();
+            let (_, report, _) = qi::twin_cache::quantize_cached(&m, &spec, &opts, Some(&root))?;
+            (qi::twin_cache::twin_dir(&root, &m, &spec, &opts)?, report)
+        }
     };
+    let worst = report.as_ref().map(|r| r.matrices.iter().map(|r| r.rel_error).fold(0.0, f64::max));
     if json {
-        let mut v = serde_json::to_value(&r)?;
-        v["model"] = serde_json::json!(src);
-        v["quant"] = serde_json::json!(quant.unwrap_or("none"));
-        let spec: QuantSpec = quant.unwrap_or("none").parse()?;
-        v["bits_per_weight"] = serde_json::json!(qi::quantize::model_bits_per_weight(&m, &spec));
+        let v = serde_json::json!({
+            "model": src, "quant": spec.to_string(), "out": dest.display().to_string(), "cached": out.is_none(),
+            "bits_per_weight": report.as_ref().map(|r| r.bits_per_weight), "matrices": report.as_ref().map(|r| r.matrices.len()),
+            "model_bytes": report.as_ref().map(|r| r.model_bytes), "worst_rel_error": worst, "seconds": report.as_ref().map(|r| r.seconds),
+        });
         println!("{v}");
-    } else {
-        println!("perplexity {:.4} (nll {:.4}, {} windows x {} tokens, {:.1} s)", r.perplexity, r.nll, r.windows, r.seqlen, r.seconds);
+    }
+    match &report {
+        Some(r) => eprintln!(
+            "{} {} ({spec}: {} matrices, {:.2} bits/weight, {:.1} MB estimated, worst relative error {:.4}, {:.1} s)",
+            if out.is_some() { "wrote" } else { "cached in" },
+            dest.display(),
+            r.matrices.len(),
+            r.bits_per_weight,
+            r.model_bytes / 1e6,
+            worst.unwrap_or(0.0),
+            r.seconds
+        ),
+        None => eprintln!("cached in {} (a twin stored without its report)", dest.display()),
     }
     Ok(())
 }
 
-fn trace(src: &str, quant: Option<&str>, text: Option<String>, tokens: Option<Vec<u32>>, prepend_bos: bool, hooks: &[String], out: &std::path::Path) -> Result<()> {
+/// `qi perplexity`: the reference (no `--quant`, or `none`) and each twin, one line each.
+fn perplexity(src: &str, quant: &[String], seqlen: usize, windows: Option<usize>, text: Option<&std::path::Path>, json: bool) -> Result<()> {
+    let specs: Vec<QuantSpec> = if quant.is_empty() { vec![QuantSpec::None] } else { quant.iter().map(|q| q.parse().with_context(|| format!("--quant '{q}'"))).collect::<Result<_>>()? };
+    let opts = qi::perplexity::PerplexityOptions { seqlen, max_windows: windows, ..Default::default() };
+    // read the text before loading anything, so a bad --text fails fast
+    let text = text.map(|p| std::fs::read_to_string(p).with_context(|| format!("--text {}: cannot read", p.display()))).transpose()?;
+    let reference = load_model(src)?;
+    let root = qi::twin_cache::cache_root();
+    for spec in &specs {
+        // through the twin cache, so repeated runs (and `qi analyze`) share one quantization
+        let (twin, report) = match spec {
+            QuantSpec::None => (None, None),
+            _ => {
+                let (t, r, _) = qi::twin_cache::quantize_cached(&reference, spec, &QuantizeOptions::default(), Some(&root)).with_context(|| format!("quantizing with {spec}"))?;
+                (Some(t), r)
+            }
+        };
+        let m = twin.as_ref().unwrap_or(&reference);
+        let r = match &text {
+            Some(t) => qi::perplexity::perplexity_on_text(m, t, &opts)?,
+            // the evaluation half: the rest of the split is reserved for calibration and SAE training
+            None => qi::perplexity::perplexity(m, &qi::data::wikitext2_eval_ids(m)?, &opts)?,
+        };
+        if json {
+            let mut v = serde_json::to_value(&r)?;
+            v["model"] = serde_json::json!(src);
+            v["quant"] = serde_json::json!(spec.to_string());
+            // what the twin stores (an external twin's file types), else the method's estimate
+            let bits = report.as_ref().map(|r| r.bits_per_weight).filter(|b| b.is_finite()).unwrap_or_else(|| qi::quantize::model_bits_per_weight(&reference, spec));
+            v["bits_per_weight"] = serde_json::json!(bits);
+            println!("{v}");
+        } else {
+            println!("{spec}: perplexity {:.4} (nll {:.4}, {} windows x {} tokens, {:.1} s)", r.perplexity, r.nll, r.windows, r.seqlen, r.seconds);
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn trace(src: &str, quant: Option<&str>, text: Option<String>, tokens: Option<Vec<u32>>, prepend_bos: bool, hooks: &[String], out: &std::path::Path, json: bool) -> Result<()> {
     if out.extension().and_then(|e| e.to_str()) != Some("safetensors") {
         bail!("--out {}: expected a path ending in .safetensors", out.display());
     }
@@ -369,6 +423,10 @@ fn trace(src: &str, quant: Option<&str>, text: Option<String>, tokens: Option<Ve
     tensors.insert("logits".into(), logits);
     tensors.insert("tokens".into(), batch.tokens.to_dtype(DType::I64)?);
     qi::io::save_safetensors(&tensors, out).with_context(|| format!("writing {}", out.display()))?;
+    if json {
+        let shapes: std::collections::BTreeMap<&String, &[usize]> = tensors.iter().map(|(k, v)| (k, v.dims())).collect();
+        println!("{}", serde_json::json!({ "out": out.display().to_string(), "tokens": ids, "tensors": shapes }));
+    }
     eprintln!("wrote {} ({} tensors, {} tokens)", out.display(), tensors.len(), ids.len());
     Ok(())
 }

@@ -1,0 +1,232 @@
+//! One test per subcommand: its help, a small run on the fixtures (with `--json` where the command
+//! reports results: machine-readable stdout, human text on stderr) and a rejected argument.
+//! Exit codes: 0 success, 1 the work failed, 2 the arguments were rejected.
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+const LLAMA: &str = "data/fixtures/llama";
+
+struct Out {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+fn qi(args: &[&str], cache: &Path) -> Out {
+    let o = Command::new(env!("CARGO_BIN_EXE_qi")).args(args).current_dir(ROOT).env("QI_CACHE", cache).output().unwrap();
+    Out { code: o.status.code(), stdout: String::from_utf8_lossy(&o.stdout).into(), stderr: String::from_utf8_lossy(&o.stderr).into() }
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("qi-cli-cmd-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The one JSON value a `--json` run printed on stdout (nothing else may be there).
+fn json(o: &Out) -> Value {
+    assert_eq!(o.code, Some(0), "stdout: {}\nstderr: {}", o.stdout, o.stderr);
+    serde_json::from_str(o.stdout.trim()).unwrap_or_else(|e| panic!("stdout is not one JSON value ({e}): {}", o.stdout))
+}
+
+fn smollm2() -> String {
+    let shared = std::env::var("QI_SHARED").unwrap_or_else(|_| "../shared".into());
+    format!("{shared}/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+#[test]
+fn every_subcommand_has_help_and_rejects_an_unknown_flag() {
+    let dir = scratch("help");
+    let subs: [&[&str]; 14] = [
+        &["info"],
+        &["hooks"],
+        &["trace"],
+        &["quantize"],
+        &["perplexity"],
+        &["analyze"],
+        &["bench-forward"],
+        &["study", "run"],
+        &["study", "plan"],
+        &["sae", "train"],
+        &["report"],
+        &["cache", "verify"],
+        &["cache", "clear"],
+        &["show"],
+    ];
+    for sub in subs {
+        let help = qi(&[sub, &["--help"]].concat(), &dir);
+        assert_eq!(help.code, Some(0), "{sub:?} --help: {}", help.stderr);
+        assert!(help.stdout.contains(&format!("Usage: qi {}", sub.join(" "))), "{sub:?}: {}", help.stdout);
+        let bad = qi(&[sub, &["--no-such-flag"]].concat(), &dir);
+        assert_eq!(bad.code, Some(2), "{sub:?} with an unknown flag: {}", bad.stderr);
+        assert!(bad.stderr.contains("--no-such-flag"), "{sub:?}: {}", bad.stderr);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn info_and_hooks_report_the_fixtures_shape() {
+    let dir = scratch("info");
+    let v = json(&qi(&["info", "--model", LLAMA, "--json"], &dir));
+    let cfg: Value = serde_json::from_str(&std::fs::read_to_string(Path::new(ROOT).join(LLAMA).join("config.json")).unwrap()).unwrap();
+    for (ours, theirs) in [("layers", "num_hidden_layers"), ("d_model", "hidden_size"), ("heads", "num_attention_heads"), ("kv_heads", "num_key_value_heads"), ("d_mlp", "intermediate_size"), ("vocab", "vocab_size")] {
+        assert_eq!(v[ours], cfg[theirs], "{ours} vs config.json {theirs}");
+    }
+    assert_eq!(v["architecture"], "llama");
+    let hooks = json(&qi(&["hooks", "--model", LLAMA, "--json"], &dir));
+    let names: Vec<&str> = hooks.as_array().unwrap().iter().map(|h| h.as_str().unwrap()).collect();
+    // the text form lists the same names, one per line
+    let text = qi(&["hooks", "--model", LLAMA], &dir).stdout;
+    assert_eq!(text.lines().collect::<Vec<_>>(), names);
+    for l in 0..2 {
+        for h in ["hook_resid_pre", "attn.hook_pattern", "hook_attn_out", "hook_mlp_out", "hook_resid_post"] {
+            assert!(names.contains(&format!("blocks.{l}.{h}").as_str()), "blocks.{l}.{h} missing: {names:?}");
+        }
+    }
+    assert!(!names.iter().any(|n| n.starts_with("blocks.2.")), "the fixture has two layers");
+    let missing = qi(&["info", "--model", "data/fixtures/no-such-model"], &dir);
+    assert_eq!(missing.code, Some(1));
+    assert!(missing.stderr.contains("no-such-model") && !missing.stderr.contains("panicked"), "{}", missing.stderr);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn trace_writes_the_requested_activations() {
+    let dir = scratch("trace");
+    let out = dir.join("t.safetensors");
+    let v = json(&qi(&["trace", "--model", LLAMA, "--tokens", "5,9,13,2", "--hooks", "blocks.1.attn.hook_pattern,*hook_resid_post", "--out", out.to_str().unwrap(), "--json"], &dir));
+    assert_eq!(v["tokens"], serde_json::json!([5, 9, 13, 2]));
+    let shapes = v["tensors"].as_object().unwrap();
+    let mut names: Vec<&String> = shapes.keys().collect();
+    names.sort();
+    assert_eq!(names, ["blocks.0.hook_resid_post", "blocks.1.attn.hook_pattern", "blocks.1.hook_resid_post", "logits", "tokens"]);
+    assert_eq!(shapes["logits"], serde_json::json!([1, 4, 320]));
+    assert_eq!(shapes["blocks.1.attn.hook_pattern"], serde_json::json!([1, 4, 4, 4]));
+    let t = candle_core::safetensors::load(&out, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(t["blocks.0.hook_resid_post"].dims(), &[1, 4, 64]);
+    // a quantized trace differs from the reference's
+    let q = dir.join("q.safetensors");
+    json(&qi(&["trace", "--model", LLAMA, "--tokens", "5,9,13,2", "--quant", "rtn:bits=3", "--out", q.to_str().unwrap(), "--json"], &dir));
+    let tq = candle_core::safetensors::load(&q, &candle_core::Device::Cpu).unwrap();
+    let diff = (&t["logits"] - &tq["logits"]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(diff > 1e-4, "3-bit RTN did not change the logits ({diff})");
+    let bad = qi(&["trace", "--model", LLAMA, "--tokens", "5,9", "--out", dir.join("t.bin").to_str().unwrap()], &dir);
+    assert_eq!(bad.code, Some(1));
+    assert!(bad.stderr.contains("--out") && bad.stderr.contains(".safetensors"), "{}", bad.stderr);
+    let oov = qi(&["trace", "--model", LLAMA, "--tokens", "5,999", "--out", dir.join("o.safetensors").to_str().unwrap()], &dir);
+    assert_eq!(oov.code, Some(1));
+    assert!(oov.stderr.contains("999") && !dir.join("o.safetensors").exists(), "{}", oov.stderr);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn quantize_reports_its_twin_and_writes_a_loadable_directory() {
+    let dir = scratch("quantize");
+    let out = dir.join("twin");
+    let v = json(&qi(&["quantize", "--model", LLAMA, "--quant", "q8_0", "--out", out.to_str().unwrap(), "--json"], &dir));
+    // every block linear is Q8_0: 8 bits + one f16 scale per 32 weights
+    assert_eq!(v["bits_per_weight"], 8.5);
+    assert_eq!(v["matrices"], 2 * 7);
+    assert_eq!(v["cached"], false);
+    let worst = v["worst_rel_error"].as_f64().unwrap();
+    assert!(worst > 0.0 && worst < 0.01, "Q8_0's relative error is small but not zero: {worst}");
+    let back = json(&qi(&["info", "--model", out.to_str().unwrap(), "--json"], &dir));
+    assert_eq!(back["quantization"], "q8_0");
+    // the same twin into the cache: reported where it went
+    let c = json(&qi(&["quantize", "--model", LLAMA, "--quant", "q8_0", "--cache", "--json"], &dir.join("cache")));
+    assert_eq!(c["cached"], true);
+    assert!(Path::new(c["out"].as_str().unwrap()).starts_with(dir.join("cache")), "{c}");
+    let again = qi(&["quantize", "--model", LLAMA, "--quant", "q8_0", "--out", out.to_str().unwrap()], &dir);
+    assert_eq!(again.code, Some(1), "an output directory that is not empty is refused");
+    assert!(again.stderr.contains("--out"), "{}", again.stderr);
+    let bad = qi(&["quantize", "--model", LLAMA, "--quant", "rtn:bits=9", "--out", dir.join("x").to_str().unwrap()], &dir);
+    assert_eq!(bad.code, Some(1));
+    assert!(bad.stderr.contains("bits") && bad.stderr.contains("2..=8"), "{}", bad.stderr);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn perplexity_takes_several_twins_and_prints_json_lines() {
+    let dir = scratch("ppl");
+    let text = dir.join("t.txt");
+    std::fs::write(&text, "The cat sat on the mat. The dog sat on the log. ".repeat(30)).unwrap();
+    let o = qi(&["perplexity", "--model", &smollm2(), "--text", text.to_str().unwrap(), "--seqlen", "32", "--windows", "3", "--quant", "none", "--quant", "rtn:bits=3", "--json"], &dir);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let lines: Vec<Value> = o.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2, "{}", o.stdout);
+    assert_eq!((lines[0]["quant"].as_str(), lines[1]["quant"].as_str()), (Some("none"), Some("rtn:bits=3")));
+    assert_eq!(lines[0]["bits_per_weight"], 32.0);
+    let b = lines[1]["bits_per_weight"].as_f64().unwrap();
+    assert!(b > 3.0 && b < 3.2, "3 bits + a per-row scale and zero: {b}");
+    assert!(lines.iter().all(|l| l["windows"] == 3 && l["seqlen"] == 32));
+    assert!(lines[1]["perplexity"].as_f64().unwrap() > lines[0]["perplexity"].as_f64().unwrap(), "3-bit RTN costs perplexity");
+    // what `qi report`'s perplexity block reads
+    let jsonl = dir.join("p.jsonl");
+    std::fs::write(&jsonl, &o.stdout).unwrap();
+    let table = qi::report::perplexity_table(&jsonl).unwrap();
+    assert!(table.contains("| `rtn:bits=3` |"), "{table}");
+    let bad = qi(&["perplexity", "--model", &smollm2(), "--text", text.to_str().unwrap(), "--quant", "rtn:bits=4", "--quant", "nope"], &dir);
+    assert_eq!(bad.code, Some(1));
+    assert!(bad.stderr.contains("--quant 'nope'") && bad.stdout.is_empty(), "a bad spec fails before any evaluation: {}", bad.stderr);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn analyze_json_names_what_it_wrote() {
+    let dir = scratch("analyze");
+    let out = dir.join("a.parquet");
+    let v = json(&qi(&["analyze", "induction", "--model", LLAMA, "--quant", "rtn:bits=4", "--seeds", "2", "--set", "n_seqs=4", "--set", "seq_len=8", "--out", out.to_str().unwrap(), "--json"], &dir));
+    assert_eq!(v["specs"], serde_json::json!(["none", "rtn:bits=4"]));
+    assert_eq!(v["seeds"], serde_json::json!([0, 1]));
+    let df = qi::analysis::tidy::read_parquet(&out).unwrap();
+    assert_eq!(v["rows"].as_u64(), Some(df.height() as u64));
+    let bad = qi(&["analyze", "no-such-analysis", "--model", LLAMA, "--quant", "rtn:bits=4", "--out", out.to_str().unwrap()], &dir);
+    assert_eq!(bad.code, Some(1));
+    assert!(bad.stderr.contains("no-such-analysis") && bad.stderr.contains("induction"), "the error lists the analyses: {}", bad.stderr);
+    let neither = qi(&["analyze", "induction", "--model", LLAMA, "--out", out.to_str().unwrap()], &dir);
+    assert_eq!(neither.code, Some(2), "--quant or --twin is required: {}", neither.stderr);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn cache_verify_json_lists_each_twin_and_flags_a_damaged_one() {
+    let dir = scratch("cache");
+    let cache = dir.join("cache");
+    for q in ["rtn:bits=4", "nf4"] {
+        json(&qi(&["quantize", "--model", LLAMA, "--quant", q, "--cache", "--json"], &cache));
+    }
+    let v = json(&qi(&["cache", "verify", "--json"], &cache));
+    let entries = v["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 2);
+    assert!(entries.iter().all(|e| e["sound"] == true && e["bytes"].as_u64().unwrap() > 100_000));
+    // flip a byte of one twin's weights
+    let victim = PathBuf::from(entries[0]["dir"].as_str().unwrap()).join("model.safetensors");
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&victim, bytes).unwrap();
+    let o = qi(&["cache", "verify", "--json"], &cache);
+    assert_eq!(o.code, Some(1), "a damaged entry fails verify");
+    let v: Value = serde_json::from_str(o.stdout.trim()).unwrap();
+    assert_eq!(v["damaged"], 1);
+    assert_eq!(v["entries"][0]["sound"], false);
+    assert!(v["entries"][0]["problems"].as_str().unwrap().contains("model.safetensors"), "{v}");
+    let cleared = qi(&["cache", "clear"], &cache);
+    assert_eq!(cleared.code, Some(0));
+    assert!(cleared.stdout.contains("removed 2 twin(s)"), "{}", cleared.stdout);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bench_forward_prints_one_json_line() {
+    let dir = scratch("bench");
+    let v = json(&qi(&["bench-forward", "--model", LLAMA, "--batch", "2", "--seq", "8", "--runs", "3"], &dir));
+    assert_eq!((v["batch"].as_u64(), v["seq"].as_u64(), v["runs"].as_u64()), (Some(2), Some(8), Some(3)));
+    assert!(v["min_s"].as_f64().unwrap() <= v["median_s"].as_f64().unwrap());
+    let too_long = qi(&["bench-forward", "--model", LLAMA, "--seq", "1000", "--runs", "1"], &dir);
+    assert_eq!(too_long.code, Some(1), "longer than the fixture's 64-token context: {}", too_long.stderr);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
