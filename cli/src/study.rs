@@ -39,6 +39,22 @@ pub enum StudyCommand {
         #[arg(long)]
         results: Option<PathBuf>,
     },
+    /// Write the size-axis figures (survival under each rule, perplexity ratio, and feature
+    /// survival and attention JSD where present, against non-embedding parameters) from the
+    /// study's finished cells, as HTML + SVG; runs nothing.
+    Figures {
+        /// Study spec file (.toml or .json).
+        spec: PathBuf,
+        /// Results directory (default: data/results/STUDY_NAME beside the spec file's folder).
+        #[arg(long)]
+        results: Option<PathBuf>,
+        /// File-name prefix of the figures.
+        #[arg(long, default_value = "09_scaling")]
+        prefix: String,
+        /// Output folder (default: QI_FIGURES_DIR, else ./figures).
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
     /// Merge every finished cell into one parquet file (columns missing in a cell are null). A
     /// cell whose parquet file does not match its sidecar's digest is left out with a warning
     /// naming it, and the exit status is 1 unless --allow-missing.
@@ -121,6 +137,18 @@ pub fn run(a: StudyArgs) -> Result<()> {
                 None => format!("study {}", spec.display()),
             };
             println!("{}", qi::report::render(&cmd, Path::new(""))?);
+            Ok(())
+        }
+        StudyCommand::Figures { spec, results, prefix, out_dir } => {
+            let s = Study::load(&spec)?;
+            let dir = results.unwrap_or_else(|| qi::size_axis::default_results(&spec, &s, false));
+            let sizes = qi::size_axis::model_sizes(&s, &dir)?;
+            let table = study::summary(&study::collect_study(&s, &dir)?, &sizes)?;
+            let out_dir = out_dir.unwrap_or_else(qi::figures::figures_dir);
+            for (name, fig) in qi::size_axis::figures(&table)? {
+                let p = qi::figures::save_figure_in(&fig, &format!("{prefix}_{name}"), &out_dir)?;
+                println!("{}", p.svg.display());
+            }
             Ok(())
         }
         StudyCommand::Collect { results, out, allow_missing } => {

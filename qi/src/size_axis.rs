@@ -18,7 +18,10 @@ pub struct Overrides {
     pub methods: Option<String>,
     /// Seeds `0..n` for every analysis with more than one seed.
     pub seeds: Option<u64>,
-    /// `(n_seqs, seq_len)` for every analysis that has those options (0 keeps the value).
+    /// `(n_seqs, seq_len)` for every analysis that has those options (0 keeps the value). An
+    /// analysis that trains an SAE (`features`) scales its training with `n_seqs` as notebook 07
+    /// does — at most 25 × n_seqs steps on 4 × n_seqs windows, 2 folds below 8 windows — so a
+    /// quick run stays quick.
     pub windows: Option<(usize, usize)>,
     /// Perplexity `(max_windows, seqlen)` (0 keeps the value).
     pub perplexity: Option<(usize, usize)>,
@@ -66,6 +69,19 @@ pub fn load(path: &Path, o: &Overrides) -> Result<(Study, PathBuf)> {
             if let Some((windows, seqlen)) = o.perplexity {
                 set("max_windows", windows);
                 set("seqlen", seqlen);
+            }
+        }
+        // an SAE-training analysis: training scaled with n_seqs, as notebook 07 does
+        if let Some((n_seqs, _)) = o.windows.filter(|w| w.0 > 0 && a.options.get("train_steps").is_some()) {
+            let get = |opts: &serde_json::Value, k: &str| opts.get(k).and_then(serde_json::Value::as_u64).unwrap_or(u64::MAX) as usize;
+            let windows = (4 * n_seqs).min(get(&a.options, "train_windows"));
+            let tokens = windows * get(&a.options, "seq_len");
+            for (k, v) in [("train_steps", 25 * n_seqs), ("train_windows", windows), ("train_batch", tokens)] {
+                let v = v.min(get(&a.options, k));
+                a.options[k] = serde_json::json!(v);
+            }
+            if n_seqs < 8 && a.options.get("folds").is_some() {
+                a.options["folds"] = serde_json::json!(2);
             }
         }
     }
@@ -175,6 +191,37 @@ pub fn markdown(summary: &DataFrame) -> Result<String> {
             let cell = |(v, ci): &(Vec<f64>, Vec<f64>), d: usize| pm(v[i], ci[i], d);
             out.push_str(&format!("| {} | {} | {} | {} | {} |\n", models[i], spec(i), cell(&more[0], 4), cell(&more[1], 3), cell(&more[2], 2)));
         }
+    }
+    Ok(out)
+}
+
+/// The size-axis figures of a summary table (what notebook 09 shows and `qi study figures`
+/// writes), as (file-stem suffix, figure): induction-head survival against non-embedding
+/// parameters under each detection rule (mean and 95 % CI over seeds, clamped to [0, 1]), the
+/// perplexity ratio against size, and, where the study has them, feature survival and attention
+/// JSD against size.
+pub fn figures(summary: &DataFrame) -> Result<Vec<(String, plotly::Plot)>> {
+    use crate::analysis::plots::{lines_log_x, Labels};
+    let x = "non-embedding parameters (log)";
+    let mut out = Vec::new();
+    for (col, rule) in [("survival", "stripe ≥ 0.4"), ("survival_sigma", "mean + 2σ of the model's own heads"), ("survival_original", "the original study's rule")] {
+        let df = crate::study::against_size(summary, col, Some((0.0, 1.0)), false)?;
+        let labels = Labels::new(format!("Induction-head survival ({rule}) vs size, mean and 95% CI over seeds"), x, "share of reference induction heads surviving");
+        out.push((format!("{col}_vs_size"), lines_log_x(&df, "params", "spec", &labels, Some((-0.05, 1.05)))?));
+    }
+    let df = crate::study::against_size(summary, "perplexity_ratio", None, false)?;
+    let labels = Labels::new("WikiText-2 perplexity of each twin over its reference's, vs size", x, "perplexity / reference perplexity");
+    out.push(("perplexity_vs_size".into(), lines_log_x(&df, "params", "spec", &labels, None)?));
+    let has = |c: &str| crate::analysis::tidy::f64_values(summary, c).is_ok_and(|v| v.iter().any(|x| x.is_finite()));
+    if has("feature_survival") {
+        let df = crate::study::against_size(summary, "feature_survival", Some((0.0, 1.0)), false)?;
+        let labels = Labels::new("SAE feature survival vs size (one SAE per model)", x, "share of active features that survive");
+        out.push(("feature_survival_vs_size".into(), lines_log_x(&df, "params", "spec", &labels, Some((-0.05, 1.05)))?));
+    }
+    if has("attention_jsd") {
+        let df = crate::study::against_size(summary, "attention_jsd", None, false)?;
+        let labels = Labels::new("Attention-pattern divergence from the reference vs size, mean over heads, 95% CI over seeds", x, "Jensen–Shannon divergence");
+        out.push(("attention_jsd_vs_size".into(), lines_log_x(&df, "params", "spec", &labels, None)?));
     }
     Ok(out)
 }
@@ -299,7 +346,8 @@ mod tests {
             format!(
                 "name = \"s\"\nseeds = 3\nquantizers = [\"rtn:bits=4\"]\nmodels = [\"{}\", \"models:absent-model.gguf\"]\n\
                  [[analyses]]\nname = \"perplexity\"\nseeds = 1\noptions = {{ text = \"random\", seqlen = 16, max_windows = 4 }}\n\
-                 [[analyses]]\nname = \"induction\"\n",
+                 [[analyses]]\nname = \"induction\"\n\
+                 [[analyses]]\nname = \"features\"\nseeds = 1\noptions = {{ seq_len = 16 }}\n",
                 model.display()
             ),
         )
@@ -315,6 +363,12 @@ mod tests {
         assert_eq!(ind.seeds, [0, 1]);
         assert_eq!(ind.options["n_seqs"], 2);
         assert_eq!(ind.options["seq_len"], plain.analyses[1].options["seq_len"], "0 keeps the value");
+        // the SAE's training shrinks with n_seqs = 2: 50 steps on 8 windows of 16 tokens
+        let feat = s.analyses.iter().find(|a| a.name == "features").unwrap();
+        let opt = |k: &str| feat.options[k].as_u64().unwrap();
+        assert_eq!((opt("train_steps"), opt("train_windows"), opt("train_batch"), opt("folds")), (50, 8, 128, 2));
+        let plain_feat = plain.analyses.iter().find(|a| a.name == "features").unwrap();
+        assert_eq!(plain_feat.options["train_steps"], 300, "no override: the file's training");
         let ppl = s.analyses.iter().find(|a| a.name == "perplexity").unwrap();
         assert_eq!((ppl.seeds.clone(), ppl.options["max_windows"].clone(), ppl.options["seqlen"].clone()), (vec![0], serde_json::json!(1), serde_json::json!(8)));
         assert!(load(&file, &Overrides { seeds: Some(0), ..Default::default() }).unwrap_err().to_string().contains("at least one seed"));
