@@ -1,5 +1,5 @@
-//! `qi report`: the README's result blocks match the committed results, and a stale block is found,
-//! named and rewritten.
+//! `qi report`: the result blocks of the docs match the committed results, and a stale block is
+//! found, named and rewritten.
 use std::path::Path;
 use std::process::Command;
 
@@ -11,10 +11,21 @@ fn qi(args: &[&str]) -> (Option<i32>, String) {
 }
 
 #[test]
-fn readme_tables_match_the_committed_results() {
-    let (code, out) = qi(&["report", "README.md", "--check"]);
-    assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("every report block matches"), "{out}");
+fn the_docs_tables_match_the_committed_results() {
+    // every Markdown file of the repository that holds a report block
+    let mut files = vec![Path::new(ROOT).join("README.md"), Path::new(ROOT).join("CONTRIBUTING.md")];
+    files.extend(std::fs::read_dir(Path::new(ROOT).join("docs")).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "md")));
+    let mut checked = 0;
+    for f in files {
+        if !std::fs::read_to_string(&f).unwrap().contains("<!-- qi:report ") {
+            continue;
+        }
+        let (code, out) = qi(&["report", f.to_str().unwrap(), "--check"]);
+        assert_eq!(code, Some(0), "{}: {out}", f.display());
+        assert!(out.contains("every report block matches"), "{out}");
+        checked += 1;
+    }
+    assert!(checked >= 1, "no report block found in the docs");
 }
 
 #[test]

@@ -8,7 +8,7 @@
 //! ```
 //!
 //! `qi report FILE` rewrites every block from the current results; `qi report FILE --check` fails,
-//! naming each block, when one differs (a test runs it on the README). Paths in a block's command
+//! naming each block, when one differs (a test runs it on every doc that has blocks). Paths in a block's command
 //! are relative to the Markdown file's folder.
 //!
 //! Kinds:
