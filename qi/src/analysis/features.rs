@@ -322,7 +322,7 @@ pub fn survival_figure(df: &polars::prelude::DataFrame) -> Result<plotly::Plot> 
     let (m, c) = (super::tidy::str_values(&shares, "method")?, super::tidy::str_values(&shares, "category")?);
     let series: Vec<String> = m.iter().zip(&c).map(|(m, c)| format!("{m} · {c}")).collect();
     shares.with_column(Column::new("series".into(), series))?;
-    super::plots::lines(&shares, "bits", "series", &super::plots::Labels::new("SAE feature survival under quantization", "bits", "share of active features"))
+    super::plots::lines(&shares, "bits", "series", &super::plots::Labels::new("SAE feature survival under quantization", "bits", "share of active features").within(0.0, 1.0))
 }
 
 /// Cross-validated AUC of each predictor set per method (frame from [`Features::run`]).

@@ -478,7 +478,7 @@ pub fn scatter_figure(df: &DataFrame, score: &str) -> Result<Plot> {
 /// table is seed-averaged).
 pub fn survival_figure(df: &DataFrame) -> Result<Plot> {
     let d = filter_eq(df, "metric", "survival")?;
-    plots::bars(&d, "spec", "detector", &Labels::new("Survival of reference induction heads", "quantization", "fraction of detected heads that survive"))
+    plots::bars(&d, "spec", "detector", &Labels::new("Survival of reference induction heads", "quantization", "fraction of detected heads that survive").within(0.0, 1.0))
 }
 
 #[cfg(test)]

@@ -147,7 +147,7 @@ impl Analysis for Neurons {
 /// Dead-neuron fraction per layer, one line per method.
 pub fn dead_figure(df: &polars::prelude::DataFrame) -> Result<plotly::Plot> {
     let d = super::tidy::filter_eq(df, "metric", "dead_fraction")?;
-    super::plots::lines(&d, "layer", "spec", &super::plots::Labels::new("Dead MLP neurons", "layer", "fraction of neurons dead"))
+    super::plots::lines(&d, "layer", "spec", &super::plots::Labels::new("Dead MLP neurons", "layer", "fraction of neurons dead").within(0.0, 1.0))
 }
 
 /// Histogram of pairwise neuron correlations over all analysed layers (mean over layers), one

@@ -8,17 +8,25 @@ use plotly::layout::{Axis, AxisType, GridPattern, LayoutGrid};
 use plotly::{Bar, HeatMap, Layout, Plot, Scatter};
 use polars::prelude::DataFrame;
 
-/// Axis titles and figure title.
+/// Axis titles and figure title, and the metric's range when it has one.
 #[derive(Debug, Clone, Default)]
 pub struct Labels {
     pub title: String,
     pub x: String,
     pub y: String,
+    /// The metric's range (e.g. `(0, 1)` for a share): confidence intervals are clamped to it.
+    pub range: Option<(f64, f64)>,
 }
 
 impl Labels {
     pub fn new(title: impl Into<String>, x: impl Into<String>, y: impl Into<String>) -> Self {
-        Labels { title: title.into(), x: x.into(), y: y.into() }
+        Labels { title: title.into(), x: x.into(), y: y.into(), range: None }
+    }
+
+    /// A metric that lives in `[lo, hi]` (a share, a probability): its intervals are clamped.
+    pub fn within(mut self, lo: f64, hi: f64) -> Self {
+        self.range = Some((lo, hi));
+        self
     }
 
     /// Title, axis titles and size.
@@ -48,13 +56,15 @@ impl Labels {
     }
 }
 
-fn ci_error(df: &DataFrame, idx: &[usize], value: &[f64]) -> Result<Option<ErrorData>> {
+/// Error bars from `ci_low`/`ci_high`, clamped to `range` (a share's interval ends at 0 and 1).
+fn ci_error(df: &DataFrame, idx: &[usize], value: &[f64], range: Option<(f64, f64)>) -> Result<Option<ErrorData>> {
     if super::tidy::column(df, "ci_low").is_err() {
         return Ok(None);
     }
     let (lo, hi) = (f64_values(df, "ci_low")?, f64_values(df, "ci_high")?);
-    let plus: Vec<f64> = idx.iter().map(|&i| if hi[i].is_nan() { 0.0 } else { hi[i] - value[i] }).collect();
-    let minus: Vec<f64> = idx.iter().map(|&i| if lo[i].is_nan() { 0.0 } else { value[i] - lo[i] }).collect();
+    let (rlo, rhi) = range.unwrap_or((f64::NEG_INFINITY, f64::INFINITY));
+    let plus: Vec<f64> = idx.iter().map(|&i| if hi[i].is_nan() { 0.0 } else { (hi[i].min(rhi) - value[i]).max(0.0) }).collect();
+    let minus: Vec<f64> = idx.iter().map(|&i| if lo[i].is_nan() { 0.0 } else { (value[i] - lo[i].max(rlo)).max(0.0) }).collect();
     Ok(Some(ErrorData::new(ErrorType::Data).array(plus).array_minus(minus).symmetric(false)))
 }
 
@@ -81,7 +91,7 @@ fn lines_with(df: &DataFrame, x: &str, series: &str, labels: &Labels, log_x: boo
         let mut tr = Scatter::new(idx.iter().map(|&i| xs[i]).collect(), idx.iter().map(|&i| ys[i]).collect())
             .mode(Mode::LinesMarkers)
             .name(&s);
-        if let Some(e) = ci_error(df, &idx, &ys)? {
+        if let Some(e) = ci_error(df, &idx, &ys, labels.range)? {
             tr = tr.error_y(e);
         }
         plot.add_trace(tr);
@@ -100,7 +110,7 @@ pub fn bars(df: &DataFrame, category: &str, series: &str, labels: &Labels) -> Re
     for s in distinct_str_any(&ss) {
         let idx: Vec<usize> = (0..ss.len()).filter(|&i| ss[i] == s).collect();
         let mut tr = Bar::new(idx.iter().map(|&i| cs[i].clone()).collect(), idx.iter().map(|&i| ys[i]).collect()).name(&s);
-        if let Some(e) = ci_error(df, &idx, &ys)? {
+        if let Some(e) = ci_error(df, &idx, &ys, labels.range)? {
             tr = tr.error_y(e);
         }
         plot.add_trace(tr);
@@ -124,18 +134,31 @@ pub fn layer_head_grid(df: &DataFrame, n_layers: usize, n_heads: usize) -> Resul
 }
 
 /// Layer × head heatmaps side by side, one per `(panel title, grid)`; `diverging` uses a
-/// red–blue scale centred on zero (for differences).
+/// red–blue scale centred on zero (for differences). Panels of one kind share one colour scale
+/// (the same zmin/zmax, so equal colours mean equal values across specs) and one colour bar at the
+/// right edge, titled `zlabel`; each panel has its title above it and its own axis titles.
 pub fn heatmap_panels(panels: &[(String, Vec<Vec<f64>>, bool)], title: &str, zlabel: &str) -> Result<Plot> {
     if panels.is_empty() {
         bail!("no heatmap panels for '{title}'");
     }
+    if panels.len() > 6 {
+        bail!("at most 6 heatmap panels per figure, got {} for '{title}'", panels.len());
+    }
+    let finite = |diverging: bool| panels.iter().filter(move |p| p.2 == diverging).flat_map(|p| p.1.iter().flatten().copied()).filter(|v| v.is_finite());
+    // one range per kind, over all its panels
+    let (lo, hi) = finite(false).fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+    let (lo, hi) = if lo.is_finite() { (lo, if hi > lo { hi } else { lo + 1e-12 }) } else { (0.0, 1.0) };
+    let m = finite(true).fold(0f64, |a, v| a.max(v.abs())).max(1e-12);
+    let last_of = |diverging: bool| panels.iter().rposition(|p| p.2 == diverging);
+    let both_kinds = last_of(true).is_some() && last_of(false).is_some();
     let mut plot = Plot::new();
     let n = panels.len();
     let mut layout = Layout::new()
         .title(Title::with_text(title))
         .grid(LayoutGrid::new().rows(1).columns(n).pattern(GridPattern::Independent))
-        .width((360 * n).max(500))
+        .width((300 * n + 160).min(1000))
         .height(520);
+    let mut annotations = Vec::new();
     for (i, (name, z, diverging)) in panels.iter().enumerate() {
         let (xa, ya) = if i == 0 { ("x".to_string(), "y".to_string()) } else { (format!("x{}", i + 1), format!("y{}", i + 1)) };
         let n_heads = z.first().map(|r| r.len()).unwrap_or(0);
@@ -143,16 +166,32 @@ pub fn heatmap_panels(panels: &[(String, Vec<Vec<f64>>, bool)], title: &str, zla
             .name(name)
             .x_axis(&xa)
             .y_axis(&ya)
-            .hover_template(format!("{name}<br>layer %{{y}}, head %{{x}}<br>{zlabel} %{{z:.4f}}<extra></extra>"))
-            .color_bar(ColorBar::new().x(((i + 1) as f64 / n as f64) - 0.02).thickness(10));
+            .hover_template(format!("{name}<br>layer %{{y}}, head %{{x}}<br>{zlabel} %{{z:.4f}}<extra></extra>"));
         hm = if *diverging {
-            let m = z.iter().flatten().filter(|v| v.is_finite()).fold(0f64, |a, &v| a.max(v.abs())).max(1e-12);
             hm.color_scale(ColorScale::Palette(ColorScalePalette::RdBu)).zmid(0.0).zmin(-m).zmax(m).reverse_scale(true)
         } else {
-            hm.color_scale(ColorScale::Palette(ColorScalePalette::Viridis))
+            hm.color_scale(ColorScale::Palette(ColorScalePalette::Viridis)).zmin(lo).zmax(hi)
         };
+        // one colour bar per kind, right of the last panel (two kinds: the second one further out)
+        if last_of(*diverging) == Some(i) {
+            let x = if both_kinds && *diverging { 1.16 } else { 1.02 };
+            let bar_title = if *diverging { format!("{zlabel} (difference)") } else { zlabel.to_string() };
+            hm = hm.show_scale(true).color_bar(ColorBar::new().x(x).thickness(12).title(Title::with_text(bar_title)));
+        } else {
+            hm = hm.show_scale(false);
+        }
         plot.add_trace(hm);
-        let xaxis = Axis::new().title(Title::with_text(format!("head — {name}")));
+        let axis_ref = if i == 0 { String::new() } else { (i + 1).to_string() };
+        annotations.push(
+            plotly::layout::Annotation::new()
+                .text(name)
+                .x_ref(format!("x{axis_ref} domain"))
+                .y_ref(format!("y{axis_ref} domain"))
+                .x(0.5)
+                .y(1.06)
+                .show_arrow(false),
+        );
+        let xaxis = Axis::new().title(Title::with_text("head"));
         let yaxis = Axis::new().title(Title::with_text("layer"));
         layout = match i {
             0 => layout.x_axis(xaxis).y_axis(yaxis),
@@ -160,11 +199,10 @@ pub fn heatmap_panels(panels: &[(String, Vec<Vec<f64>>, bool)], title: &str, zla
             2 => layout.x_axis3(xaxis).y_axis3(yaxis),
             3 => layout.x_axis4(xaxis).y_axis4(yaxis),
             4 => layout.x_axis5(xaxis).y_axis5(yaxis),
-            5 => layout.x_axis6(xaxis).y_axis6(yaxis),
-            _ => bail!("at most 6 heatmap panels per figure"),
+            _ => layout.x_axis6(xaxis).y_axis6(yaxis),
         };
     }
-    plot.set_layout(layout);
+    plot.set_layout(layout.annotations(annotations));
     Ok(plot)
 }
 
@@ -237,5 +275,61 @@ mod tests {
         let err = bars(&df.head(Some(0)), "layer", "spec", &Labels::new("empty bars", "", "")).err().expect("an empty table is an error");
         assert!(err.to_string().contains("'empty bars'"), "{err}");
         assert!(lines(&df.head(Some(0)), "layer", "spec", &Labels::default()).is_err());
+    }
+
+    fn json(p: &Plot) -> serde_json::Value {
+        serde_json::from_str(&p.to_json()).unwrap()
+    }
+
+    #[test]
+    fn every_builder_titles_its_figure_and_axes_and_clamps_intervals_to_the_metrics_range() {
+        let rtn: QuantSpec = "rtn:bits=4".parse().unwrap();
+        let mut t = Tidy::new("m");
+        // a share whose interval runs past 1 (0.9 ± 0.5)
+        t.push(Row::new(&rtn, "survival", 0.9).layer(0).ci(0.4, 1.4));
+        t.push(Row::new(&rtn, "survival", 0.1).layer(1).ci(-0.3, 0.5));
+        let df = t.to_frame().unwrap();
+        let share = Labels::new("Survival", "layer", "share").within(0.0, 1.0);
+        for (name, fig) in [("lines", lines(&df, "layer", "spec", &share).unwrap()), ("bars", bars(&df, "layer", "spec", &share).unwrap())] {
+            let v = json(&fig);
+            assert_eq!(v["layout"]["title"]["text"], "Survival", "{name}");
+            assert_eq!((v["layout"]["xaxis"]["title"]["text"].as_str(), v["layout"]["yaxis"]["title"]["text"].as_str()), (Some("layer"), Some("share")), "{name}");
+            let e = &v["data"][0]["error_y"];
+            // clamped: up to 1 and down to 0, not to 1.4 and -0.3
+            let (plus, minus): (Vec<f64>, Vec<f64>) = (serde_json::from_value(e["array"].clone()).unwrap(), serde_json::from_value(e["arrayminus"].clone()).unwrap());
+            assert!((plus[0] - 0.1).abs() < 1e-12 && (minus[1] - 0.1).abs() < 1e-12, "{name}: {e}");
+            assert!((minus[0] - 0.5).abs() < 1e-12 && (plus[1] - 0.4).abs() < 1e-12, "{name}: inside the range nothing moves: {e}");
+        }
+        // without a range the interval is drawn as given
+        let v = json(&lines(&df, "layer", "spec", &Labels::new("t", "x", "y")).unwrap());
+        assert!((v["data"][0]["error_y"]["array"][0].as_f64().unwrap() - 0.5).abs() < 1e-12);
+
+        // heatmaps: two panels of one kind share one scale and one colour bar; each has a title
+        let a = vec![vec![0.0, 1.0], vec![0.5, 0.2]];
+        let b = vec![vec![0.0, 3.0], vec![1.0, 2.0]];
+        let d = vec![vec![-0.5, 0.25], vec![0.0, 0.1]];
+        let v = json(&heatmap_panels(&[("rtn:bits=4".into(), a, false), ("rtn:bits=3".into(), b, false), ("3 − 4".into(), d, true)], "JS divergence", "JS").unwrap());
+        let tr = v["data"].as_array().unwrap();
+        assert_eq!((tr[0]["zmin"].as_f64(), tr[0]["zmax"].as_f64()), (Some(0.0), Some(3.0)), "the first panel takes the shared range, not its own 0..1");
+        assert_eq!((tr[1]["zmin"].as_f64(), tr[1]["zmax"].as_f64()), (Some(0.0), Some(3.0)));
+        assert_eq!((tr[2]["zmin"].as_f64(), tr[2]["zmax"].as_f64()), (Some(-0.5), Some(0.5)), "a difference panel is symmetric about 0");
+        let shows: Vec<bool> = tr.iter().map(|t| t["showscale"].as_bool().unwrap()).collect();
+        assert_eq!(shows, [false, true, true], "one colour bar per kind");
+        let bar_x: Vec<f64> = tr.iter().filter(|t| t["showscale"] == true).map(|t| t["colorbar"]["x"].as_f64().unwrap()).collect();
+        assert!(bar_x.iter().all(|&x| x > 1.0), "colour bars right of the last panel, not over the next one's labels: {bar_x:?}");
+        assert_eq!(tr[1]["colorbar"]["title"]["text"], "JS");
+        let notes: Vec<&str> = v["layout"]["annotations"].as_array().unwrap().iter().map(|a| a["text"].as_str().unwrap()).collect();
+        assert_eq!(notes, ["rtn:bits=4", "rtn:bits=3", "3 − 4"]);
+        for axis in ["xaxis", "xaxis2", "xaxis3"] {
+            assert_eq!(v["layout"][axis]["title"]["text"], "head", "{axis}");
+        }
+        for axis in ["yaxis", "yaxis2", "yaxis3"] {
+            assert_eq!(v["layout"][axis]["title"]["text"], "layer", "{axis}");
+        }
+        assert!(v["layout"]["width"].as_u64().unwrap() <= 1000, "fits a notebook column");
+        assert_eq!(v["layout"]["title"]["text"], "JS divergence");
+
+        let v = json(&paired_scatter(&[("rtn".into(), vec![0.1, 0.5], vec![0.2, 0.4], vec!["a".into(), "b".into()])], &Labels::new("Scores", "reference", "twin")).unwrap());
+        assert_eq!((v["layout"]["title"]["text"].as_str(), v["layout"]["xaxis"]["title"]["text"].as_str(), v["layout"]["yaxis"]["title"]["text"].as_str()), (Some("Scores"), Some("reference"), Some("twin")));
     }
 }

@@ -383,5 +383,5 @@ pub fn similarity_figure(df: &polars::prelude::DataFrame) -> Result<plotly::Plot
 /// Firing-frequency class shares of each model's SAE (frame from [`SaeCompare::run`]).
 pub fn frequency_figure(df: &polars::prelude::DataFrame) -> Result<plotly::Plot> {
     let d = super::tidy::filter_eq(df, "metric", "feature_share")?;
-    super::plots::bars(&d, "class", "spec", &super::plots::Labels::new("Firing-frequency classes of each model's SAE", "class", "share of features"))
+    super::plots::bars(&d, "class", "spec", &super::plots::Labels::new("Firing-frequency classes of each model's SAE", "class", "share of features").within(0.0, 1.0))
 }

@@ -292,7 +292,7 @@ pub fn count_figure(df: &DataFrame) -> Result<Plot> {
 
 /// Jaccard overlap of each twin's salient set with the reference's, against layer.
 pub fn overlap_figure(df: &DataFrame) -> Result<Plot> {
-    lines(&per_layer(df, "salient_jaccard")?, "layer", "spec", &Labels::new("Salient-neuron overlap with the reference", "layer", "Jaccard (mean over examples)"))
+    lines(&per_layer(df, "salient_jaccard")?, "layer", "spec", &Labels::new("Salient-neuron overlap with the reference", "layer", "Jaccard (mean over examples)").within(0.0, 1.0))
 }
 
 #[cfg(test)]
