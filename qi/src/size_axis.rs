@@ -251,7 +251,9 @@ pub fn finding(summary: &DataFrame) -> Result<String> {
     for spec in &order {
         let mut idx: Vec<usize> = (0..specs.len()).filter(|&i| &specs[i] == spec && params[i].is_finite()).collect();
         idx.sort_by(|&a, &b| params[a].total_cmp(&params[b]));
-        let pts: Vec<String> = idx.iter().map(|&i| format!("{} {:.2} (ppl ×{:.2})", models[i], surv[i], ppl[i])).collect();
+        // a model whose induction cells are not in yet shows "–", not NaN
+        let show = |x: f64| if x.is_finite() { format!("{x:.2}") } else { "–".into() };
+        let pts: Vec<String> = idx.iter().map(|&i| format!("{} {} (ppl ×{})", models[i], show(surv[i]), show(ppl[i]))).collect();
         let with_surv: Vec<usize> = idx.iter().copied().filter(|&i| surv[i].is_finite()).collect();
         let rho = if with_surv.len() >= 3 {
             let r = crate::metrics::spearman(&with_surv.iter().map(|&i| params[i]).collect::<Vec<_>>(), &with_surv.iter().map(|&i| surv[i]).collect::<Vec<_>>());
@@ -315,6 +317,17 @@ mod tests {
         assert!(text.contains("a 0.20 (ppl ×1.20) → c 0.50 (ppl ×1.20) → b 0.90"), "{text}");
         assert!(text.contains("rank correlation of survival with size +1.00"), "{text}");
         assert!(text.contains("rises with size for 1 of 1"), "{text}");
+        // a model with perplexity but no induction cells yet
+        let mut late = Tidy::new("d");
+        late.push(Row::new(&QuantSpec::None, "perplexity", 10.0));
+        late.push(Row::new(&rtn, "perplexity", 11.0));
+        let mut with_late = frames.clone();
+        with_late.push(late.to_frame().unwrap());
+        let mut sizes4 = sizes.clone();
+        sizes4.insert("d".into(), 40);
+        let t4 = finding(&crate::study::summary(&crate::study::concat_diagonal(&with_late).unwrap(), &sizes4).unwrap()).unwrap();
+        assert!(t4.contains("→ d – (ppl ×1.10)") && !t4.contains("NaN"), "{t4}");
+        assert!(t4.contains("rank correlation of survival with size +1.00"), "the model without survival is left out of the correlation: {t4}");
         let md = markdown(&s).unwrap();
         let lines: Vec<&str> = md.lines().collect();
         assert_eq!(lines.len(), 2 + 6, "no attention, lens or feature values: no second table\n{md}");
