@@ -337,11 +337,7 @@ fn quantize(src: &str, quant: &str, out: Option<&std::path::Path>, embeddings: b
             let root = qi::twin_cache::cache_root();
             let t = std::time::Instant::now();
             let (_, report, origin) = qi::twin_cache::quantize_cached(&m, &spec, &opts, Some(&root))?;
-            // the same lines as every other use of the cache (`qi analyze`, studies)
-            match &origin {
-                qi::twin_cache::TwinOrigin::Cached(d) => eprintln!("{spec}: cached twin {} ({:.1} s)", d.display(), t.elapsed().as_secs_f64()),
-                qi::twin_cache::TwinOrigin::Quantized => eprintln!("{spec}: quantized in {:.1} s", t.elapsed().as_secs_f64()),
-            }
+            qi::twin_cache::log_origin(&spec, &origin, report.as_ref(), t);
             (qi::twin_cache::twin_dir(&root, &m, &spec, &opts)?, report)
         }
     };

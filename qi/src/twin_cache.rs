@@ -216,18 +216,24 @@ pub fn twins(model: &HookedTransformer, specs: &[QuantSpec], opts: &QuantizeOpti
         }
         let t = std::time::Instant::now();
         let (twin, report, origin) = quantize_cached(model, spec, opts, root).with_context(|| format!("quantizing with {spec}"))?;
-        match origin {
-            TwinOrigin::Cached(d) => eprintln!("{spec}: cached twin {} ({:.1} s)", d.display(), t.elapsed().as_secs_f64()),
-            TwinOrigin::Quantized => eprintln!(
-                "{spec}: {} in {:.1} s ({:.2} bits/weight)",
-                if matches!(spec, QuantSpec::Twin(_)) { "loaded" } else { "quantized" },
-                t.elapsed().as_secs_f64(),
-                report.map(|r| r.bits_per_weight).unwrap_or(f64::NAN)
-            ),
-        }
+        log_origin(spec, &origin, report.as_ref(), t);
         out.push((spec.clone(), twin));
     }
     Ok(out)
+}
+
+/// The stderr line of a twin just made or read: `SPEC: cached twin DIR (T s)`, or `SPEC: quantized
+/// in T s (B bits/weight)` (`loaded` for an external twin).
+pub fn log_origin(spec: &QuantSpec, origin: &TwinOrigin, report: Option<&QuantReport>, since: std::time::Instant) {
+    let secs = since.elapsed().as_secs_f64();
+    match origin {
+        TwinOrigin::Cached(d) => eprintln!("{spec}: cached twin {} ({secs:.1} s)", d.display()),
+        TwinOrigin::Quantized => eprintln!(
+            "{spec}: {} in {secs:.1} s ({:.2} bits/weight)",
+            if matches!(spec, QuantSpec::Twin(_)) { "loaded" } else { "quantized" },
+            report.map(|r| r.bits_per_weight).unwrap_or(f64::NAN)
+        ),
+    }
 }
 
 /// One entry of the cache, as [`verify`] found it.

@@ -56,7 +56,7 @@ impl<'a> Comparison<'a> {
     /// Errors name the twin and the first field that differs.
     pub fn new(name: impl Into<String>, reference: &'a HookedTransformer, twins: &'a [(QuantSpec, HookedTransformer)]) -> Result<Self> {
         for (spec, m) in twins {
-            check_compatible(reference, m, &spec.to_string())?;
+            reference.check_comparable(m, &spec.to_string())?;
         }
         Ok(Comparison { name: name.into(), reference, twins: twins.iter().map(|(spec, model)| Twin { spec, model }).collect(), reference_rows: true })
     }
@@ -92,12 +92,6 @@ impl<'a> Comparison<'a> {
 
 /// The spec of the reference rows.
 pub static REFERENCE: QuantSpec = QuantSpec::None;
-
-/// Errors if `other` cannot be compared position by position with `reference`
-/// ([`HookedTransformer::check_comparable`]).
-pub fn check_compatible(reference: &HookedTransformer, other: &HookedTransformer, label: &str) -> Result<()> {
-    reference.check_comparable(other, label)
-}
 
 pub use crate::batch::{batches, valid_indices, valid_rows};
 

@@ -176,25 +176,7 @@ pub fn quantize_model(model: &HookedTransformer, spec: &QuantSpec, opts: &Quanti
     if !matches!(spec, QuantSpec::None) {
         quantize_embeddings(&mut q, spec, opts, &mut state)?;
     }
-    let total_params = model.n_params();
-    let quantized_params: usize = state.matrices.iter().map(|m| m.rows * m.cols).sum();
-    let qbits: f64 = state.matrices.iter().map(|m| m.bits_per_weight * (m.rows * m.cols) as f64).sum();
-    let report = QuantReport {
-        spec: spec.to_string(),
-        bits_per_weight: if quantized_params > 0 { qbits / quantized_params as f64 } else { 32.0 },
-        model_bytes: (qbits + 32.0 * (total_params.saturating_sub(quantized_params)) as f64) / 8.0,
-        matrices: state.matrices,
-        calibration_tokens: state.calibration_tokens,
-        seconds: start.elapsed().as_secs_f64(),
-        quantized_params,
-        total_params,
-        activation_quant: q
-            .blocks
-            .iter()
-            .flat_map(|b| b.linears())
-            .filter_map(|l| l.act_quant.clone().map(|a| (l.name.clone(), a)))
-            .collect(),
-    };
+    let report = state.into_report(spec, &q, start);
     Ok((q, report))
 }
 
@@ -217,20 +199,7 @@ fn external_twin(model: &HookedTransformer, path: &str, spec: &QuantSpec) -> Res
             m.format = stored.to_ascii_lowercase();
         }
     }
-    let total_params = twin.n_params();
-    let quantized_params: usize = state.matrices.iter().map(|m| m.rows * m.cols).sum();
-    let qbits: f64 = state.matrices.iter().map(|m| m.bits_per_weight * (m.rows * m.cols) as f64).sum();
-    let report = QuantReport {
-        spec: spec.to_string(),
-        bits_per_weight: if quantized_params > 0 { qbits / quantized_params as f64 } else { 32.0 },
-        model_bytes: (qbits + 32.0 * (total_params.saturating_sub(quantized_params)) as f64) / 8.0,
-        matrices: state.matrices,
-        calibration_tokens: 0,
-        seconds: start.elapsed().as_secs_f64(),
-        quantized_params,
-        total_params,
-        activation_quant: Default::default(),
-    };
+    let report = state.into_report(spec, &twin, start);
     Ok((twin, report))
 }
 
@@ -250,6 +219,26 @@ struct State {
 }
 
 impl State {
+    /// The report of `q` (the twin) from the matrices recorded: mean bits over the quantized
+    /// matrices, size with everything else at f32, activation quantization per linear.
+    fn into_report(self, spec: &QuantSpec, q: &HookedTransformer, start: std::time::Instant) -> QuantReport {
+        // the twin has the reference's parameter count (an external one is checked to)
+        let total_params = q.n_params();
+        let quantized_params: usize = self.matrices.iter().map(|m| m.rows * m.cols).sum();
+        let qbits: f64 = self.matrices.iter().map(|m| m.bits_per_weight * (m.rows * m.cols) as f64).sum();
+        QuantReport {
+            spec: spec.to_string(),
+            bits_per_weight: if quantized_params > 0 { qbits / quantized_params as f64 } else { 32.0 },
+            model_bytes: (qbits + 32.0 * (total_params.saturating_sub(quantized_params)) as f64) / 8.0,
+            matrices: self.matrices,
+            calibration_tokens: self.calibration_tokens,
+            seconds: start.elapsed().as_secs_f64(),
+            quantized_params,
+            total_params,
+            activation_quant: q.blocks.iter().flat_map(|b| b.linears()).filter_map(|l| l.act_quant.clone().map(|a| (l.name.clone(), a))).collect(),
+        }
+    }
+
     /// Stores `new` as the layer's weight and records its error against the old one.
     fn record(&mut self, layer: Option<usize>, role: &str, lin: &mut Linear, new: Tensor, spec: &QuantSpec, gptq_loss: Option<f64>) -> Result<()> {
         let name = lin.name.clone();
