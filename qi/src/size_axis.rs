@@ -75,7 +75,8 @@ pub fn load(path: &Path, o: &Overrides) -> Result<(Study, PathBuf)> {
         if let Some((n_seqs, _)) = o.windows.filter(|w| w.0 > 0 && a.options.get("train_steps").is_some()) {
             let get = |opts: &serde_json::Value, k: &str| opts.get(k).and_then(serde_json::Value::as_u64).unwrap_or(u64::MAX) as usize;
             let windows = (4 * n_seqs).min(get(&a.options, "train_windows"));
-            let tokens = windows * get(&a.options, "seq_len");
+            // the first position of a window (BOS, an attention sink) is not an SAE training token
+            let tokens = windows * get(&a.options, "seq_len").saturating_sub(1);
             for (k, v) in [("train_steps", 25 * n_seqs), ("train_windows", windows), ("train_batch", tokens)] {
                 let v = v.min(get(&a.options, k));
                 a.options[k] = serde_json::json!(v);
@@ -376,10 +377,10 @@ mod tests {
         assert_eq!(ind.seeds, [0, 1]);
         assert_eq!(ind.options["n_seqs"], 2);
         assert_eq!(ind.options["seq_len"], plain.analyses[1].options["seq_len"], "0 keeps the value");
-        // the SAE's training shrinks with n_seqs = 2: 50 steps on 8 windows of 16 tokens
+        // the SAE's training shrinks with n_seqs = 2: 50 steps on 8 windows of 16 tokens, 15 usable each
         let feat = s.analyses.iter().find(|a| a.name == "features").unwrap();
         let opt = |k: &str| feat.options[k].as_u64().unwrap();
-        assert_eq!((opt("train_steps"), opt("train_windows"), opt("train_batch"), opt("folds")), (50, 8, 128, 2));
+        assert_eq!((opt("train_steps"), opt("train_windows"), opt("train_batch"), opt("folds")), (50, 8, 120, 2));
         let plain_feat = plain.analyses.iter().find(|a| a.name == "features").unwrap();
         assert_eq!(plain_feat.options["train_steps"], 300, "no override: the file's training");
         let ppl = s.analyses.iter().find(|a| a.name == "perplexity").unwrap();
