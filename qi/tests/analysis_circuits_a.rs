@@ -286,7 +286,20 @@ fn logit_lens_prompt_file_on_smollm2() {
     let bad = dir.join("bad.jsonl");
     std::fs::write(&bad, "{\"prompt\": \"The year was\", \"target\": \" 19845\", \"category\": \"facts\"}\n").unwrap();
     let e = run_seeds(&find("logit-lens").unwrap(), &c, &json!({"prompts": bad.to_str().unwrap()}), &[0]).unwrap_err().to_string();
-    assert!(e.contains("The year was") && e.contains("tokenizes to") && e.contains("19845"), "{e}");
+    assert!(e.contains("The year was") && e.contains("tokenizes to") && e.contains("19845") && e.contains("skip_multi_token"), "{e}");
+    // skip_multi_token leaves that prompt out: the rows cover the one other prompt, and their
+    // values are those of that prompt alone
+    let good = logit_lens::BUILTIN_PROMPTS.lines().next().unwrap();
+    let both = dir.join("both.jsonl");
+    let alone = dir.join("alone.jsonl");
+    std::fs::write(&both, format!("{}\n{good}\n", std::fs::read_to_string(&bad).unwrap().trim())).unwrap();
+    std::fs::write(&alone, format!("{good}\n")).unwrap();
+    let o = |p: &std::path::Path| json!({"prompts": p.to_str().unwrap(), "n_boot": 10, "by_category": false, "skip_multi_token": true});
+    let skipped = run_seeds(&find("logit-lens").unwrap(), &c, &o(&both), &[0]).unwrap();
+    assert!(skipped.rows.iter().all(|r| r.n == Some(1)), "one prompt per row");
+    assert_same(&skipped, &run_seeds(&find("logit-lens").unwrap(), &c, &o(&alone), &[0]).unwrap(), 0.0);
+    let e = run_seeds(&find("logit-lens").unwrap(), &c, &json!({"prompts": bad.to_str().unwrap(), "skip_multi_token": true}), &[0]).unwrap_err().to_string();
+    assert!(e.contains("no prompt has a one-token target") && e.contains("1 skipped"), "{e}");
     std::fs::write(&bad, "\n").unwrap();
     let e = run_seeds(&find("logit-lens").unwrap(), &c, &json!({"prompts": bad.to_str().unwrap()}), &[0]).unwrap_err().to_string();
     assert!(e.contains("empty"), "{e}");
@@ -307,7 +320,7 @@ fn check_bundled_prompt_set_on_smollm2() {
     let text = std::fs::read_to_string(&path).unwrap();
     let mut kept = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let Ok(p) = logit_lens::parse_prompts(m, line, &path, true) else {
+        let Ok((p, _)) = logit_lens::parse_prompts(m, line, &path, true, false) else {
             println!("SKIP (target not one token): {line}");
             continue;
         };

@@ -42,12 +42,17 @@ pub struct LogitLensOptions {
     pub n_boot: usize,
     /// Also report every metric per prompt category.
     pub by_category: bool,
+    /// Leave out prompts whose target this model's tokenizer splits into several tokens (their
+    /// count and targets are printed to stderr; each row's `n` says how many prompts it covers)
+    /// instead of refusing the prompt set. A prompt set written for one tokenizer can then run on
+    /// another family; models are then compared on different prompt subsets.
+    pub skip_multi_token: bool,
     pub seed: u64,
 }
 
 impl Default for LogitLensOptions {
     fn default() -> Self {
-        LogitLensOptions { prompts: String::new(), n_prompts: 0, prepend_bos: true, batch_size: 8, n_boot: 1000, by_category: true, seed: 0 }
+        LogitLensOptions { prompts: String::new(), n_prompts: 0, prepend_bos: true, batch_size: 8, n_boot: 1000, by_category: true, skip_multi_token: false, seed: 0 }
     }
 }
 
@@ -67,30 +72,40 @@ struct PromptLine {
     category: String,
 }
 
-/// Parses JSONL prompt lines (`source` names the file in errors) and tokenizes them; every target
-/// must be exactly one token.
-pub fn parse_prompts(model: &HookedTransformer, jsonl: &str, source: &str, prepend_bos: bool) -> Result<Vec<LensPrompt>> {
+/// Parses JSONL prompt lines (`source` names the file in errors) and tokenizes them. Every target
+/// must be exactly one token; with `skip_multi_token` a prompt whose target is not is left out and
+/// its target returned in the second list instead of failing.
+pub fn parse_prompts(model: &HookedTransformer, jsonl: &str, source: &str, prepend_bos: bool, skip_multi_token: bool) -> Result<(Vec<LensPrompt>, Vec<String>)> {
     let tok = model.tokenizer()?;
-    let mut out = Vec::new();
+    let (mut out, mut skipped) = (Vec::new(), Vec::new());
     for (i, line) in jsonl.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let p: PromptLine = serde_json::from_str(line)
             .map_err(|e| QiError::invalid("logit-lens prompts", format!("{source}:{}", i + 1), format!("expected {{\"prompt\", \"target\", \"category\"}} ({e})")))?;
         let target = tok.encode(&p.target, false)?;
         if target.len() != 1 {
+            if skip_multi_token {
+                skipped.push(p.target);
+                continue;
+            }
             let pieces: Vec<String> = target.iter().map(|&t| format!("{:?}", tok.id_to_token(t).unwrap_or_default())).collect();
             return Err(QiError::invalid(
                 "target",
                 format!("{:?} of prompt {:?}", p.target, p.prompt),
-                format!("must be exactly one token, but tokenizes to {} tokens [{}]", target.len(), pieces.join(", ")),
+                format!(
+                    "must be exactly one token, but tokenizes to {} tokens [{}] (skip_multi_token = true leaves such prompts out)",
+                    target.len(),
+                    pieces.join(", ")
+                ),
             )
             .into());
         }
         out.push(LensPrompt { ids: model.to_tokens(&p.prompt, prepend_bos)?, prompt: p.prompt, category: p.category, target: target[0] });
     }
     if out.is_empty() {
-        return Err(QiError::invalid("logit-lens prompts", source, "the prompt set is empty").into());
+        let why = if skipped.is_empty() { "the prompt set is empty".to_string() } else { format!("no prompt has a one-token target for this tokenizer ({} skipped)", skipped.len()) };
+        return Err(QiError::invalid("logit-lens prompts", source, why).into());
     }
-    Ok(out)
+    Ok((out, skipped))
 }
 
 pub struct LogitLens;
@@ -107,6 +122,7 @@ impl Analysis for LogitLens {
          batch_size: prompts per forward pass\n\
          n_boot: bootstrap resamples for the 95% CI over prompts\n\
          by_category: also report every metric per prompt category (label category; all = every prompt)\n\
+         skip_multi_token: leave out prompts whose target this tokenizer splits into several tokens (default: refuse them)\n\
          seed: seeds the subset and the bootstrap"
     }
 
@@ -117,7 +133,10 @@ impl Analysis for LogitLens {
             let text = std::fs::read_to_string(&opts.prompts).map_err(|e| QiError::invalid("prompts", &opts.prompts, format!("cannot read the prompt file ({e})")))?;
             (text, opts.prompts.clone())
         };
-        let mut prompts = parse_prompts(cmp.reference, &text, &source, opts.prepend_bos)?;
+        let (mut prompts, skipped) = parse_prompts(cmp.reference, &text, &source, opts.prepend_bos, opts.skip_multi_token)?;
+        if !skipped.is_empty() {
+            eprintln!("logit-lens: left out {} of {} prompts of {source}, whose targets are several tokens here: {:?}", skipped.len(), skipped.len() + prompts.len(), skipped);
+        }
         if opts.n_prompts > 0 && opts.n_prompts < prompts.len() {
             crate::rng::Rng::new(opts.seed).shuffle(&mut prompts);
             prompts.truncate(opts.n_prompts);
