@@ -44,10 +44,8 @@ pub fn ensure_empty_output_dir(dir: &Path) -> Result<()> {
 pub(crate) fn write_files(model: &HookedTransformer, dir: &Path, report: Option<&QuantReport>) -> Result<()> {
     let cfg = config_to_hf(&model.cfg);
     std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&cfg)?)?;
-    let tensors: HashMap<String, candle_core::Tensor> = hf_state_dict(model)?
-        .into_iter()
-        .map(|(k, v)| Ok((k, v.contiguous()?)))
-        .collect::<Result<_>>()?;
+    // views of the model's tensors: safetensors' writer copies one tensor at a time
+    let tensors: HashMap<String, candle_core::Tensor> = hf_state_dict(model)?.into_iter().collect();
     candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).context("writing model.safetensors")?;
     if let Some(tok) = &model.tokenizer {
         tok.inner().save(dir.join("tokenizer.json"), false).map_err(|e| anyhow!("writing tokenizer.json: {e}"))?;

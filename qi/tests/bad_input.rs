@@ -45,6 +45,50 @@ fn truncated_or_corrupt_safetensors_is_named() {
     std::fs::write(&f, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all").unwrap();
     let e = format!("{:#}", err_of(&dir));
     assert!(e.contains("model.safetensors"), "{e}");
+    // data past what the header describes, and a header length beyond the file
+    let mut longer = bytes.clone();
+    longer.push(0);
+    std::fs::write(&f, &longer).unwrap();
+    let e = format!("{:#}", err_of(&dir));
+    assert!(e.contains("model.safetensors") && e.contains(&format!("has {}", bytes.len() - header_end(&bytes) + 1)), "{e}");
+    let mut huge = bytes.clone();
+    huge[..8].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
+    std::fs::write(&f, &huge).unwrap();
+    let e = format!("{:#}", err_of(&dir));
+    assert!(e.contains("model.safetensors") && e.contains(&format!("header length {}", bytes.len())), "{e}");
+}
+
+/// Where a safetensors file's data section starts.
+fn header_end(bytes: &[u8]) -> usize {
+    8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize
+}
+
+#[test]
+fn a_sharded_checkpoint_loads_as_the_single_file_does() {
+    // the fixture's tensors split over two shards listed in model.safetensors.index.json
+    let dir = temp_dir("sharded");
+    copy_dir(&fixture("gpt2"), &dir);
+    let all = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    let mut names: Vec<&String> = all.keys().collect();
+    names.sort();
+    let (a, b) = names.split_at(names.len() / 2);
+    let mut map = serde_json::Map::new();
+    for (part, file) in [(a, "model-00001-of-00002.safetensors"), (b, "model-00002-of-00002.safetensors")] {
+        let shard: std::collections::HashMap<String, Tensor> = part.iter().map(|n| ((*n).clone(), all[*n].clone())).collect();
+        candle_core::safetensors::save(&shard, dir.join(file)).unwrap();
+        for n in part {
+            map.insert((*n).clone(), file.into());
+        }
+    }
+    std::fs::write(dir.join("model.safetensors.index.json"), serde_json::json!({ "weight_map": map }).to_string()).unwrap();
+    let single = load_model(fixture("gpt2").to_str().unwrap()).unwrap();
+    let sharded = load_model(dir.to_str().unwrap()).unwrap();
+    let ids = qi::batch::Batch::from_ids(&[1, 5, 9, 2]).unwrap();
+    let (x, y) = (single.forward(&ids).unwrap(), sharded.forward(&ids).unwrap());
+    let d: f32 = (x - y).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
+    assert_eq!(d, 0.0);
+    assert_eq!(sharded.source.tensor_types.len(), all.len());
 }
 
 #[test]

@@ -1,12 +1,61 @@
 //! Named tensors from a checkpoint, converted to f32 and checked against the shapes a config implies.
 use crate::QiError;
 use anyhow::{Context, Result};
-use candle_core::{safetensors::MmapedSafetensors, DType, Device, Tensor};
+use candle_core::{safetensors::Load, DType, Device, Tensor};
+use safetensors::tensor::{Metadata, TensorView};
 use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+/// One safetensors file, read a tensor at a time. Not memory-mapped: the pages of a mapped file
+/// count as resident while it is open, so a 6 GB twin would briefly need 12 GB to load.
+struct StFile {
+    path: PathBuf,
+    file: std::sync::Mutex<std::fs::File>,
+    /// Where the data section starts (after the 8-byte length and the JSON header).
+    data_start: u64,
+    meta: Metadata,
+}
+
+impl StFile {
+    fn open(path: &Path) -> Result<Self> {
+        let corrupt = |why: String| anyhow::anyhow!("{}: not a valid safetensors file (truncated or corrupt header/data: {why})", path.display());
+        let mut file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+        let len = file.metadata().with_context(|| format!("{}: cannot stat", path.display()))?.len();
+        let mut n = [0u8; 8];
+        file.read_exact(&mut n).map_err(|_| corrupt(format!("{len} bytes, no header length")))?;
+        let n = u64::from_le_bytes(n);
+        // the format's own limit on the header (100 MB)
+        if n > 100_000_000 || 8 + n > len {
+            return Err(corrupt(format!("header length {n} in a file of {len} bytes")));
+        }
+        let mut header = vec![0u8; n as usize];
+        file.read_exact(&mut header).map_err(|e| corrupt(format!("reading the header: {e}")))?;
+        // deserializing checks every tensor's offsets against its dtype and shape
+        let meta: Metadata = serde_json::from_slice(&header).map_err(|e| corrupt(format!("header: {e}")))?;
+        let data_start = 8 + n;
+        if data_start + meta.data_len() as u64 != len {
+            return Err(corrupt(format!("the header describes {} data bytes, the file has {}", meta.data_len(), len - data_start)));
+        }
+        Ok(StFile { path: path.to_path_buf(), file: std::sync::Mutex::new(file), data_start, meta })
+    }
+
+    fn load(&self, name: &str) -> Result<Option<Tensor>> {
+        let Some(info) = self.meta.info(name) else { return Ok(None) };
+        let (start, end) = info.data_offsets;
+        let mut bytes = vec![0u8; end - start];
+        {
+            let mut f = self.file.lock().expect("safetensors file lock");
+            f.seek(SeekFrom::Start(self.data_start + start as u64))?;
+            f.read_exact(&mut bytes).with_context(|| format!("{}: cannot read tensor '{name}'", self.path.display()))?;
+        }
+        let view = TensorView::new(info.dtype, info.shape.clone(), &bytes).with_context(|| format!("{}: tensor '{name}'", self.path.display()))?;
+        Ok(Some(view.load(&Device::Cpu).with_context(|| format!("{}: cannot read tensor '{name}'", self.path.display()))?))
+    }
+}
+
 enum Store {
-    Safetensors(MmapedSafetensors),
+    Safetensors(Vec<StFile>),
     /// Each tensor is handed out once and dropped from the map then, so a model built from a
     /// dequantized GGUF never holds its weights twice (a 1.5B model is 6 GB in f32).
     Map(std::sync::Mutex<HashMap<String, Tensor>>),
@@ -22,18 +71,16 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// Memory-maps one or more safetensors files (the shards of one checkpoint).
+    /// One or more safetensors files (the shards of one checkpoint); each tensor is read when
+    /// asked for.
     pub fn from_safetensors(files: &[PathBuf], display: &Path) -> Result<Self> {
         for f in files {
             if !f.is_file() {
                 anyhow::bail!("{}: weights file not found", f.display());
             }
         }
-        // SAFETY: the files are opened read-only; qi never writes to a checkpoint it has mapped.
-        let st = unsafe { MmapedSafetensors::multi(files) }.with_context(|| {
-            format!("{}: not a valid safetensors file (truncated or corrupt header/data)", files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "))
-        })?;
-        let tensor_types = st.tensors().into_iter().map(|(n, v)| (n, format!("{:?}", v.dtype()).to_uppercase())).collect();
+        let st: Vec<StFile> = files.iter().map(|f| StFile::open(f)).collect::<Result<_>>()?;
+        let tensor_types = st.iter().flat_map(|f| f.meta.tensors().into_iter().map(|(n, v)| (n, format!("{:?}", v.dtype).to_uppercase()))).collect();
         Ok(Checkpoint { path: display.to_path_buf(), store: Store::Safetensors(st), tensor_types })
     }
 
@@ -44,7 +91,7 @@ impl Checkpoint {
 
     pub fn contains(&self, name: &str) -> bool {
         match &self.store {
-            Store::Safetensors(st) => st.get(name).is_ok(),
+            Store::Safetensors(st) => st.iter().any(|f| f.meta.info(name).is_some()),
             Store::Map(m) => m.lock().expect("checkpoint map lock").contains_key(name),
         }
     }
@@ -53,10 +100,14 @@ impl Checkpoint {
     pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let t = match &self.store {
             Store::Safetensors(st) => {
-                if st.get(name).is_err() {
-                    return Err(self.missing(name));
+                let mut found = None;
+                for f in st {
+                    if let Some(t) = f.load(name)? {
+                        found = Some(t);
+                        break;
+                    }
                 }
-                st.load(name, &Device::Cpu).with_context(|| format!("{}: cannot read tensor '{name}'", self.path.display()))?
+                found.ok_or_else(|| self.missing(name))?
             }
             Store::Map(m) => m.lock().expect("checkpoint map lock").remove(name).ok_or_else(|| self.missing(name))?,
         };

@@ -471,7 +471,9 @@ pub fn hf_state_dict(model: &HookedTransformer) -> Result<Vec<(String, Tensor)>>
         }
     };
     let push_linear = |out: &mut Vec<(String, Tensor)>, l: &Linear| -> Result<()> {
-        let w = if l.transposed_in_checkpoint { l.weight_t().clone() } else { l.weight().contiguous()? };
+        // a transposed view, not a copy: the writer makes each tensor contiguous as it writes it,
+        // so a twin is never held twice while being saved
+        let w = if l.transposed_in_checkpoint { l.weight_t().clone() } else { l.weight() };
         out.push((l.name.clone(), w));
         if let Some(b) = &l.bias {
             out.push((format!("{}.bias", l.name.trim_end_matches(".weight")), b.clone()));
