@@ -16,6 +16,14 @@ use std::path::PathBuf;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Compute device: cpu (default), cuda, cuda:N, metal, metal:N; as QI_DEVICE. The GPU
+    /// backends need qi built with --features qi/cuda or qi/metal.
+    #[arg(long, global = true, value_name = "DEVICE", value_parser = parse_device)]
+    device: Option<String>,
+}
+
+fn parse_device(s: &str) -> std::result::Result<String, String> {
+    qi::device::parse(s).map(|_| s.to_string()).map_err(|e| format!("{e:#}"))
 }
 
 #[derive(Subcommand)]
@@ -226,6 +234,9 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if let Some(d) = &cli.device {
+        qi::device::set_device(d)?;
+    }
     match cli.command {
         Command::Info { model, json } => info(&model, json),
         Command::Trace { model, text, tokens, prepend_bos, hooks, out, quant, json } => trace(&model, quant.as_deref(), text, tokens, prepend_bos, &hooks, &out, json),

@@ -230,3 +230,23 @@ fn bench_forward_prints_one_json_line() {
     assert_eq!(too_long.code, Some(1), "longer than the fixture's 64-token context: {}", too_long.stderr);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_device_is_checked_before_anything_runs() {
+    let dir = scratch("device");
+    let model = format!("{LLAMA}/twin-q8_0.gguf");
+    let ok = qi(&["info", "--model", &model, "--device", "cpu", "--json"], &dir);
+    assert_eq!(json(&ok)["architecture"], "llama");
+    // an unknown name, and a GPU backend this build does not have: arguments rejected (2)
+    let bad = qi(&["info", "--model", &model, "--device", "gpu"], &dir);
+    assert_eq!(bad.code, Some(2), "{}", bad.stderr);
+    assert!(bad.stderr.contains("cpu, cuda, cuda:N, metal, metal:N"), "{}", bad.stderr);
+    let cuda = qi(&["perplexity", "--device", "cuda:0", "--model", &model], &dir);
+    assert_eq!(cuda.code, Some(2), "{}", cuda.stderr);
+    assert!(cuda.stderr.contains("--features qi/cuda"), "{}", cuda.stderr);
+    // the environment variable: the work fails (1), naming it
+    let o = Command::new(env!("CARGO_BIN_EXE_qi")).args(["info", "--model", &model]).current_dir(ROOT).env("QI_DEVICE", "tpu").output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("QI_DEVICE: invalid device 'tpu'"), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

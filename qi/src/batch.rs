@@ -3,7 +3,7 @@
 //! Positions come from the mask (the i-th real token of a row has position i), so a left-padded
 //! row gets the same positions — and therefore the same outputs — as the unpadded sequence.
 use anyhow::{bail, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 
 /// Which side padding goes on when rows of different lengths are batched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -47,7 +47,7 @@ impl Batch {
             ids.extend(std::iter::repeat_n(pad_id, pre).chain(r.iter().copied()).chain(std::iter::repeat_n(pad_id, post)));
             mask.extend(std::iter::repeat_n(0u8, pre).chain(std::iter::repeat_n(1u8, r.len())).chain(std::iter::repeat_n(0u8, post)));
         }
-        let dev = Device::Cpu;
+        let dev = crate::device::device()?;
         let tokens = Tensor::from_vec(ids, (rows.len(), len), &dev)?;
         let padded = rows.iter().any(|r| r.len() != len);
         let mask = if padded { Some(Tensor::from_vec(mask, (rows.len(), len), &dev)?) } else { None };

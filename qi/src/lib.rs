@@ -6,6 +6,7 @@
 pub mod analysis;
 pub mod batch;
 pub mod data;
+pub mod device;
 pub mod display;
 pub mod error;
 pub mod export;

@@ -24,7 +24,7 @@ use crate::batch::{batches, valid_indices, Batch};
 use crate::rng::Rng;
 use crate::{HookedTransformer, Hooks, QiError};
 use anyhow::{Context, Result};
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{DType, Tensor, Var, D};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -297,7 +297,7 @@ struct Forward {
 
 fn normal(shape: (usize, usize), rng: &mut Rng) -> Result<Tensor> {
     let v: Vec<f32> = (0..shape.0 * shape.1).map(|_| rng.normal() as f32).collect();
-    Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
+    Ok(Tensor::from_vec(v, shape, &crate::device::device()?)?)
 }
 
 fn unit_rows(w: &Tensor) -> Result<Tensor> {
@@ -313,7 +313,8 @@ impl Sae {
         let mut rng = Rng::new(seed);
         let w_dec = unit_rows(&normal((cfg.d_hidden, cfg.d_in), &mut rng)?)?;
         let w_enc = w_dec.t()?.contiguous()?;
-        let zeros = |n: usize| Var::zeros(n, DType::F32, &Device::Cpu);
+        let dev = crate::device::device()?;
+        let zeros = |n: usize| Var::zeros(n, DType::F32, &dev);
         let gated = cfg.variant == Variant::Gated;
         Ok(Sae {
             w_enc: Var::from_tensor(&w_enc)?,
@@ -435,7 +436,7 @@ impl Sae {
         let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", cfg_path.display()))?;
         let cfg: SaeConfig = serde_json::from_value(v["sae"].clone()).with_context(|| format!("{}: bad 'sae' config", cfg_path.display()))?;
         cfg.validate()?;
-        let t = candle_core::safetensors::load(dir.join("sae.safetensors"), &Device::Cpu).with_context(|| format!("{}: cannot read sae.safetensors", dir.display()))?;
+        let t = candle_core::safetensors::load(dir.join("sae.safetensors"), &crate::device::device()?).with_context(|| format!("{}: cannot read sae.safetensors", dir.display()))?;
         let get = |name: &str, shape: &[usize]| -> Result<Var> {
             let x = t.get(name).ok_or_else(|| QiError::MissingTensor { file: dir.join("sae.safetensors"), tensor: name.into() })?;
             if x.dims() != shape {
@@ -601,7 +602,7 @@ fn resample_dead(sae: &Sae, fired: &[u64], xs: &Tensor, recon: &Tensor, rng: &mu
         w_enc[f] = d.iter().map(|x| x / n * 0.2 * alive_norm).collect();
         b_enc[f] = 0.0;
     }
-    let dev = Device::Cpu;
+    let dev = sae.w_dec.device().clone();
     let (h, d) = (w_dec.len(), w_dec[0].len());
     sae.w_dec.set(&Tensor::from_vec(w_dec.concat(), (h, d), &dev)?)?;
     sae.w_enc.set(&Tensor::from_vec(w_enc.concat(), (h, d), &dev)?.t()?.contiguous()?)?;
@@ -703,9 +704,10 @@ impl<'a> ActivationStream<'a> {
         if self.buffer.is_none() || self.cursor + bs > self.order.len() {
             self.refill()?;
         }
-        let idx = Tensor::from_vec(self.order[self.cursor..self.cursor + bs].to_vec(), bs, &Device::Cpu)?;
+        let buffer = self.buffer.as_ref().expect("filled");
+        let idx = Tensor::from_vec(self.order[self.cursor..self.cursor + bs].to_vec(), bs, buffer.device())?;
         self.cursor += bs;
-        Ok(self.buffer.as_ref().expect("filled").index_select(&idx, 0)?)
+        Ok(buffer.index_select(&idx, 0)?)
     }
 }
 
@@ -818,7 +820,7 @@ mod tests {
 
     #[test]
     fn topk_mask_keeps_exactly_k() {
-        let pre = Tensor::new(&[[0.5f32, 3.0, -1.0, 2.0], [1.0, 1.0, 1.0, 0.0]], &Device::Cpu).unwrap();
+        let pre = Tensor::new(&[[0.5f32, 3.0, -1.0, 2.0], [1.0, 1.0, 1.0, 0.0]], &candle_core::Device::Cpu).unwrap();
         let m = topk_mask(&pre, 2).unwrap().to_vec2::<f32>().unwrap();
         assert_eq!(m[0], vec![0., 1., 0., 1.]);
         assert_eq!(m[1], vec![1., 1., 0., 0.]); // ties broken by index

@@ -151,7 +151,7 @@ fn last_position_residuals(model: &HookedTransformer, batch: &Batch, lens: &[usi
     let cache = model.run_with_cache_until(batch, "blocks.*.hook_resid_post", n_layers - 1)?;
     let t = batch.seq_len();
     let idx: Vec<u32> = lens.iter().enumerate().map(|(i, &n)| (i * t + n - 1) as u32).collect();
-    let idx = Tensor::from_vec(idx, lens.len(), &candle_core::Device::Cpu)?;
+    let idx = Tensor::from_vec(idx, lens.len(), batch.tokens.device())?;
     (0..n_layers)
         .map(|l| {
             let x = cache.get(&names::resid_post(l))?.to_dtype(DType::F32)?;

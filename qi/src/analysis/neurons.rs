@@ -110,7 +110,7 @@ impl Analysis for Neurons {
             sample.truncate(o.sample_neurons);
         }
         sample.sort_unstable();
-        let sample = Tensor::from_vec(sample.clone(), sample.len(), &candle_core::Device::Cpu)?;
+        let sample = Tensor::from_vec(sample.clone(), sample.len(), cmp.reference.embed.device())?;
         let filter: Vec<String> = layers.iter().map(|&l| names::mlp_post(l)).collect();
         let mut t = Tidy::new(cmp.name.clone());
         for twin in cmp.all() {

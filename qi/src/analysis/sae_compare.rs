@@ -51,7 +51,7 @@ use crate::rng::Rng;
 use crate::sae::{self, Sae, SaeTraining, TrainOptions};
 use crate::{HookedTransformer, QiError};
 use anyhow::Result;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -156,7 +156,7 @@ fn load_from(sae_dir: &Path, dir: &Path, what: &str, how: &str) -> Result<Sae> {
 fn gaussian(rows: usize, cols: usize, seed: u64) -> Result<Tensor> {
     let mut rng = Rng::new(seed);
     let v: Vec<f32> = (0..rows * cols).map(|_| rng.normal() as f32).collect();
-    Ok(Tensor::from_vec(v, (rows, cols), &Device::Cpu)?)
+    Ok(Tensor::from_vec(v, (rows, cols), &crate::device::device()?)?)
 }
 
 /// Firing frequency of each feature over the rows of `f` `[n_tokens, d_hidden]`.

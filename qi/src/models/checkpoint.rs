@@ -119,7 +119,8 @@ impl Checkpoint {
         if let Some(i) = bad {
             anyhow::bail!("{}: tensor '{name}' has a non-finite value at flat index {i}", self.path.display());
         }
-        Ok(t)
+        // every weight goes through here: the one place a model is put on the chosen device
+        Ok(t.to_device(&crate::device::device()?)?)
     }
 
     /// The first of `names` that exists.

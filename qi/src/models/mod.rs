@@ -233,7 +233,8 @@ impl Linear {
         if t.dims() != self.weight_t.dims() {
             candle_core::bail!("new weight for '{}' has shape {:?}, expected {:?}", self.name, weight.dims(), self.weight().dims());
         }
-        self.weight_t = t;
+        // quantizers compute on the host; the layer stays on its device
+        self.weight_t = t.to_device(self.weight_t.device())?;
         Ok(())
     }
 

@@ -89,8 +89,8 @@ impl HookedTransformer {
     ) -> Result<Self> {
         let (rope, rope_local) = match cfg.positional {
             Positional::Rotary { dim, theta } => (
-                Some(rope_tables(cfg.n_ctx, dim, theta)?),
-                cfg.extras.local_rope_theta.map(|t| rope_tables(cfg.n_ctx, dim, t)).transpose()?,
+                Some(rope_tables(cfg.n_ctx, dim, theta, embed.1.device())?),
+                cfg.extras.local_rope_theta.map(|t| rope_tables(cfg.n_ctx, dim, t, embed.1.device())).transpose()?,
             ),
             Positional::Learned => (None, None),
         };
@@ -567,7 +567,7 @@ fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor, dim: usize) -> Result<Te
 }
 
 /// cos/sin tables `[n_ctx, dim / 2]`, computed in f32 as Hugging Face does.
-fn rope_tables(n_ctx: usize, dim: usize, theta: f64) -> Result<(Tensor, Tensor)> {
+fn rope_tables(n_ctx: usize, dim: usize, theta: f64, dev: &Device) -> Result<(Tensor, Tensor)> {
     if dim == 0 || dim % 2 != 0 {
         bail!("rotary dimension must be even and positive, got {dim}");
     }
@@ -581,8 +581,7 @@ fn rope_tables(n_ctx: usize, dim: usize, theta: f64) -> Result<(Tensor, Tensor)>
             sin.push(a.sin());
         }
     }
-    let dev = Device::Cpu;
-    Ok((Tensor::from_vec(cos, (n_ctx, dim / 2), &dev)?, Tensor::from_vec(sin, (n_ctx, dim / 2), &dev)?))
+    Ok((Tensor::from_vec(cos, (n_ctx, dim / 2), dev)?, Tensor::from_vec(sin, (n_ctx, dim / 2), dev)?))
 }
 
 /// `mask` with keys at or beyond `window` positions behind the query also masked: query q sees

@@ -137,10 +137,14 @@ pub fn search_scales(
 ) -> Result<ScaleSearch> {
     let mut losses = Vec::with_capacity(SCALE_GRID);
     let mut best: Option<(f64, usize, Vec<f32>)> = None;
+    let dev = match weights.first() {
+        Some((_, w)) => w.device().clone(),
+        None => crate::device::device()?,
+    };
     for i in 0..SCALE_GRID {
         let ratio = i as f64 / SCALE_GRID as f64;
         let s = ratio_scales(x_mean, ratio);
-        let sr = Tensor::from_slice(&s, (1, s.len()), &candle_core::Device::Cpu)?;
+        let sr = row(&s, &dev)?;
         let candidates = weights.iter().map(|(name, w)| Ok(grid.quantize(&w.broadcast_mul(&sr)?, name)?.broadcast_div(&sr)?)).collect::<Result<Vec<_>>>()?;
         let l = loss(&candidates)?;
         losses.push(l);
@@ -279,8 +283,9 @@ fn mean_abs(x: &Tensor) -> Result<Vec<f32>> {
     Ok(x.abs()?.mean(0)?.to_vec1::<f32>()?)
 }
 
-fn row(s: &[f32]) -> Result<Tensor> {
-    Ok(Tensor::from_slice(s, (1, s.len()), &candle_core::Device::Cpu)?)
+/// `s` as a `[1, n]` row on `dev`.
+fn row(s: &[f32], dev: &candle_core::Device) -> Result<Tensor> {
+    Ok(Tensor::from_slice(s, (1, s.len()), dev)?)
 }
 
 /// Runs AWQ on block `l`: searches the scales on `model` (the full-precision reference) with the
@@ -392,8 +397,9 @@ pub fn awq_block(
     let mut row_scale: HashMap<&str, Vec<f32>> = HashMap::new();
     for g in &groups {
         let s = &g.search.scales;
-        let sr = row(s)?;
-        let sv = Tensor::from_slice(s, s.len(), &candle_core::Device::Cpu)?;
+        let dev = tb.ln1.weight.device().clone();
+        let sr = row(s, &dev)?;
+        let sv = Tensor::from_slice(s, s.len(), &dev)?;
         match g.fold {
             Fold::Ln1 | Fold::Ln2 => {
                 let norm = if g.fold == Fold::Ln1 { &mut tb.ln1 } else { &mut tb.ln2 };
@@ -438,10 +444,10 @@ pub fn awq_block(
         lin.set_weight(&q)?;
         let mut eff = q;
         if let Some(s) = row_scale.get(r) {
-            eff = eff.broadcast_mul(&Tensor::from_slice(s, (s.len(), 1), &candle_core::Device::Cpu)?)?;
+            eff = eff.broadcast_mul(&row(s, eff.device())?.t()?)?;
         }
         if let Some(s) = col_scale.get(r) {
-            eff = eff.broadcast_div(&row(s)?)?;
+            eff = eff.broadcast_div(&row(s, eff.device())?)?;
         }
         effective.push((*r, eff));
     }
