@@ -44,6 +44,7 @@ pub fn load(path: &Path, o: &Overrides) -> Result<(Study, PathBuf)> {
     let mut study = Study::load(path)?;
     if let Some(m) = &o.methods {
         study.specs = QuantSpec::parse_list(m).with_context(|| format!("methods '{m}'"))?;
+        study.spec_models = vec![None; study.specs.len()];
     }
     for a in study.analyses.iter_mut() {
         if let Some(n) = o.seeds {

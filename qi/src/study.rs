@@ -8,7 +8,8 @@
 //! name = "default"                       # required
 //! seeds = 3                              # a count (seeds 0..3) or a list [0, 7]; default 1
 //! bits = [8, 4, 3]                       # bit widths for quantizers that leave `bits` open
-//! quantizers = ["rtn", "gptq:samples=64,seqlen=512", "nf4", "rtn:bits=4,group=64"]
+//! quantizers = ["rtn", "gptq:samples=64,seqlen=512", "nf4", "rtn:bits=4,group=64",
+//!   { spec = "gptq:samples=16,seqlen=512", models = ["SmolLM2-135M"] }]   # only these models
 //! models = [
 //!   "gpt2",                              # Hub id
 //!   { source = "shared:models/x/x.gguf", name = "SmolLM2-135M" },
@@ -28,7 +29,8 @@
 //! - **quantizers**: QuantSpec strings. One without `bits` of a method that takes bits (`rtn`,
 //!   `gptq`, `awq`) is expanded over `bits` (`rtn` × [8, 4] → `rtn:bits=8`, `rtn:bits=4`); specs
 //!   with explicit `bits` and methods without bits (`nf4`, `q4_0`, `fp16`) stay as written. `none`
-//!   is not listed: reference cells are always part of the grid.
+//!   is not listed: reference cells are always part of the grid. A `{ spec, models }` table
+//!   limits a quantizer (each of its bit widths) to those models (display names).
 //! - **models**: `shared:REL` is `REL` inside the shared folder (`QI_SHARED`, else `../shared`);
 //!   `models:FILE` is `FILE` in the models folder that `./dev models` fills ([`crate::shared::models_dir`]);
 //!   paths starting with `/`, `./` or `../` are local (relative ones against the spec file's
@@ -108,6 +110,8 @@ pub struct Study {
     pub models: Vec<StudyModel>,
     /// Expanded quantizer specs (without the reference).
     pub specs: Vec<QuantSpec>,
+    /// Per spec (aligned with `specs`): only these models (display names); `None` = every model.
+    pub spec_models: Vec<Option<Vec<String>>>,
     pub analyses: Vec<StudyAnalysis>,
 }
 
@@ -265,10 +269,10 @@ impl Study {
             Some(s) => parse_seeds(s).map_err(|r| err("seeds", s, r))?,
         };
         let models = parse_models(top.get("models"), file, &err)?;
-        let specs = parse_quantizers(top.get("quantizers"), top.get("bits"), &err)?;
         let model_names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
+        let (specs, spec_models): (Vec<QuantSpec>, Vec<Option<Vec<String>>>) = parse_quantizers(top.get("quantizers"), top.get("bits"), &model_names, &err)?.into_iter().unzip();
         let analyses = parse_analyses(top.get("analyses"), top.get("data"), &seeds, &model_names, only, &err)?;
-        Ok(Study { name, file: file.to_path_buf(), models, specs, analyses })
+        Ok(Study { name, file: file.to_path_buf(), models, specs, spec_models, analyses })
     }
 
     /// The reference, then the expanded specs: the order of a model's groups.
@@ -283,6 +287,9 @@ impl Study {
         for (mi, m) in self.models.iter().enumerate() {
             for (si, spec) in specs.iter().enumerate() {
                 let group = mi * specs.len() + si;
+                if si > 0 && self.spec_models.get(si - 1).and_then(Option::as_ref).is_some_and(|only| !only.contains(&m.name)) {
+                    continue;
+                }
                 for (ai, a) in self.analyses.iter().enumerate() {
                     if a.models.as_ref().is_some_and(|only| !only.contains(&m.name)) {
                         continue;
@@ -412,10 +419,28 @@ fn is_local(source: &str) -> bool {
     source.starts_with("shared:") || source.starts_with("models:") || source.starts_with('/') || source.starts_with("./") || source.starts_with("../")
 }
 
-fn parse_quantizers(v: Option<&Value>, bits: Option<&Value>, err: &ErrFn) -> Result<Vec<QuantSpec>> {
+/// A `models` list of a quantizer or analysis table: names of the study's models.
+fn parse_model_filter(v: Option<&Value>, key: &str, model_names: &[&str], err: &ErrFn) -> Result<Option<Vec<String>>> {
+    match v {
+        None => Ok(None),
+        Some(Value::Array(a)) if !a.is_empty() => {
+            let mut names = Vec::new();
+            for v in a {
+                match v.as_str().map(str::trim) {
+                    Some(n) if model_names.contains(&n) => names.push(n.to_string()),
+                    _ => return Err(err(&format!("{key}.models"), v, format!("not a model of the study; its models: {}", model_names.join(", ")))),
+                }
+            }
+            Ok(Some(names))
+        }
+        Some(other) => Err(err(&format!("{key}.models"), other, "expected a non-empty list of the study's model names".into())),
+    }
+}
+
+fn parse_quantizers(v: Option<&Value>, bits: Option<&Value>, model_names: &[&str], err: &ErrFn) -> Result<Vec<(QuantSpec, Option<Vec<String>>)>> {
     let list = match v {
         Some(Value::Array(a)) if !a.is_empty() => a,
-        other => return Err(err("quantizers", &show(other), "expected a non-empty list of QuantSpec strings, e.g. [\"rtn\", \"gptq:samples=64\", \"nf4\"]".into())),
+        other => return Err(err("quantizers", &show(other), "expected a non-empty list of QuantSpec strings or {spec, models} tables, e.g. [\"rtn\", \"gptq:samples=64\", \"nf4\"]".into())),
     };
     let grid: Vec<u8> = match bits {
         None => Vec::new(),
@@ -432,11 +457,20 @@ fn parse_quantizers(v: Option<&Value>, bits: Option<&Value>, err: &ErrFn) -> Res
         }
         Some(other) => return Err(err("bits", other, "expected a non-empty list of bit widths, e.g. [8, 4, 3]".into())),
     };
-    let mut out: Vec<(QuantSpec, String)> = Vec::new();
+    let mut out: Vec<(QuantSpec, String, Option<Vec<String>>)> = Vec::new();
     let mut grid_used = false;
     for (i, q) in list.iter().enumerate() {
         let key = format!("quantizers[{i}]");
-        let s = q.as_str().map(str::trim).ok_or_else(|| err(&key, q, "expected a QuantSpec string".into()))?;
+        let (s, only) = match q {
+            Value::Object(t) => {
+                if let Some(k) = t.keys().find(|k| !["spec", "models"].contains(&k.as_str())) {
+                    return Err(err(&format!("{key}.{k}"), k, "unknown key; valid keys: spec, models".into()));
+                }
+                let spec = t.get("spec").and_then(Value::as_str).map(str::trim).ok_or_else(|| err(&format!("{key}.spec"), &show(t.get("spec")), "expected a QuantSpec string".into()))?;
+                (spec, parse_model_filter(t.get("models"), &key, model_names, err)?)
+            }
+            _ => (q.as_str().map(str::trim).ok_or_else(|| err(&key, q, "expected a QuantSpec string or a {spec, models} table".into()))?, None),
+        };
         let (method, rest) = match s.split_once(':') {
             Some((m, r)) => (m.trim(), r.trim()),
             None => (s, ""),
@@ -467,16 +501,16 @@ fn parse_quantizers(v: Option<&Value>, bits: Option<&Value>, err: &ErrFn) -> Res
             if spec == QuantSpec::None {
                 return Err(err(&key, &s, "the reference (none) is always part of the grid; remove it from quantizers".into()));
             }
-            if let Some((_, first)) = out.iter().find(|(o, _)| *o == spec) {
+            if let Some((_, first, _)) = out.iter().find(|(o, _, _)| *o == spec) {
                 return Err(err(&key, &s, format!("duplicate cell: {origin} gives {spec}, as {first} does")));
             }
-            out.push((spec, origin));
+            out.push((spec, origin, only.clone()));
         }
     }
     if !grid.is_empty() && !grid_used {
         return Err(err("bits", &show(bits), "no quantizer leaves bits open (e.g. \"rtn\" or \"gptq:samples=64\"); remove `bits` or such a quantizer".into()));
     }
-    Ok(out.into_iter().map(|(s, _)| s).collect())
+    Ok(out.into_iter().map(|(s, _, only)| (s, only)).collect())
 }
 
 fn parse_analyses(v: Option<&Value>, data: Option<&Value>, seeds: &[u64], model_names: &[&str], only: &[String], err: &ErrFn) -> Result<Vec<StudyAnalysis>> {
@@ -552,20 +586,7 @@ fn parse_analyses(v: Option<&Value>, data: Option<&Value>, seeds: &[u64], model_
             None => seeds.to_vec(),
             Some(s) => parse_seeds(s).map_err(|r| err(&format!("{key}.seeds"), s, r))?,
         };
-        let models = match table.get("models") {
-            None => None,
-            Some(Value::Array(a)) if !a.is_empty() => {
-                let mut names = Vec::new();
-                for v in a {
-                    match v.as_str().map(str::trim) {
-                        Some(n) if model_names.contains(&n) => names.push(n.to_string()),
-                        _ => return Err(err(&format!("{key}.models"), v, format!("not a model of the study; its models: {}", model_names.join(", ")))),
-                    }
-                }
-                Some(names)
-            }
-            Some(other) => return Err(err(&format!("{key}.models"), other, "expected a non-empty list of the study's model names".into())),
-        };
+        let models = parse_model_filter(table.get("models"), &key, model_names, err)?;
         out.push(StudyAnalysis { id, name, options, seeds, models });
     }
     if !only.is_empty() && out.is_empty() {

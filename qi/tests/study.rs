@@ -111,6 +111,30 @@ models = ["mine"]
     );
     let keys = |s: &Study| s.cells().into_iter().map(|c| c.key).collect::<Vec<_>>();
     assert_eq!(keys(&Study::load(&json).unwrap()), keys(&s));
+    // a quantizer table limits that quantizer (each of its bit widths) to some models; the other
+    // cells, and their keys, are those of the unrestricted study
+    let limited = write(
+        &dir,
+        "limited.toml",
+        &std::fs::read_to_string(&toml).unwrap().replace("\"gptq:samples=4,seqlen=16\"", "{ spec = \"gptq:samples=4,seqlen=16\", models = [\"gpt2\"] }"),
+    );
+    let l = Study::load(&limited).unwrap();
+    assert_eq!(l.spec_models[2].as_deref(), Some(&["gpt2".to_string()][..]));
+    assert!(l.spec_models[0].is_none());
+    let gptq_cells = |s: &Study| s.cells().into_iter().filter(|c| c.spec.to_string().starts_with("gptq")).map(|c| s.models[c.model].name.clone()).collect::<Vec<_>>();
+    // 2 bit widths × (perplexity 1 seed + ppl_random 2 seeds) on gpt2 only; ppl_mine runs on mine only
+    assert_eq!(gptq_cells(&l), vec!["gpt2".to_string(); 2 * 3]);
+    assert_eq!(gptq_cells(&s).len(), 3 * 2 * 3 + 2);
+    let all: Vec<String> = keys(&s);
+    let lk = keys(&l);
+    assert_eq!(lk.len(), s.cells().len() - (3 * 2 * 3 + 2) + 2 * 3);
+    assert!(lk.iter().all(|k| all.contains(k)), "the kept cells keep their keys");
+    let bad = write(&dir, "bad-q.toml", &std::fs::read_to_string(&limited).unwrap().replace("models = [\"gpt2\"] }", "models = [\"gpt3\"] }"));
+    let e = Study::load(&bad).unwrap_err().to_string();
+    assert!(e.contains("quantizers[1].models") && e.contains("gpt3") && e.contains("its models: llama, gpt2, mine"), "{e}");
+    let bad = write(&dir, "bad-k.toml", &std::fs::read_to_string(&limited).unwrap().replace("models = [\"gpt2\"] }", "model = [\"gpt2\"] }"));
+    let e = Study::load(&bad).unwrap_err().to_string();
+    assert!(e.contains("quantizers[1].model") && e.contains("valid keys: spec, models"), "{e}");
     // shared: sources resolve inside the shared folder
     let shared = write(&dir, "sh.toml", "name = \"x\"\nquantizers = [\"nf4\"]\nanalyses = [\"perplexity\"]\nmodels = [\"shared:models/m.gguf\"]\n");
     let s = Study::load(&shared).unwrap();
