@@ -167,6 +167,8 @@ impl std::fmt::Display for Table {
 pub struct Figure {
     json: String,
     title: String,
+    /// The static image when it was rendered already (by [`crate::notebook::show`]).
+    svg: Option<String>,
 }
 
 /// Wraps a plotly figure for display: the last expression `qi::display::figure(&plot)` renders
@@ -180,7 +182,20 @@ pub fn figure(plot: &plotly::Plot) -> Figure {
             t["text"].as_str().or(t.as_str()).map(str::to_string)
         })
         .unwrap_or_else(|| "untitled".into());
-    Figure { json, title }
+    Figure { json, title, svg: None }
+}
+
+impl Figure {
+    /// This figure with its static image already rendered, so displaying it renders nothing.
+    pub fn with_svg(mut self, svg: String) -> Self {
+        self.svg = Some(svg);
+        self
+    }
+
+    /// The plotly JSON of the figure.
+    pub fn json(&self) -> &str {
+        &self.json
+    }
 }
 
 impl Figure {
@@ -188,7 +203,11 @@ impl Figure {
     /// renderer) and a text line.
     pub fn bundle(&self) -> Vec<(&'static str, String)> {
         let text = format!("<plotly figure: {}>", self.title);
-        let html = match crate::figures::render_svg_json(&self.json) {
+        let rendered = match &self.svg {
+            Some(svg) => Ok(svg.clone()),
+            None => crate::figures::render_svg_json(&self.json),
+        };
+        let html = match rendered {
             Ok(svg) => svg_img_html(&svg, &self.title),
             Err(e) => loader_html(&self.json, &e.to_string()),
         };

@@ -152,11 +152,16 @@ pub fn save_figure_in(plot: &plotly::Plot, name: &str, dir: &Path) -> Result<Fig
     }
     let json = plot.to_json();
     let svg = render_svg_json(&json).with_context(|| format!("cannot render figure `{name}`"))?;
+    write_figure_files(&json, &svg, name, dir)
+}
+
+/// Writes a figure's HTML page (from its plotly JSON) and its already rendered SVG.
+pub(crate) fn write_figure_files(json: &str, svg: &str, name: &str, dir: &Path) -> Result<FigurePaths> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     ensure_plotly_js(dir)?;
     let paths = FigurePaths { html: dir.join(format!("{name}.html")), svg: dir.join(format!("{name}.svg")) };
-    crate::io::save_text(&html_page(&json, name), &paths.html)?;
-    crate::io::save_text(&svg, &paths.svg)?;
+    crate::io::save_text(&html_page(json, name), &paths.html)?;
+    crate::io::save_text(svg, &paths.svg)?;
     Ok(paths)
 }
 

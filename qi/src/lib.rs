@@ -19,6 +19,7 @@ pub mod io;
 pub mod loader;
 pub mod metrics;
 pub mod models;
+pub mod notebook;
 pub mod ops;
 pub mod perplexity;
 pub mod progress;

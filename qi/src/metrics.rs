@@ -109,6 +109,11 @@ pub fn spearman(x: &[f64], y: &[f64]) -> f64 {
     pearson(&ranks(x), &ranks(y))
 }
 
+/// The index of the largest value (NaN never wins; 0 for an empty or all-NaN slice).
+pub fn argmax(x: &[f64]) -> usize {
+    (0..x.len()).filter(|&i| !x[i].is_nan()).max_by(|&a, &b| x[a].total_cmp(&x[b])).unwrap_or(0)
+}
+
 pub fn mean(x: &[f64]) -> f64 {
     if x.is_empty() {
         return f64::NAN;

@@ -129,6 +129,34 @@ impl Tidy {
         self.rows.is_empty()
     }
 
+    /// `metric` of every head for `spec`, indexed `layer * n_heads + head` (NaN where a head has no
+    /// row): the per-head grid that head heatmaps and head rankings read.
+    pub fn per_head(&self, spec: &str, metric: &str, n_layers: usize, n_heads: usize) -> Vec<f64> {
+        let mut v = vec![f64::NAN; n_layers * n_heads];
+        for r in self.rows.iter().filter(|r| r.spec == spec && r.metric == metric) {
+            if let (Some(l), Some(h)) = (r.layer, r.head) {
+                if l < n_layers && h < n_heads {
+                    v[l * n_heads + h] = r.value;
+                }
+            }
+        }
+        v
+    }
+
+    /// `metric` of `spec` by layer (rows with every label of `labels`, e.g. `[("component",
+    /// "resid_post")]`), in layer order; one value per layer present.
+    pub fn per_layer(&self, spec: &str, metric: &str, labels: &[(&str, &str)]) -> Vec<f64> {
+        let mut v: Vec<(usize, f64)> = self
+            .rows
+            .iter()
+            .filter(|r| r.spec == spec && r.metric == metric && r.head.is_none())
+            .filter(|r| labels.iter().all(|(k, want)| matches!(r.label_value(k), Some(Label::Str(s)) if s == want)))
+            .filter_map(|r| r.layer.map(|l| (l, r.value)))
+            .collect();
+        v.sort_by_key(|x| x.0);
+        v.into_iter().map(|x| x.1).collect()
+    }
+
     /// Means over seeds: rows equal in everything but `seed`, `value`, `ci` and `n` are merged into
     /// one row whose value is the mean over the seeds with a finite value (NaN seeds, e.g. an
     /// undefined AUC, are dropped), whose CI is the t-based 95% interval of that mean (absent with
@@ -351,6 +379,31 @@ pub fn read_parquet(path: &std::path::Path) -> Result<DataFrame> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_head_and_per_layer_pick_the_rows_they_name() {
+        let rtn: QuantSpec = "rtn:bits=4".parse().unwrap();
+        let none = QuantSpec::None;
+        let mut t = Tidy::new("m");
+        // rows out of order, another spec, another metric, a layer-level row among head rows
+        t.push(Row::new(&rtn, "js", 0.5).layer(1).head(0));
+        t.push(Row::new(&rtn, "js", 0.2).layer(0).head(1));
+        t.push(Row::new(&none, "js", 9.0).layer(0).head(0));
+        t.push(Row::new(&rtn, "prev", 7.0).layer(0).head(0));
+        t.push(Row::new(&rtn, "js", 3.0).layer(0));
+        let grid = t.per_head("rtn:bits=4", "js", 2, 2);
+        assert!(grid[0].is_nan() && grid[3].is_nan(), "{grid:?}");
+        assert_eq!((grid[1], grid[2]), (0.2, 0.5), "layer * n_heads + head");
+        // per layer: in layer order, only rows with the labels asked for, never head rows
+        let mut t = Tidy::new("m");
+        t.push(Row::new(&rtn, "rel_l2", 0.3).layer(2).label("component", "resid_post"));
+        t.push(Row::new(&rtn, "rel_l2", 0.1).layer(0).label("component", "resid_post"));
+        t.push(Row::new(&rtn, "rel_l2", 5.0).layer(1).label("component", "attn_out"));
+        t.push(Row::new(&rtn, "rel_l2", 6.0).layer(1).head(0).label("component", "resid_post"));
+        assert_eq!(t.per_layer("rtn:bits=4", "rel_l2", &[("component", "resid_post")]), [0.1, 0.3]);
+        assert_eq!(t.per_layer("rtn:bits=4", "rel_l2", &[]), [0.1, 5.0, 0.3]);
+        assert_eq!(crate::metrics::argmax(&[0.1, f64::NAN, 0.7, 0.2]), 2, "NaN never wins");
+    }
 
     #[test]
     fn frame_has_only_used_columns_and_labels_fill_with_nulls() {

@@ -1,0 +1,100 @@
+//! The thin layer notebooks stand on, so a cell says what it means: [`Models::load`] loads a model
+//! and its twins (through the twin cache) in one call, and [`show`] saves a figure (HTML + SVG)
+//! and displays it, rendering the static image once. The reshapes of tidy results that notebooks
+//! read live with the table ([`crate::analysis::Tidy::per_head`], [`crate::analysis::Tidy::per_layer`]).
+use crate::analysis::Comparison;
+use crate::display::Figure;
+use crate::quant::QuantSpec;
+use crate::quantize::QuantizeOptions;
+use crate::HookedTransformer;
+use anyhow::{Context, Result};
+
+/// A reference model and its quantized twins.
+pub struct Models {
+    /// Display name (the file stem of a local model, the Hub id otherwise): the `model` column.
+    pub name: String,
+    pub reference: HookedTransformer,
+    pub specs: Vec<QuantSpec>,
+    pub twins: Vec<(QuantSpec, HookedTransformer)>,
+}
+
+impl Models {
+    /// Loads `model_path` (Hub id, HF folder, .safetensors or .gguf) and its twins under `methods`
+    /// (a `;`-separated QuantSpec list; empty = none) through the twin cache
+    /// ([`crate::twin_cache::cache_root`]), and prints one line saying what was loaded.
+    pub fn load(model_path: &str, methods: &str) -> Result<Models> {
+        let t0 = std::time::Instant::now();
+        let reference = crate::load_model(model_path).with_context(|| format!("cannot load the model {model_path}"))?;
+        let specs = QuantSpec::parse_list(methods).with_context(|| format!("methods '{methods}'"))?;
+        let twins = crate::twin_cache::twins(&reference, &specs, &QuantizeOptions::default(), Some(&crate::twin_cache::cache_root()))?;
+        let name = crate::loader::display_name(model_path);
+        let c = &reference.cfg;
+        let twin_list = if specs.is_empty() { "none".to_string() } else { specs.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ") };
+        println!("{name}: {} layers × {} heads; twins: {twin_list}; loaded in {:.1?}", c.n_layers, c.n_heads, t0.elapsed());
+        Ok(Models { name, reference, specs, twins })
+    }
+
+    /// The reference and every twin, for an analysis.
+    pub fn comparison(&self) -> Result<Comparison<'_>> {
+        Comparison::new(self.name.clone(), &self.reference, &self.twins)
+    }
+
+    /// The twins' spec strings, as the `spec` column writes them.
+    pub fn spec_names(&self) -> Vec<String> {
+        self.specs.iter().map(|s| s.to_string()).collect()
+    }
+}
+
+/// Saves `plot` as `NAME.html` and `NAME.svg` in the figures folder ([`crate::figures::figures_dir`]),
+/// prints where, and returns it for display (the last expression of a cell); the SVG is rendered
+/// once for both.
+pub fn show(plot: &plotly::Plot, name: &str) -> Result<Figure> {
+    show_in(plot, name, &crate::figures::figures_dir())
+}
+
+/// [`show`] into a given folder.
+pub fn show_in(plot: &plotly::Plot, name: &str, dir: &std::path::Path) -> Result<Figure> {
+    if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+        anyhow::bail!("figure name `{name}` must be a plain file stem like `induction_heads`");
+    }
+    let fig = crate::display::figure(plot);
+    let svg = crate::figures::render_svg_json(fig.json()).with_context(|| format!("cannot render figure `{name}`"))?;
+    let paths = crate::figures::write_figure_files(fig.json(), &svg, name, dir)?;
+    println!("saved {}", paths.svg.display());
+    Ok(fig.with_svg(svg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_figure_with_its_image_is_displayed_without_rendering_again() {
+        let mut plot = plotly::Plot::new();
+        plot.add_trace(plotly::Scatter::new(vec![1, 2], vec![3, 4]));
+        // an image no renderer would make: the display must show exactly it
+        let fig = crate::display::figure(&plot).with_svg("<svg>given</svg>".into());
+        let html = fig.bundle().into_iter().find(|(m, _)| *m == "text/html").unwrap().1;
+        assert_eq!(html, crate::display::svg_img_html("<svg>given</svg>", "untitled"));
+        let e = show_in(&plot, "../up", &std::env::temp_dir()).err().unwrap().to_string();
+        assert!(e.contains("plain file stem"), "{e}");
+    }
+
+    /// Needs kaleido (./dev setup-notebooks); skipped with a message otherwise.
+    #[test]
+    fn show_writes_the_image_it_displays() {
+        if let Err(e) = crate::figures::render_svg_json("{}") {
+            eprintln!("skipping: {e}");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("qi-notebook-show-{}", std::process::id()));
+        let mut plot = plotly::Plot::new();
+        plot.add_trace(plotly::HeatMap::new_z(vec![vec![1.0, 2.0], vec![3.0, 4.0]]));
+        let fig = show_in(&plot, "heat", &dir).unwrap();
+        let svg = std::fs::read_to_string(dir.join("heat.svg")).unwrap();
+        let html = fig.bundle().into_iter().find(|(m, _)| *m == "text/html").unwrap().1;
+        assert!(svg.starts_with("<svg") && html == crate::display::svg_img_html(&svg, "untitled"));
+        assert!(std::fs::read_to_string(dir.join("heat.html")).unwrap().contains("\"heatmap\""));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
