@@ -147,12 +147,18 @@ pub fn save_figure(plot: &plotly::Plot, name: &str) -> Result<FigurePaths> {
 
 /// [`save_figure`] into a given folder.
 pub fn save_figure_in(plot: &plotly::Plot, name: &str, dir: &Path) -> Result<FigurePaths> {
-    if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
-        bail!("figure name `{name}` must be a plain file stem like `induction_heads`");
-    }
+    check_figure_name(name)?;
     let json = plot.to_json();
     let svg = render_svg_json(&json).with_context(|| format!("cannot render figure `{name}`"))?;
     write_figure_files(&json, &svg, name, dir)
+}
+
+/// A figure name must be a plain file stem (checked before any rendering).
+pub(crate) fn check_figure_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+        bail!("figure name `{name}` must be a plain file stem like `induction_heads`");
+    }
+    Ok(())
 }
 
 /// Writes a figure's HTML page (from its plotly JSON) and its already rendered SVG.

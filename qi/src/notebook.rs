@@ -54,9 +54,7 @@ pub fn show(plot: &plotly::Plot, name: &str) -> Result<Figure> {
 
 /// [`show`] into a given folder.
 pub fn show_in(plot: &plotly::Plot, name: &str, dir: &std::path::Path) -> Result<Figure> {
-    if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
-        anyhow::bail!("figure name `{name}` must be a plain file stem like `induction_heads`");
-    }
+    crate::figures::check_figure_name(name)?;
     let fig = crate::display::figure(plot);
     let svg = crate::figures::render_svg_json(fig.json()).with_context(|| format!("cannot render figure `{name}`"))?;
     let paths = crate::figures::write_figure_files(fig.json(), &svg, name, dir)?;
