@@ -18,6 +18,10 @@
 //! - `perplexity FILE.jsonl` — one row per line of `qi perplexity --json` output (quantizer,
 //!   bits per weight, perplexity, difference to the `none` row), in file order, as
 //!   `scripts/perplexity_table.sh` writes it.
+//! - `features|induction|calibration|activations|attention|logit-lens FILE.parquet` — the summary
+//!   table of one `qi analyze` result ([`tables`]), as `scripts/smollm2_results.sh` writes them.
+mod tables;
+
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::Path;
 
@@ -39,7 +43,11 @@ pub fn render(cmd: &str, base: &Path) -> Result<String> {
             Ok(format!("{}\n{}", crate::size_axis::markdown(&table)?, crate::size_axis::finding(&table)?))
         }
         ["perplexity", file] => perplexity_table(&base.join(file)),
-        _ => bail!("report block '{cmd}': unknown; expected `study SPEC [RESULTS]` or `perplexity FILE.jsonl`"),
+        [kind, file] if tables::KINDS.contains(kind) => tables::render(kind, &base.join(file)),
+        _ => bail!(
+            "report block '{cmd}': unknown; expected `study SPEC [RESULTS]`, `perplexity FILE.jsonl` or `KIND FILE.parquet` with KIND one of {}",
+            tables::KINDS.join(", ")
+        ),
     }
 }
 

@@ -69,6 +69,13 @@ fn feature_survival_shares_sum_to_one_and_degrade_with_bits() {
     assert!(surv("rtn:bits=2") < surv("rtn:bits=8"));
     assert!(value(&df, "rtn:bits=8", "mean_r")[0] > value(&df, "rtn:bits=2", "mean_r")[0]);
     assert_eq!(value(&df, "rtn:bits=2", "feature_r").len(), n_active);
+    // each twin's storage cost sits on its own spec: 8-bit and 2-bit rows differ by 6 bits of
+    // code plus 6 more zero-point bits per row (per-row asymmetric grids)
+    let bpw = |spec: &str| value(&df, spec, "bits_per_weight");
+    assert_eq!(bpw("rtn:bits=8").len(), 1);
+    assert_eq!(bpw("rtn:bits=8")[0], qi::quantize::model_bits_per_weight(&m, &"rtn:bits=8".parse().unwrap()));
+    let gap = bpw("rtn:bits=8")[0] - bpw("rtn:bits=2")[0];
+    assert!(gap > 6.0 && gap < 6.5, "8-bit minus 2-bit bits per weight {gap}");
     // each feature's category is the documented function of its r and overlap
     let per = |metric| filter_eq(&filter_eq(&df, "spec", "rtn:bits=2").unwrap(), "metric", metric).unwrap();
     let cats = str_values(&per("feature_r"), "category").unwrap();

@@ -174,6 +174,8 @@ impl Analysis for Features {
         for twin in &cmp.twins {
             let fc = fr.compare(twin.model, o)?;
             fc.push_quality_rows(&mut t, twin.spec, fr.n_tokens);
+            // storage cost of the twin, so tables can put methods side by side at matched bits
+            t.push(Row::new(twin.spec, "bits_per_weight", crate::quantize::model_bits_per_weight(cmp.reference, twin.spec)));
             if o.per_feature {
                 for (i, &j) in fr.active.iter().enumerate() {
                     for (metric, v) in [("feature_r", fc.r[i]), ("feature_topk_overlap", fc.overlap[i])] {
