@@ -41,7 +41,7 @@ step() {
       cp "$SAE/config.json" "$OUT/07_sae_topk_200k_config.json" &&
       cp "$SAE/report.json" "$OUT/07_sae_topk_200k_report.json" ;;
     features) analyze features 07_sae_features_smollm2.parquet "${FEATURE_SPECS[@]}" "${FEATURE_OPTS[@]}" ;;
-    prune-overlap) analyze prune-overlap 07_prune_overlap_smollm2.parquet "${FOUR[@]}" "${FEATURE_OPTS[@]}" ;;
+    prune-overlap) analyze prune-overlap 07_prune_overlap_smollm2.parquet "${FOUR[@]}" "${FEATURE_OPTS[@]}" --set match_windows=4 --set match_seqlen=256 ;;
     activations) analyze activations 02_activations.parquet "${FOUR[@]}" ;;
     attention) analyze attention 03_attention.parquet "${FOUR[@]}" ;;
     logit-lens) analyze logit-lens 04_logit_lens.parquet "${FOUR[@]}" ;;
