@@ -4,6 +4,9 @@
 //! job, a notebook) the bars' state is printed as plain lines at most every
 //! `QI_PROGRESS_EVERY` seconds (default 30), so short work prints nothing and long background
 //! runs still show where they are. `QI_PROGRESS=0` hides them.
+//!
+//! Status lines ([`note`]) and the plain progress lines go to stderr, except inside an evcxr
+//! (Jupyter) kernel: there stderr is drawn as an error, and a cache hit is not one.
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle, TermLike};
 use std::io::IsTerminal;
 use std::sync::{Mutex, OnceLock};
@@ -22,6 +25,21 @@ pub fn multi() -> &'static MultiProgress {
         }
         m
     })
+}
+
+/// Whether this process is an evcxr kernel's runtime (evcxr sets `EVCXR_IS_RUNTIME` in it).
+pub fn in_notebook() -> bool {
+    std::env::var_os("EVCXR_IS_RUNTIME").is_some()
+}
+
+/// Prints a status line (what was loaded, cached, left out): on stderr, or on stdout inside a
+/// notebook kernel ([`in_notebook`]). Warnings and errors keep using stderr.
+pub fn note(line: &str) {
+    if in_notebook() {
+        println!("{line}");
+    } else {
+        eprintln!("{line}");
+    }
 }
 
 pub fn bar(len: u64, what: &str) -> ProgressBar {
@@ -93,10 +111,8 @@ impl TermLike for LogLines {
     }
     fn flush(&self) -> std::io::Result<()> {
         if let Some(lines) = self.take_due(Instant::now()) {
-            use std::io::Write;
-            let mut err = std::io::stderr().lock();
             for l in lines {
-                writeln!(err, "{l}")?;
+                note(&l);
             }
         }
         Ok(())

@@ -222,17 +222,17 @@ pub fn twins(model: &HookedTransformer, specs: &[QuantSpec], opts: &QuantizeOpti
     Ok(out)
 }
 
-/// The stderr line of a twin just made or read: `SPEC: cached twin DIR (T s)`, or `SPEC: quantized
+/// The status line ([`crate::progress::note`]) of a twin just made or read: `SPEC: cached twin DIR (T s)`, or `SPEC: quantized
 /// in T s (B bits/weight)` (`loaded` for an external twin).
 pub fn log_origin(spec: &QuantSpec, origin: &TwinOrigin, report: Option<&QuantReport>, since: std::time::Instant) {
     let secs = since.elapsed().as_secs_f64();
     match origin {
-        TwinOrigin::Cached(d) => eprintln!("{spec}: cached twin {} ({secs:.1} s)", d.display()),
-        TwinOrigin::Quantized => eprintln!(
+        TwinOrigin::Cached(d) => crate::progress::note(&format!("{spec}: cached twin {} ({secs:.1} s)", d.display())),
+        TwinOrigin::Quantized => crate::progress::note(&format!(
             "{spec}: {} in {secs:.1} s ({:.2} bits/weight)",
             if matches!(spec, QuantSpec::Twin(_)) { "loaded" } else { "quantized" },
             report.map(|r| r.bits_per_weight).unwrap_or(f64::NAN)
-        ),
+        )),
     }
 }
 

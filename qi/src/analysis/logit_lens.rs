@@ -135,7 +135,7 @@ impl Analysis for LogitLens {
         };
         let (mut prompts, skipped) = parse_prompts(cmp.reference, &text, &source, opts.prepend_bos, opts.skip_multi_token)?;
         if !skipped.is_empty() {
-            eprintln!("logit-lens: left out {} of {} prompts of {source}, whose targets are several tokens here: {:?}", skipped.len(), skipped.len() + prompts.len(), skipped);
+            crate::progress::note(&format!("logit-lens: left out {} of {} prompts of {source}, whose targets are several tokens here: {:?}", skipped.len(), skipped.len() + prompts.len(), skipped));
         }
         if opts.n_prompts > 0 && opts.n_prompts < prompts.len() {
             crate::rng::Rng::new(opts.seed).shuffle(&mut prompts);
