@@ -54,6 +54,51 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 }
 
 /// Mean over all elements as f64 (for scalar metrics).
+/// Whether `a` and `b` are equal element by element (same shape and dtype; NaN never equals, −0
+/// equals +0), compared a block of rows at a time so that no full-size temporary is made.
+pub fn bitwise_equal(a: &Tensor, b: &Tensor) -> Result<bool> {
+    if a.shape() != b.shape() || a.dtype() != b.dtype() {
+        return Ok(false);
+    }
+    if a.elem_count() == 0 {
+        return Ok(true);
+    }
+    let (a, b) = (a.flatten_to(0)?, b.flatten_to(0)?); // a scalar becomes one row
+    let rows = a.dim(0)?;
+    let step = (rows / 64).max(1);
+    let mut i = 0;
+    while i < rows {
+        let n = step.min(rows - i);
+        if a.narrow(0, i, n)?.eq(&b.narrow(0, i, n)?)?.flatten_all()?.min(0)?.to_scalar::<u8>()? == 0 {
+            return Ok(false);
+        }
+        i += n;
+    }
+    Ok(true)
+}
+
 pub fn mean_f64(x: &Tensor) -> Result<f64> {
     x.to_dtype(DType::F64)?.mean_all()?.to_scalar::<f64>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn bitwise_equal_checks_every_block_of_rows() {
+        // 130 rows: blocks of 2, the last one short; a difference in the very last element must count
+        let v: Vec<f32> = (0..130 * 3).map(|i| i as f32 * 0.5).collect();
+        let a = Tensor::from_vec(v.clone(), (130, 3), &Device::Cpu).unwrap();
+        assert!(bitwise_equal(&a, &a.copy().unwrap()).unwrap());
+        let mut w = v.clone();
+        *w.last_mut().unwrap() += 1e-6;
+        assert!(!bitwise_equal(&a, &Tensor::from_vec(w, (130, 3), &Device::Cpu).unwrap()).unwrap());
+        assert!(!bitwise_equal(&a, &a.reshape((3, 130)).unwrap()).unwrap(), "same values, other shape");
+        let nan = Tensor::new(&[f32::NAN], &Device::Cpu).unwrap();
+        assert!(!bitwise_equal(&nan, &nan).unwrap());
+        let s = Tensor::new(2f32, &Device::Cpu).unwrap();
+        assert!(bitwise_equal(&s, &s.copy().unwrap()).unwrap() && !bitwise_equal(&s, &Tensor::new(3f32, &Device::Cpu).unwrap()).unwrap());
+    }
 }

@@ -179,6 +179,8 @@ fn read_verified(dir: &Path, key: &str, model: &HookedTransformer, spec: &QuantS
     twin.source.source = model.source.source.clone();
     twin.source.tensor_types = model.source.tensor_types.clone();
     twin.source.quantization = Some(spec.to_string());
+    // the unquantized embeddings equal the reference's: hold them once
+    twin.share_identical_embeddings(model).map_err(|e| format!("comparing its embeddings with the reference's failed: {e:#}"))?;
     Ok((twin, read_report(dir), TwinOrigin::Cached(dir.to_path_buf())))
 }
 
@@ -390,6 +392,29 @@ mod tests {
 
     fn first_weights(t: &HookedTransformer) -> Vec<f32> {
         t.blocks[0].linears()[0].weight().flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    #[test]
+    fn a_cached_twin_holds_the_references_embeddings_once() {
+        let m = crate::load_model(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/fixtures/llama").to_str().unwrap()).unwrap();
+        let root = std::env::temp_dir().join(format!("qi-twin-share-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let spec: QuantSpec = "rtn:bits=4".parse().unwrap();
+        for unembedding in [false, true] {
+            let opts = QuantizeOptions { unembedding, ..Default::default() };
+            let (fresh, _, o) = quantize_cached(&m, &spec, &opts, Some(&root)).unwrap();
+            assert_eq!(o, TwinOrigin::Quantized);
+            let (cached, _, o) = quantize_cached(&m, &spec, &opts, Some(&root)).unwrap();
+            assert!(matches!(o, TwinOrigin::Cached(_)));
+            assert_eq!(cached.embed.id(), m.embed.id(), "the unquantized embedding is the reference's tensor");
+            // a quantized unembedding differs from the reference's and stays the twin's own
+            assert_eq!(cached.unembed.weight_t().id() == m.unembed.weight_t().id(), !unembedding, "unembedding {unembedding}");
+            let batch = crate::batch::Batch::from_ids(&[1u32, 5, 9, 2]).unwrap();
+            let logits = |t: &HookedTransformer| -> Vec<f32> { t.forward(&batch).unwrap().flatten_all().unwrap().to_vec1().unwrap() };
+            assert_eq!(logits(&cached), logits(&fresh), "sharing changes no value");
+            assert_eq!(first_weights(&cached), first_weights(&fresh));
+        }
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
