@@ -93,7 +93,7 @@ mod tests {
         let a = Tensor::from_vec(v.clone(), (130, 3), &Device::Cpu).unwrap();
         assert!(bitwise_equal(&a, &a.copy().unwrap()).unwrap());
         let mut w = v.clone();
-        *w.last_mut().unwrap() += 1e-6;
+        *w.last_mut().unwrap() += 1.0;
         assert!(!bitwise_equal(&a, &Tensor::from_vec(w, (130, 3), &Device::Cpu).unwrap()).unwrap());
         assert!(!bitwise_equal(&a, &a.reshape((3, 130)).unwrap()).unwrap(), "same values, other shape");
         let nan = Tensor::new(&[f32::NAN], &Device::Cpu).unwrap();
