@@ -115,6 +115,10 @@ impl Results<'_> {
         }
         out
     }
+    /// The highest layer any row has (the model's output layer for per-layer analyses).
+    fn last_layer(&self) -> Result<usize> {
+        self.tidy.rows.iter().filter_map(|r| r.layer).max().ok_or_else(|| anyhow!("{}: no layer rows", self.path.display()))
+    }
     fn twins(&self) -> Vec<&str> {
         self.specs().into_iter().filter(|s| *s != "none").collect()
     }
@@ -245,13 +249,7 @@ impl Results<'_> {
     fn activations(&self) -> Result<String> {
         let resid =
             |l: usize| move |r: &Row| r.layer == Some(l) && label_is(r, "component", "resid_post");
-        let last = self
-            .tidy
-            .rows
-            .iter()
-            .filter_map(|r| r.layer)
-            .max()
-            .ok_or_else(|| anyhow!("{}: no layer rows", self.path.display()))?;
+        let last = self.last_layer()?;
         let mut out = format!(
             "`hook_resid_post`, reference vs twin, mean over tokens (95 % CI):\n\n\
              | twin (`--quant`) | ‖a − â‖/‖a‖ after layer 0 | ‖a − â‖/‖a‖ after layer {last} | cosine after layer {last} |\n|---|---:|---:|---:|\n"
@@ -320,13 +318,7 @@ impl Results<'_> {
     }
 
     fn logit_lens(&self) -> Result<String> {
-        let last = self
-            .tidy
-            .rows
-            .iter()
-            .filter_map(|r| r.layer)
-            .max()
-            .ok_or_else(|| anyhow!("{}: no layer rows", self.path.display()))?;
+        let last = self.last_layer()?;
         let mut categories: Vec<&str> = Vec::new();
         for r in &self.tidy.rows {
             if let Some(c) = label_str(r, "category") {
