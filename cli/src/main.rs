@@ -1,5 +1,6 @@
 //! The `qi` command-line program.
 mod analyze;
+mod bench;
 mod study;
 mod sae;
 use anyhow::{bail, Context, Result};
@@ -159,6 +160,21 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Twin storage benchmark: each twin as the cache stores it (compact codes and scales) against
+    /// the same twin as f32, on disk and at load (alternating rounds, the reference's own load
+    /// timed in each); prints one JSON line per spec.
+    BenchTwins {
+        #[arg(long)]
+        model: String,
+        /// A quantization spec; repeat the flag for several (e.g. --quant rtn:bits=4 --quant nf4).
+        #[arg(long, required = true)]
+        quant: Vec<String>,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Where the f32 copies are written (removed afterwards).
+        #[arg(long, default_value = "/tmp")]
+        scratch: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -243,6 +259,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Quantize { model, quant, out, cache, embeddings, unembedding, json } => quantize(&model, &quant, out.as_deref().filter(|_| !cache), embeddings, unembedding, json),
         Command::Perplexity { model, quant, seqlen, windows, text, json } => perplexity(&model, &quant, seqlen, windows, text.as_deref(), json),
         Command::BenchForward { model, batch, seq, runs, seed } => bench_forward(&model, batch, seq, runs, seed),
+        Command::BenchTwins { model, quant, rounds, scratch } => bench::bench_twins(&model, &quant, rounds, &scratch),
         Command::Analyze(a) => analyze::run(a),
         Command::Study(a) => study::run(a),
         Command::Sae(c) => sae::run(c),

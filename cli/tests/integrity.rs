@@ -79,14 +79,14 @@ fn cache_verify_finds_a_damaged_twin_and_the_next_use_rebuilds_it() {
     assert!(q.status.success(), "{}", text(&q));
     let m = qi::load_model(&fixture()).unwrap();
     let entry = qi::twin_cache::twin_dir(&cache, &m, &"rtn:bits=4".parse().unwrap(), &Default::default()).unwrap();
-    let st = entry.join("model.safetensors");
+    let st = entry.join(qi::compact::FILE);
     let mut b = std::fs::read(&st).unwrap();
     let n = b.len();
     b[n - 100] ^= 0x40;
     std::fs::write(&st, b).unwrap();
     let v = run(&["cache", "verify"], &cache);
     assert_eq!(v.status.code(), Some(1), "{}", text(&v));
-    assert!(text(&v).contains("model.safetensors: expected") && text(&v).contains("1 damaged"), "{}", text(&v));
+    assert!(text(&v).contains(&format!("{}: expected", qi::compact::FILE)) && text(&v).contains("1 damaged"), "{}", text(&v));
     // the next use reports it, re-quantizes and leaves a sound entry
     let q = run(&["quantize", "--model", &fixture(), "--quant", "rtn:bits=4", "--cache"], &cache);
     assert!(q.status.success() && text(&q).contains("cannot be trusted") && text(&q).contains("rtn:bits=4: quantized"), "{}", text(&q));

@@ -42,8 +42,6 @@ pub fn ensure_empty_output_dir(dir: &Path) -> Result<()> {
 /// Writes the HF files of `model` into the existing directory `dir` (no staging: callers that
 /// need atomicity stage the directory themselves, as [`save_hf_dir`] and the twin cache do).
 pub(crate) fn write_files(model: &HookedTransformer, dir: &Path, report: Option<&QuantReport>) -> Result<()> {
-    let cfg = config_to_hf(&model.cfg);
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&cfg)?)?;
     // views of the model's tensors: safetensors' writer copies one tensor at a time
     let tensors: HashMap<String, candle_core::Tensor> = hf_state_dict(model)?.into_iter().collect();
     candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).context("writing model.safetensors")?;
@@ -53,6 +51,15 @@ pub(crate) fn write_files(model: &HookedTransformer, dir: &Path, report: Option<
         let tc = serde_json::json!({ "bos_token": name(tok.bos_id()), "eos_token": name(tok.eos_id()), "pad_token": name(tok.pad_id()) });
         std::fs::write(dir.join("tokenizer_config.json"), serde_json::to_string_pretty(&tc)?)?;
     }
+    write_description(model, dir, report)
+}
+
+/// config.json and qi_quantization.json: what [`write_files`] writes besides the weights and the
+/// tokenizer (a cached twin stores its weights in compact form and takes the reference's
+/// tokenizer).
+pub(crate) fn write_description(model: &HookedTransformer, dir: &Path, report: Option<&QuantReport>) -> Result<()> {
+    let cfg = config_to_hf(&model.cfg);
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&cfg)?)?;
     let note = serde_json::json!({
         "spec": model.source.quantization,
         "quantized_from": model.source.source,

@@ -1,6 +1,7 @@
 //! Quantized twins cached on disk, so analyses and study cells do not re-quantize (GPTQ on
-//! SmolLM2 takes minutes). A twin is stored as an HF directory ([`crate::export::save_hf_dir`]:
-//! dequantized weights, the report, activation quantization) under
+//! SmolLM2 takes minutes). A twin is stored as a directory with the files of an HF model but its
+//! weights in compact form ([`crate::compact`]: codes and scales, only what differs from the
+//! reference; config.json, the tokenizer, the report and activation quantization beside them) under
 //! `<cache>/<model-slug>-<key>/<spec-slug>-<key>`, where the keys hash everything the result
 //! depends on: the content of the source's files (sampled, see [`file_fingerprint`]; not their
 //! paths or times, which change when a shared folder is re-created), the spec and the options.
@@ -76,8 +77,8 @@ pub fn model_key(model: &HookedTransformer) -> String {
     stable_hash(&parts.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
-/// Version of the on-disk twin layout; bump when what [`crate::export::save_hf_dir`] writes changes meaning.
-pub const TWIN_FORMAT_VERSION: u32 = 1;
+/// Version of the on-disk twin layout; bump when what [`store`] writes changes meaning.
+pub const TWIN_FORMAT_VERSION: u32 = 2;
 
 /// The directory a twin of `model` under `spec` and `opts` is cached in. The key holds the
 /// method's algorithm version ([`QuantSpec::algorithm_version`]) and [`TWIN_FORMAT_VERSION`], so
@@ -152,7 +153,7 @@ pub fn quantize_cached(
     }
     let (twin, report) = quantize_model(model, spec, opts)?;
     if can_store {
-        if let Err(e) = store(&twin, &report, &dir, &key) {
+        if let Err(e) = store(&twin, model, spec, &report, &dir, &key) {
             // a cache that cannot be written (read-only, full) costs time, not correctness
             eprintln!("qi: could not cache the twin in {}: {e:#}", dir.display());
         }
@@ -173,7 +174,7 @@ fn read_verified(dir: &Path, key: &str, model: &HookedTransformer, spec: &QuantS
     if !problems.is_empty() {
         return Err(crate::integrity::describe(&problems));
     }
-    let mut twin = crate::load_model(&dir.display().to_string()).map_err(|e| format!("loading it failed: {e:#}"))?;
+    let mut twin = crate::loader::load_compact_dir(dir, model).map_err(|e| format!("loading it failed: {e:#}"))?;
     // the twin reports the reference's source, so names and keys stay those of the model
     twin.tokenizer = model.tokenizer.clone();
     twin.source.source = model.source.source.clone();
@@ -184,9 +185,10 @@ fn read_verified(dir: &Path, key: &str, model: &HookedTransformer, spec: &QuantS
     Ok((twin, read_report(dir), TwinOrigin::Cached(dir.to_path_buf())))
 }
 
-/// Writes the twin and its manifest into a staging folder, then renames it into place: a reader
-/// never sees an entry without its manifest, and an interrupted write leaves only a hidden folder.
-fn store(twin: &HookedTransformer, report: &QuantReport, dir: &Path, key: &str) -> Result<()> {
+/// Writes the twin (compact, see [`crate::compact`]) and its manifest into a staging folder, then
+/// renames it into place: a reader never sees an entry without its manifest, and an interrupted
+/// write leaves only a hidden folder.
+fn store(twin: &HookedTransformer, reference: &HookedTransformer, spec: &QuantSpec, report: &QuantReport, dir: &Path, key: &str) -> Result<()> {
     let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     let staging = dir.with_file_name(format!(".{name}.staging-{}", std::process::id()));
     // under the entry's lock nobody else is writing it: what a killed writer left can go
@@ -199,7 +201,8 @@ fn store(twin: &HookedTransformer, report: &QuantReport, dir: &Path, key: &str) 
     }
     let result = std::fs::create_dir_all(&staging)
         .with_context(|| format!("cannot create {}", staging.display()))
-        .and_then(|_| crate::export::write_files(twin, &staging, Some(report)))
+        .and_then(|_| crate::export::write_description(twin, &staging, Some(report)))
+        .and_then(|_| crate::compact::save(twin, reference, spec, &staging.join(crate::compact::FILE)).map(|_| ()))
         .and_then(|_| crate::integrity::write_manifest(&staging, key).map(|_| ()))
         .and_then(|_| std::fs::rename(&staging, dir).with_context(|| format!("cannot move {} to {}", staging.display(), dir.display())));
     if result.is_err() {
@@ -433,7 +436,7 @@ mod tests {
         };
         assert_eq!(fresh(), TwinOrigin::Quantized);
         assert_eq!(fresh(), TwinOrigin::Cached(dir.clone()));
-        let st = dir.join("model.safetensors");
+        let st = dir.join(crate::compact::FILE);
         let damage: [(&str, Box<dyn Fn()>); 5] = [
             // the data region overwritten, header intact: loads fine, wrong numbers
             ("overwritten weights", Box::new(|| {
@@ -455,7 +458,7 @@ mod tests {
                 let other: QuantSpec = "rtn:bits=8".parse().unwrap();
                 let (t, r) = quantize_model(&m, &other, &opts).unwrap();
                 std::fs::remove_dir_all(&dir).unwrap();
-                store(&t, &r, &dir, &twin_manifest_key(&m, &other, &opts).unwrap()).unwrap();
+                store(&t, &m, &other, &r, &dir, &twin_manifest_key(&m, &other, &opts).unwrap()).unwrap();
             })),
         ];
         for (what, hurt) in damage.iter() {

@@ -109,7 +109,24 @@ pub fn load_hf_dir(dir: &Path, files: Option<Vec<PathBuf>>) -> Result<HookedTran
         None => weight_files(dir)?,
     };
     let ck = Checkpoint::from_safetensors(&files, &display)?;
-    let parts = models::build_parts(&cfg, &ck)?;
+    build_hf_dir(dir, cfg, &ck, &files)
+}
+
+/// A twin directory of the twin cache ([`crate::twin_cache`]): its description files and the
+/// compact weights of [`crate::compact`], whose unstored tensors come from `reference`.
+pub fn load_compact_dir(dir: &Path, reference: &HookedTransformer) -> Result<HookedTransformer> {
+    let cfg_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("{}: cannot read the model config", cfg_path.display()))?;
+    let json: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", cfg_path.display()))?;
+    let cfg = models::config_from_hf(architecture_of(&json, &cfg_path)?, &HfConfig::new(&json, &cfg_path))?;
+    let file = dir.join(crate::compact::FILE);
+    let (tensors, types) = crate::compact::load(&file, reference)?;
+    build_hf_dir(dir, cfg, &Checkpoint::from_map(&file, tensors, types), &[file])
+}
+
+/// The model of a HF-layout directory from its config and checkpoint.
+fn build_hf_dir(dir: &Path, cfg: crate::models::ModelConfig, ck: &Checkpoint, files: &[PathBuf]) -> Result<HookedTransformer> {
+    let parts = models::build_parts(&cfg, ck)?;
     let tokenizer = load_dir_tokenizer(dir)?;
     let note = QuantizationNote::read(dir)?;
     let source = SourceInfo {
