@@ -18,6 +18,9 @@
 //! - `perplexity FILE.jsonl` — one row per line of `qi perplexity --json` output (quantizer,
 //!   bits per weight, perplexity, difference to the `none` row), in file order, as
 //!   `scripts/perplexity_table.sh` writes it.
+//! - `twins FILE.jsonl` — one row per line of `qi bench-twins` output (model, spec, bits per
+//!   weight of the method and of the compact file, sizes on disk, median load times and the load
+//!   ratios), as `scripts/bench_twins.sh` writes it.
 //! - `features|induction|calibration|activations|attention|logit-lens FILE.parquet` — the summary
 //!   table of one `qi analyze` result ([`tables`]), as `scripts/smollm2_results.sh` writes them.
 mod tables;
@@ -43,9 +46,10 @@ pub fn render(cmd: &str, base: &Path) -> Result<String> {
             Ok(format!("{}\n{}", crate::size_axis::markdown(&table)?, crate::size_axis::finding(&table)?))
         }
         ["perplexity", file] => perplexity_table(&base.join(file)),
+        ["twins", file] => twins_table(&base.join(file)),
         [kind, file] if tables::KINDS.contains(kind) => tables::render(kind, &base.join(file)),
         _ => bail!(
-            "report block '{cmd}': unknown; expected `study SPEC [RESULTS]`, `perplexity FILE.jsonl` or `KIND FILE.parquet` with KIND one of {}",
+            "report block '{cmd}': unknown; expected `study SPEC [RESULTS]`, `perplexity FILE.jsonl`, `twins FILE.jsonl` or `KIND FILE.parquet` with KIND one of {}",
             tables::KINDS.join(", ")
         ),
     }
@@ -71,6 +75,40 @@ pub fn perplexity_table(path: &Path) -> Result<String> {
     let mut out = String::from("| quantizer (`--quant`) | bits/weight | perplexity | Δ vs reference |\n|---|---:|---:|---:|\n");
     for (q, b, p, _, _) in &rows {
         out.push_str(&format!("| `{q}` | {} | {p:.2} | {:+.2} |\n", bits(*b), p - base));
+    }
+    Ok(out)
+}
+
+/// The Markdown table of a `qi bench-twins` lines file (see the module docs).
+pub fn twins_table(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let mut out = String::from(
+        "| model | twin | method bits/weight | compact file bits/weight | × method | compact twin | f32 twin | load reference | load compact | load f32 | compact ÷ reference | compact ÷ f32 |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let mut rows = 0;
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let at = || format!("{} line {}", path.display(), i + 1);
+        let v: serde_json::Value = serde_json::from_str(line).with_context(at)?;
+        let num = |k: &str| v.get(k).and_then(|x| x.as_f64()).ok_or_else(|| anyhow!("{}: no number '{k}'", at()));
+        let st = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string).ok_or_else(|| anyhow!("{}: no string '{k}'", at()));
+        let (method, file) = (num("method_bits_per_weight")?, num("compact_bits_per_quantized_weight")?);
+        let (r, c, f) = (num("load_reference_s")?, num("load_compact_s")?, num("load_f32_s")?);
+        let mb = |k: &str| num(k).map(|b| format!("{:.0} MB", b / 1e6));
+        out.push_str(&format!(
+            "| {} | `{}` | {method:.2} | {file:.2} | {:.2} | {} | {} | {r:.2} s | {c:.2} s | {f:.2} s | {:.2} | {:.2} |\n",
+            crate::loader::display_name(&st("model")?),
+            st("spec")?,
+            file / method,
+            mb("compact_dir_bytes")?,
+            mb("f32_dir_bytes")?,
+            c / r,
+            c / f
+        ));
+        rows += 1;
+    }
+    if rows == 0 {
+        bail!("{}: no rows", path.display());
     }
     Ok(out)
 }
@@ -124,6 +162,22 @@ mod tests {
         assert!(format!("{:#}", update("<!-- qi:report study s.toml -->\nno end\n", base).unwrap_err()).contains("no closing"));
         // text without blocks passes through unchanged
         assert_eq!(update("plain\ntext\n", base).unwrap(), ("plain\ntext\n".to_string(), vec![]));
+    }
+
+    #[test]
+    fn twins_table_divides_the_right_loads() {
+        let dir = std::env::temp_dir().join(format!("qi-report-twins-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("t.jsonl");
+        let line = r#"{"model":"/m/SmolLM2.Q4_1.gguf","spec":"nf4","method_bits_per_weight":4.5,"compact_bits_per_quantized_weight":4.6,"compact_dir_bytes":60000000,"f32_dir_bytes":540000000,"load_reference_s":2.0,"load_compact_s":1.5,"load_f32_s":3.0}"#;
+        std::fs::write(&f, format!("{line}\n")).unwrap();
+        let t = twins_table(&f).unwrap();
+        // compact ÷ reference = 0.75 and compact ÷ f32 = 0.50 (swapped, they would read 0.50 and 0.75)
+        assert!(t.ends_with("| SmolLM2.Q4_1 | `nf4` | 4.50 | 4.60 | 1.02 | 60 MB | 540 MB | 2.00 s | 1.50 s | 3.00 s | 0.75 | 0.50 |\n"), "{t}");
+        std::fs::write(&f, line.replace("\"load_f32_s\":3.0", "\"load_f32\":3.0")).unwrap();
+        let e = format!("{:#}", twins_table(&f).unwrap_err());
+        assert!(e.contains("line 1") && e.contains("load_f32_s"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

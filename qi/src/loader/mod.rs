@@ -96,11 +96,7 @@ fn architecture_of(json: &serde_json::Value, path: &Path) -> Result<Architecture
 /// Loads a HF-layout directory: config.json, weights (`files`, or model.safetensors, or the shards
 /// listed in model.safetensors.index.json) and the tokenizer if present.
 pub fn load_hf_dir(dir: &Path, files: Option<Vec<PathBuf>>) -> Result<HookedTransformer> {
-    let cfg_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("{}: cannot read the model config", cfg_path.display()))?;
-    let json: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", cfg_path.display()))?;
-    let arch = architecture_of(&json, &cfg_path)?;
-    let cfg = models::config_from_hf(arch, &HfConfig::new(&json, &cfg_path))?;
+    let cfg = read_config(dir)?;
     let (files, display) = match files {
         Some(f) => {
             let d = f[0].clone();
@@ -115,13 +111,18 @@ pub fn load_hf_dir(dir: &Path, files: Option<Vec<PathBuf>>) -> Result<HookedTran
 /// A twin directory of the twin cache ([`crate::twin_cache`]): its description files and the
 /// compact weights of [`crate::compact`], whose unstored tensors come from `reference`.
 pub fn load_compact_dir(dir: &Path, reference: &HookedTransformer) -> Result<HookedTransformer> {
-    let cfg_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("{}: cannot read the model config", cfg_path.display()))?;
-    let json: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", cfg_path.display()))?;
-    let cfg = models::config_from_hf(architecture_of(&json, &cfg_path)?, &HfConfig::new(&json, &cfg_path))?;
+    let cfg = read_config(dir)?;
     let file = dir.join(crate::compact::FILE);
     let (tensors, types) = crate::compact::load(&file, reference)?;
     build_hf_dir(dir, cfg, &Checkpoint::from_map(&file, tensors, types), &[file])
+}
+
+/// The model config of a HF-layout directory's config.json.
+fn read_config(dir: &Path) -> Result<crate::models::ModelConfig> {
+    let cfg_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("{}: cannot read the model config", cfg_path.display()))?;
+    let json: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", cfg_path.display()))?;
+    models::config_from_hf(architecture_of(&json, &cfg_path)?, &HfConfig::new(&json, &cfg_path))
 }
 
 /// The model of a HF-layout directory from its config and checkpoint.
