@@ -226,6 +226,11 @@ fn bench_forward_prints_one_json_line() {
     let v = json(&qi(&["bench-forward", "--model", LLAMA, "--batch", "2", "--seq", "8", "--runs", "3"], &dir));
     assert_eq!((v["batch"].as_u64(), v["seq"].as_u64(), v["runs"].as_u64()), (Some(2), Some(8), Some(3)));
     assert!(v["min_s"].as_f64().unwrap() <= v["median_s"].as_f64().unwrap());
+    // the fixture: 2 layers × (q 64·64 + k, v 64·32 + o 64·64 + gate, up, down 64·160 + two norms
+    // of 64) + final norm = 86,336 outside the embeddings; the untied unembedding (320 × 64) is the
+    // only embedding matrix that multiplies, the embedding lookup does not
+    assert_eq!((v["params_non_embedding"].as_u64(), v["matmul_params"].as_u64(), v["params"].as_u64()), (Some(86_336), Some(86_336 + 20_480), Some(86_336 + 2 * 20_480)));
+    assert!(v["peak_rss_kb"].as_u64().unwrap() > 1000, "{v}");
     let too_long = qi(&["bench-forward", "--model", LLAMA, "--seq", "1000", "--runs", "1"], &dir);
     assert_eq!(too_long.code, Some(1), "longer than the fixture's 64-token context: {}", too_long.stderr);
     std::fs::remove_dir_all(&dir).unwrap();

@@ -20,7 +20,9 @@
 //!   `scripts/perplexity_table.sh` writes it.
 //! - `twins FILE.jsonl` — one row per line of `qi bench-twins` output (model, spec, bits per
 //!   weight of the method and of the compact file, sizes on disk, median load times and the load
-//!   ratios), as `scripts/bench_twins.sh` writes it.
+//!   ratios), as `scripts/bench_models.sh QI twins` writes it.
+//! - `costs FILE.jsonl` — one row per line of `qi bench-forward` output (parameters, load time,
+//!   median forward, the matmul rate it implies, peak RSS), as `scripts/bench_models.sh QI sizes` writes it.
 //! - `features|induction|calibration|activations|attention|logit-lens FILE.parquet` — the summary
 //!   table of one `qi analyze` result ([`tables`]), as `scripts/smollm2_results.sh` writes them.
 mod tables;
@@ -47,9 +49,10 @@ pub fn render(cmd: &str, base: &Path) -> Result<String> {
         }
         ["perplexity", file] => perplexity_table(&base.join(file)),
         ["twins", file] => twins_table(&base.join(file)),
+        ["costs", file] => costs_table(&base.join(file)),
         [kind, file] if tables::KINDS.contains(kind) => tables::render(kind, &base.join(file)),
         _ => bail!(
-            "report block '{cmd}': unknown; expected `study SPEC [RESULTS]`, `perplexity FILE.jsonl`, `twins FILE.jsonl` or `KIND FILE.parquet` with KIND one of {}",
+            "report block '{cmd}': unknown; expected `study SPEC [RESULTS]`, `perplexity FILE.jsonl`, `twins FILE.jsonl`, `costs FILE.jsonl` or `KIND FILE.parquet` with KIND one of {}",
             tables::KINDS.join(", ")
         ),
     }
@@ -57,16 +60,11 @@ pub fn render(cmd: &str, base: &Path) -> Result<String> {
 
 /// The Markdown perplexity table of a `qi perplexity --json` lines file (see the module docs).
 pub fn perplexity_table(path: &Path) -> Result<String> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
     let mut rows = Vec::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let at = || format!("{} line {}", path.display(), i + 1);
-        let v: serde_json::Value = serde_json::from_str(line).with_context(at)?;
-        let num = |k: &str| v.get(k).and_then(|x| x.as_f64()).ok_or_else(|| anyhow!("{}: no number '{k}'", at()));
-        let quant = v.get("quant").and_then(|x| x.as_str()).ok_or_else(|| anyhow!("{}: no string 'quant'", at()))?.to_string();
-        rows.push((quant, num("bits_per_weight")?, num("perplexity")?, num("windows")?, num("seqlen")?));
+    for l in json_lines(path)? {
+        rows.push((l.st("quant")?, l.num("bits_per_weight")?, l.num("perplexity")?, l.num("windows")?, l.num("seqlen")?));
     }
-    let first = rows.first().ok_or_else(|| anyhow!("{}: no rows", path.display()))?.clone();
+    let first = rows[0].clone();
     if let Some(r) = rows.iter().find(|r| (r.3, r.4) != (first.3, first.4)) {
         bail!("{}: row '{}' has {} windows of {} tokens, the first row {} of {}: rows must share their windows", path.display(), r.0, r.3, r.4, first.3, first.4);
     }
@@ -79,36 +77,79 @@ pub fn perplexity_table(path: &Path) -> Result<String> {
     Ok(out)
 }
 
+/// One line of a JSON-lines results file; its accessors' errors name the file, line and key.
+struct Line {
+    at: String,
+    v: serde_json::Value,
+}
+
+impl Line {
+    fn num(&self, k: &str) -> Result<f64> {
+        self.v.get(k).and_then(|x| x.as_f64()).ok_or_else(|| anyhow!("{}: no number '{k}'", self.at))
+    }
+    fn st(&self, k: &str) -> Result<String> {
+        self.v.get(k).and_then(|x| x.as_str()).map(str::to_string).ok_or_else(|| anyhow!("{}: no string '{k}'", self.at))
+    }
+}
+
+/// The non-empty lines of a JSON-lines file; an error if there are none.
+fn json_lines(path: &Path) -> Result<Vec<Line>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let at = format!("{} line {}", path.display(), i + 1);
+        let v = serde_json::from_str(line).with_context(|| at.clone())?;
+        out.push(Line { at, v });
+    }
+    if out.is_empty() {
+        bail!("{}: no rows", path.display());
+    }
+    Ok(out)
+}
+
 /// The Markdown table of a `qi bench-twins` lines file (see the module docs).
 pub fn twins_table(path: &Path) -> Result<String> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
     let mut out = String::from(
         "| model | twin | method bits/weight | compact file bits/weight | × method | compact twin | f32 twin | load reference | load compact | load f32 | compact ÷ reference | compact ÷ f32 |\n\
          |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
-    let mut rows = 0;
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let at = || format!("{} line {}", path.display(), i + 1);
-        let v: serde_json::Value = serde_json::from_str(line).with_context(at)?;
-        let num = |k: &str| v.get(k).and_then(|x| x.as_f64()).ok_or_else(|| anyhow!("{}: no number '{k}'", at()));
-        let st = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string).ok_or_else(|| anyhow!("{}: no string '{k}'", at()));
-        let (method, file) = (num("method_bits_per_weight")?, num("compact_bits_per_quantized_weight")?);
-        let (r, c, f) = (num("load_reference_s")?, num("load_compact_s")?, num("load_f32_s")?);
-        let mb = |k: &str| num(k).map(|b| format!("{:.0} MB", b / 1e6));
+    for l in json_lines(path)? {
+        let (method, file) = (l.num("method_bits_per_weight")?, l.num("compact_bits_per_quantized_weight")?);
+        let (r, c, f) = (l.num("load_reference_s")?, l.num("load_compact_s")?, l.num("load_f32_s")?);
+        let mb = |k: &str| l.num(k).map(|b| format!("{:.0} MB", b / 1e6));
         out.push_str(&format!(
             "| {} | `{}` | {method:.2} | {file:.2} | {:.2} | {} | {} | {r:.2} s | {c:.2} s | {f:.2} s | {:.2} | {:.2} |\n",
-            crate::loader::display_name(&st("model")?),
-            st("spec")?,
+            crate::loader::display_name(&l.st("model")?),
+            l.st("spec")?,
             file / method,
             mb("compact_dir_bytes")?,
             mb("f32_dir_bytes")?,
             c / r,
             c / f
         ));
-        rows += 1;
     }
-    if rows == 0 {
-        bail!("{}: no rows", path.display());
+    Ok(out)
+}
+
+/// The Markdown table of `qi bench-forward` lines, one per model (see the module docs). The
+/// matmul rate is 2 × matmul parameters × tokens over the median forward: a rate that falls with
+/// size means the forward costs more than its parameter count predicts.
+pub fn costs_table(path: &Path) -> Result<String> {
+    let count = |n: f64| if n >= 1e9 { format!("{:.2} B", n / 1e9) } else { format!("{:.0} M", n / 1e6) };
+    let mut out = String::from(
+        "| model | parameters | non-embedding | load | forward (batch × tokens) | matmul GFLOP/s | peak RSS |\n|---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for l in json_lines(path)? {
+        let (batch, seq, median) = (l.num("batch")?, l.num("seq")?, l.num("median_s")?);
+        let gflops = 2.0 * l.num("matmul_params")? * batch * seq / median / 1e9;
+        out.push_str(&format!(
+            "| {} | {} | {} | {:.2} s | {median:.2} s ({batch} × {seq}) | {gflops:.0} | {:.1} GB |\n",
+            crate::loader::display_name(&l.st("model")?),
+            count(l.num("params")?),
+            count(l.num("params_non_embedding")?),
+            l.num("load_s")?,
+            l.num("peak_rss_kb")? * 1024.0 / 1e9
+        ));
     }
     Ok(out)
 }
@@ -177,6 +218,23 @@ mod tests {
         std::fs::write(&f, line.replace("\"load_f32_s\":3.0", "\"load_f32\":3.0")).unwrap();
         let e = format!("{:#}", twins_table(&f).unwrap_err());
         assert!(e.contains("line 1") && e.contains("load_f32_s"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn costs_table_counts_matmul_parameters_only() {
+        let dir = std::env::temp_dir().join(format!("qi-report-costs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.jsonl");
+        // 2 × 1e8 matmul parameters × 1024 tokens / 2 s = 102 GFLOP/s; counted with all 1.5e8
+        // parameters (the embedding lookup too) it would read 154
+        let line = r#"{"model":"/m/q.gguf","params":150000000,"params_non_embedding":60000000,"matmul_params":100000000,"batch":8,"seq":128,"median_s":2.0,"load_s":1.5,"peak_rss_kb":3000000}"#;
+        std::fs::write(&f, format!("\n{line}\n")).unwrap();
+        let t = costs_table(&f).unwrap();
+        assert!(t.ends_with("| q | 150 M | 60 M | 1.50 s | 2.00 s (8 × 128) | 102 | 3.1 GB |\n"), "{t}");
+        std::fs::write(&f, line.replace("\"seq\":128,", "")).unwrap();
+        let e = format!("{:#}", costs_table(&f).unwrap_err());
+        assert!(e.contains("line 1") && e.contains("'seq'"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
