@@ -84,9 +84,26 @@ fn induction_scores_use_only_real_tokens() {
     for l in 0..m.cfg.n_layers {
         for h in 0..m.cfg.n_heads {
             assert!((a.stripe[l][h] - b.stripe[l][h]).abs() < 1e-5 && (a.mul[l][h] - b.mul[l][h]).abs() < 1e-5);
+            assert!((a.prev_token[l][h] - b.prev_token[l][h]).abs() < 1e-5);
         }
     }
     assert!((a.loss - b.loss).abs() < 1e-4);
+    // the previous-token score is each row's mean attention from q to q − 1 (the key before the
+    // query; q + 1 is masked), averaged over rows: read here straight from the cached pattern
+    let t = set.len();
+    for l in 0..m.cfg.n_layers {
+        let mut want = vec![0.0; m.cfg.n_heads];
+        for row in &set.rows {
+            let (_, cache) = m.run_with_cache(&qi::Batch::from_rows(&[row.clone()], qi::Padding::Right, 0).unwrap(), "blocks.*.attn.hook_pattern").unwrap();
+            let p = cache.get(&names::pattern(l)).unwrap().get(0).unwrap().to_dtype(candle_core::DType::F32).unwrap().to_vec3::<f32>().unwrap();
+            for (h, w) in want.iter_mut().enumerate() {
+                *w += (1..t).map(|q| p[h][q][q - 1] as f64).sum::<f64>() / (t - 1) as f64 / set.rows.len() as f64;
+            }
+        }
+        for (h, w) in want.iter().enumerate() {
+            assert!((b.prev_token[l][h] - w).abs() < 1e-5, "L{l}H{h}: {} vs {w}", b.prev_token[l][h]);
+        }
+    }
     // the generator: BOS, r, r with no special tokens in r
     let bos = m.cfg.bos_token_id.unwrap();
     for row in &set.rows {

@@ -285,6 +285,9 @@ pub fn survival(reference: &[bool], twin: &[bool]) -> (f64, usize) {
 pub struct HeadScores {
     pub stripe: Vec<Vec<f64>>,
     pub mul: Vec<Vec<f64>>,
+    /// Mean attention from each query to the position before it (the previous-token head of the
+    /// induction circuit), per sequence then over sequences.
+    pub prev_token: Vec<Vec<f64>>,
     pub loss: f64,
 }
 
@@ -292,7 +295,7 @@ pub struct HeadScores {
 /// [`LossInputs::induction`]); caches only the attention patterns.
 pub fn head_scores(model: &HookedTransformer, set: &RepeatedTokens, inputs: &LossInputs, exclude_bos: bool, exclude_current_token: bool) -> Result<HeadScores> {
     let (nl, nh) = (model.cfg.n_layers, model.cfg.n_heads);
-    let (mut stripe, mut mul) = (vec![vec![0.0; nh]; nl], vec![vec![0.0; nh]; nl]);
+    let (mut stripe, mut mul, mut prev) = (vec![vec![0.0; nh]; nl], vec![vec![0.0; nh]; nl], vec![vec![0.0; nh]; nl]);
     let mut loss = 0.0;
     let mut row0 = 0;
     for (bi, batch) in inputs.batches.iter().enumerate() {
@@ -311,6 +314,8 @@ pub fn head_scores(model: &HookedTransformer, set: &RepeatedTokens, inputs: &Los
                     let a: Vec<f32> = (0..n).flat_map(|q| full[q * t..q * t + n].iter().copied()).collect();
                     stripe[l][h] += stripe_score(&a, n, set.offset, set.half);
                     mul[l][h] += metrics::head_detection_score_mul(&a, n, &detection[i], exclude_bos, exclude_current_token);
+                    let (sum, count) = super::attention::prev_token_score(&a, n, n);
+                    prev[l][h] += sum / count as f64;
                 }
             }
         }
@@ -321,9 +326,10 @@ pub fn head_scores(model: &HookedTransformer, set: &RepeatedTokens, inputs: &Los
         for h in 0..nh {
             stripe[l][h] /= n;
             mul[l][h] /= n;
+            prev[l][h] /= n;
         }
     }
-    Ok(HeadScores { stripe, mul, loss })
+    Ok(HeadScores { stripe, mul, prev_token: prev, loss })
 }
 
 /// Options of [`Induction`].
