@@ -481,11 +481,12 @@ fn bench_forward(src: &str, batch: usize, seq: usize, runs: usize, seed: u64) ->
     times.sort_by(|a, b| a.total_cmp(b));
     // matmul parameters: every block weight plus the unembedding (an embedding lookup costs no
     // multiply), so 2 × matmul_params × tokens is the forward's FLOP count up to attention scores
-    let matmul_params = m.n_params_non_embedding() + m.cfg.d_vocab * m.cfg.d_model;
+    let non_embedding = m.n_params_non_embedding();
+    let matmul_params = non_embedding + m.cfg.d_vocab * m.cfg.d_model;
     let v = serde_json::json!({
         "impl": "qi", "median_s": times[times.len() / 2], "min_s": times[0], "runs": times.len(), "load_s": load_s,
         "threads": candle_core::utils::get_num_threads(), "batch": batch, "seq": seq,
-        "model": src, "params": m.n_params(), "params_non_embedding": m.n_params_non_embedding(),
+        "model": src, "params": m.n_params(), "params_non_embedding": non_embedding,
         "matmul_params": matmul_params, "peak_rss_kb": qi::study::peak_rss_kb(),
     });
     println!("{v}");

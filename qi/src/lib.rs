@@ -32,6 +32,8 @@ pub mod sae;
 pub mod shared;
 pub mod size_axis;
 pub mod study;
+#[cfg(test)]
+mod testing;
 pub mod tokenizer;
 pub mod twin_cache;
 

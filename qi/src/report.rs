@@ -207,8 +207,7 @@ mod tests {
 
     #[test]
     fn twins_table_divides_the_right_loads() {
-        let dir = std::env::temp_dir().join(format!("qi-report-twins-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testing::scratch("report-twins");
         let f = dir.join("t.jsonl");
         let line = r#"{"model":"/m/SmolLM2.Q4_1.gguf","spec":"nf4","method_bits_per_weight":4.5,"compact_bits_per_quantized_weight":4.6,"compact_dir_bytes":60000000,"f32_dir_bytes":540000000,"load_reference_s":2.0,"load_compact_s":1.5,"load_f32_s":3.0}"#;
         std::fs::write(&f, format!("{line}\n")).unwrap();
@@ -223,8 +222,7 @@ mod tests {
 
     #[test]
     fn costs_table_counts_matmul_parameters_only() {
-        let dir = std::env::temp_dir().join(format!("qi-report-costs-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testing::scratch("report-costs");
         let f = dir.join("c.jsonl");
         // 2 × 1e8 matmul parameters × 1024 tokens / 2 s = 102 GFLOP/s; counted with all 1.5e8
         // parameters (the embedding lookup too) it would read 154
@@ -240,8 +238,7 @@ mod tests {
 
     #[test]
     fn perplexity_table_from_json_lines() {
-        let dir = std::env::temp_dir().join(format!("qi-report-ppl-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testing::scratch("report-ppl");
         let f = dir.join("p.jsonl");
         let row = |q: &str, b: f64, p: f64, w: u32| format!("{{\"quant\":\"{q}\",\"bits_per_weight\":{b},\"perplexity\":{p},\"windows\":{w},\"seqlen\":512}}\n");
         // the reference need not come first; Δ is against it, not against the first row

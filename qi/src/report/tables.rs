@@ -377,9 +377,7 @@ mod tests {
 
     /// Renders `rows` (as one parquet file) as the `kind` table.
     fn table(kind: &str, rows: Vec<Row>) -> Result<String> {
-        let dir =
-            std::env::temp_dir().join(format!("qi-report-tables-{}-{kind}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testing::scratch(&format!("report-tables-{kind}"));
         let f = dir.join("t.parquet");
         write_parquet(
             &Tidy {
