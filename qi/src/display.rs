@@ -162,6 +162,22 @@ impl std::fmt::Display for Table {
     }
 }
 
+/// Markdown text (a `qi report` table, a computed finding) that a notebook shows rendered.
+#[derive(Clone, Debug)]
+pub struct Markdown(pub String);
+
+/// Wraps Markdown text for display: the last expression `qi::display::markdown(text)` renders it.
+pub fn markdown(text: impl Into<String>) -> Markdown {
+    Markdown(text.into())
+}
+
+impl Markdown {
+    /// evcxr's display hook: rendered Markdown, with the text itself as the plain fallback.
+    pub fn evcxr_display(&self) {
+        emit(&[("text/markdown", &self.0), ("text/plain", &self.0)]);
+    }
+}
+
 /// A plotly figure prepared for display; see [`figure`].
 #[derive(Clone)]
 pub struct Figure {

@@ -23,8 +23,9 @@
 //!   ratios), as `scripts/bench_models.sh QI twins` writes it.
 //! - `costs FILE.jsonl` — one row per line of `qi bench-forward` output (parameters, load time,
 //!   median forward, the matmul rate it implies, peak RSS), as `scripts/bench_models.sh QI sizes` writes it.
-//! - `features|induction|calibration|activations|attention|logit-lens FILE.parquet` — the summary
-//!   table of one `qi analyze` result ([`tables`]), as `scripts/smollm2_results.sh` writes them.
+//! - `features|induction|calibration|activations|attention|logit-lens|ablation|patching|neurons|salient-neurons FILE.parquet`
+//!   — the summary table of one `qi analyze` result ([`tables`]), as `scripts/smollm2_results.sh`
+//!   writes them.
 mod tables;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -56,6 +57,15 @@ pub fn render(cmd: &str, base: &Path) -> Result<String> {
             tables::KINDS.join(", ")
         ),
     }
+}
+
+/// The summary table that the block `KIND FILE.parquet` prints, from results in memory: a
+/// notebook shows its own run's table, the docs the committed run's, through the same code.
+pub fn analysis_table(kind: &str, results: &crate::analysis::Tidy) -> Result<String> {
+    if !tables::KINDS.contains(&kind) {
+        bail!("no summary table for '{kind}'; tables exist for {}", tables::KINDS.join(", "));
+    }
+    tables::render_tidy(kind, results.clone(), Path::new(&format!("the {kind} results of {}", results.model)))
 }
 
 /// The Markdown perplexity table of a `qi perplexity --json` lines file (see the module docs).

@@ -271,6 +271,12 @@ fn all_prompts(df: &DataFrame) -> Result<DataFrame> {
 }
 
 /// `metric` at the output layer per prompt category (bars, one per method; 95% CI).
+/// The first layer from which every value of `per_layer` stays below `limit` (None if the last
+/// does not): where a model's lens has settled, e.g. KL to its own output below 1 nat for good.
+pub fn settles_below(per_layer: &[f64], limit: f64) -> Option<usize> {
+    (0..per_layer.len()).find(|&l| per_layer[l..].iter().all(|&x| x < limit))
+}
+
 pub fn category_figure(df: &DataFrame, metric: &str) -> Result<Plot> {
     let d = filter_eq(df, "metric", metric)?;
     let last = f64_values(&d, "layer")?.into_iter().fold(0.0, f64::max);
@@ -295,6 +301,14 @@ pub fn figure(df: &DataFrame, metric: &str) -> Result<Plot> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn settling_means_staying_below_not_dipping_below_once() {
+        // dips under 1 at layer 1 but comes back up: it settles at layer 3
+        assert_eq!(super::settles_below(&[3.0, 0.5, 2.0, 0.5, 0.2], 1.0), Some(3));
+        assert_eq!(super::settles_below(&[3.0, 0.5, 2.0, 0.5, 1.0], 1.0), None, "equal to the limit is not below it");
+        assert_eq!(super::settles_below(&[0.1, 0.2], 1.0), Some(0));
+    }
+
     use super::*;
 
     #[test]

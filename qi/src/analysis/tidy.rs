@@ -103,6 +103,24 @@ impl Row {
     fn label_value(&self, name: &str) -> Option<&Label> {
         self.labels.iter().find(|(k, _)| k == name).map(|(_, v)| v)
     }
+    /// The string label `name` (None when absent or not a string).
+    pub fn label_str(&self, name: &str) -> Option<&str> {
+        match self.label_value(name) {
+            Some(Label::Str(s)) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// The distinct values of the string label `name` over `rows`, in row order.
+pub fn label_values<'r>(rows: impl IntoIterator<Item = &'r Row>, name: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for v in rows.into_iter().filter_map(|r| r.label_str(name)) {
+        if !out.iter().any(|o| o == v) {
+            out.push(v.to_string());
+        }
+    }
+    out
 }
 
 /// Rows of one analysis for one model.
@@ -155,6 +173,18 @@ impl Tidy {
             .collect();
         v.sort_by_key(|x| x.0);
         v.into_iter().map(|x| x.1).collect()
+    }
+
+    /// The value of `metric` for `spec` on its row without a layer and head (a model-level number
+    /// such as IOI's logit difference); None when there is no such row.
+    pub fn scalar(&self, spec: &str, metric: &str) -> Option<f64> {
+        self.rows.iter().find(|r| r.spec == spec && r.metric == metric && r.layer.is_none() && r.head.is_none()).map(|r| r.value)
+    }
+
+    /// The distinct values of the string label `name`, in row order (e.g. a logit lens's prompt
+    /// categories).
+    pub fn label_values(&self, name: &str) -> Vec<String> {
+        label_values(&self.rows, name)
     }
 
     /// Means over seeds: rows equal in everything but `seed`, `value`, `ci` and `n` are merged into
@@ -378,6 +408,26 @@ pub fn read_parquet(path: &std::path::Path) -> Result<DataFrame> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn scalar_reads_the_model_level_row_and_labels_come_in_row_order() {
+        let q: QuantSpec = "rtn:bits=4".parse().unwrap();
+        let t = Tidy {
+            model: "m".into(),
+            rows: vec![
+                // a per-layer row of the same metric first: scalar must not take it
+                Row::new(&q, "logit_diff", 9.0).layer(3).label("category", "code"),
+                Row::new(&q, "logit_diff", 1.5).label("category", "all"),
+                Row::new(&q, "logit_diff", 7.0).layer(0).head(1).label("category", "code"),
+                Row::new(&q, "n", 2.0).label("category", 4usize),
+            ],
+        };
+        assert_eq!(t.scalar("rtn:bits=4", "logit_diff"), Some(1.5));
+        assert_eq!(t.scalar("rtn:bits=3", "logit_diff"), None);
+        assert_eq!(t.label_values("category"), ["code", "all"], "an integer label is not a string value");
+        assert_eq!(t.rows[0].label_str("category"), Some("code"));
+        assert_eq!(t.rows[3].label_str("category"), None);
+    }
+
     use super::*;
 
     #[test]

@@ -9,13 +9,17 @@ use anyhow::{anyhow, bail, Context, Result};
 use std::path::Path;
 
 /// The analyses with a table, as block kinds.
-pub const KINDS: [&str; 6] = [
+pub const KINDS: [&str; 10] = [
     "features",
     "induction",
     "calibration",
     "activations",
     "attention",
     "logit-lens",
+    "ablation",
+    "patching",
+    "neurons",
+    "salient-neurons",
 ];
 
 /// The table of analysis `kind` from the parquet file `path`.
@@ -23,6 +27,11 @@ pub fn render(kind: &str, path: &Path) -> Result<String> {
     let df = read_parquet(path)
         .with_context(|| format!("{}: cannot read a tidy results table", path.display()))?;
     let raw = Tidy::from_frame(&df).with_context(|| path.display().to_string())?;
+    render_tidy(kind, raw, path)
+}
+
+/// The table of analysis `kind` from results in memory; `path` names them in errors.
+pub fn render_tidy(kind: &str, raw: Tidy, path: &Path) -> Result<String> {
     let seeds: std::collections::BTreeSet<Option<u64>> = raw.rows.iter().map(|r| r.seed).collect();
     let t = Results {
         tidy: if seeds.len() > 1 {
@@ -39,6 +48,10 @@ pub fn render(kind: &str, path: &Path) -> Result<String> {
         "activations" => t.activations(),
         "attention" => t.attention(),
         "logit-lens" => t.logit_lens(),
+        "ablation" => t.ablation(),
+        "patching" => t.patching(),
+        "neurons" => t.neurons(),
+        "salient-neurons" => t.salient(),
         _ => bail!(
             "no table for '{kind}'; tables exist for {}",
             KINDS.join(", ")
@@ -62,11 +75,20 @@ fn label_is(r: &Row, name: &str, value: &str) -> bool {
     })
 }
 
-fn label_str<'r>(r: &'r Row, name: &str) -> Option<&'r str> {
+fn label_int(r: &Row, name: &str) -> Option<i64> {
     r.labels.iter().find_map(|(k, v)| match v {
-        Label::Str(s) if k == name => Some(s.as_str()),
+        Label::Int(i) if k == name => Some(*i),
         _ => None,
     })
+}
+
+/// `L{layer}H{head}`, or `L{layer}` for a row without a head.
+fn site(r: &Row) -> String {
+    match (r.layer, r.head) {
+        (Some(l), Some(h)) => format!("L{l}H{h}"),
+        (Some(l), None) => format!("L{l}"),
+        _ => "–".into(),
+    }
 }
 
 /// `v` with `d` decimals, and its CI when it has a non-empty one; NaN as "–".
@@ -197,7 +219,7 @@ impl Results<'_> {
             .ok_or_else(|| anyhow!("{}: no twin rows", self.path.display()))?;
         let detector = |rule| {
             self.one(first, "survival", stripe(rule))
-                .map(|r| label_str(r, "detector").unwrap_or(rule).to_string())
+                .map(|r| r.label_str("detector").unwrap_or(rule).to_string())
         };
         // after averaging over seeds `n` counts seeds, so the heads are counted from the scores
         let heads = match self.per_head("none", "stripe_score").len() {
@@ -319,16 +341,9 @@ impl Results<'_> {
 
     fn logit_lens(&self) -> Result<String> {
         let last = self.last_layer()?;
-        let mut categories: Vec<&str> = Vec::new();
-        for r in &self.tidy.rows {
-            if let Some(c) = label_str(r, "category") {
-                if !categories.contains(&c) {
-                    categories.push(c);
-                }
-            }
-        }
+        let mut categories = self.tidy.label_values("category");
         // "all" first, the categories in file order after it
-        categories.sort_by_key(|c| *c != "all");
+        categories.sort_by_key(|c| c != "all");
         if categories.is_empty() {
             bail!(
                 "{}: no 'category' label (run the logit lens with by_category=true)",
@@ -344,7 +359,7 @@ impl Results<'_> {
             "\n|---|---:|---:|{}\n",
             "---|".repeat(twins.len())
         ));
-        for cat in categories {
+        for cat in &categories {
             let here = |r: &Row| r.layer == Some(last) && label_is(r, "category", cat);
             let p = self.one("none", "target_prob", here)?;
             out.push_str(&format!(
@@ -360,6 +375,156 @@ impl Results<'_> {
                 ));
             }
             out.push('\n');
+        }
+        Ok(out)
+    }
+
+    /// The heads whose ablation moves the reference's loss most, per target and ablation, and
+    /// each twin's heads ranked by importance × drift (the analysis's own ranks).
+    fn ablation(&self) -> Result<String> {
+        const TOP: usize = 5;
+        let mut out = format!(
+            "Reference: loss increase (nats) when one head's `hook_z` is ablated, the {TOP} largest per target and ablation.\n\n\
+             | target (clean loss) | ablation | largest increases |\n|---|---|---|\n"
+        );
+        let deltas: Vec<&Row> = self.rows("none", "ablation_delta").collect();
+        if deltas.is_empty() {
+            bail!("{}: no 'ablation_delta' rows for the reference", self.path.display());
+        }
+        for target in crate::analysis::tidy::label_values(deltas.iter().copied(), "target") {
+            let clean = self.one("none", "clean_loss", |r| label_is(r, "target", &target))?;
+            for how in crate::analysis::tidy::label_values(deltas.iter().copied().filter(|r| label_is(r, "target", &target)), "ablation") {
+                let mut here: Vec<&Row> = deltas.iter().copied().filter(|r| label_is(r, "target", &target) && label_is(r, "ablation", &how)).collect();
+                here.sort_by(|a, b| b.value.total_cmp(&a.value));
+                let top: Vec<String> = here.iter().take(TOP).map(|r| format!("{} {:+.2}", site(r), r.value)).collect();
+                out.push_str(&format!("| {target} ({}) | {how} | {} |\n", fmt(clean.value, 2), top.join(", ")));
+            }
+        }
+        let twins = self.twins();
+        if !twins.is_empty() {
+            let drift = self
+                .tidy
+                .rows
+                .iter()
+                .find(|r| r.metric == "importance_x_drift")
+                .and_then(|r| r.label_str("drift"))
+                .unwrap_or("?")
+                .to_string();
+            out.push_str(&format!(
+                "\nEach twin's heads by importance (induction-loss increase under ablation, at least 0) × drift ({drift}), the {TOP} first:\n\n\
+                 | twin (`--quant`) | heads ranked by importance × drift |\n|---|---|\n"
+            ));
+            for s in twins {
+                let mut ranked: Vec<&Row> = self.rows(s, "importance_x_drift_rank").collect();
+                if ranked.is_empty() {
+                    bail!("{}: no 'importance_x_drift_rank' rows for '{s}'", self.path.display());
+                }
+                ranked.sort_by(|a, b| a.value.total_cmp(&b.value));
+                let top: Vec<String> = ranked.iter().take(TOP).map(|r| site(r)).collect();
+                out.push_str(&format!("| {} | {} |\n", spec_cell(s), top.join(", ")));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Per twin: the loss it starts from, the greedy repair's recovery at its largest k for each
+    /// ranking rule, and the best single site.
+    fn patching(&self) -> Result<String> {
+        let reference = self.one("none", "metric_value", |_| true)?;
+        let target = reference.label_str("target").unwrap_or("?").to_string();
+        let repair: Vec<&Row> = self.tidy.rows.iter().filter(|r| r.metric == "repair_recovery").collect();
+        let rules = crate::analysis::tidy::label_values(repair.iter().copied(), "rule");
+        let k = repair.iter().filter_map(|r| label_int(r, "k")).max();
+        let component = self.tidy.rows.iter().find(|r| r.metric == "recovery").and_then(|r| r.label_str("component")).map(str::to_string);
+        let mut out = format!(
+            "Recovery of each twin's {target}-loss damage, (M_patched − M_twin) / (M_ref − M_twin): 1 = all of it, 0 = none. Repair restores the reference's `hook_z` of the first k heads of a ranking together.\n\n| twin (`--quant`) | {target} loss, reference → twin |"
+        );
+        if let Some(k) = k {
+            for rule in &rules {
+                out.push_str(&format!(" repair, top {k} by {} |", rule.replace("_x_", " × ").replace('_', " ")));
+            }
+        }
+        if let Some(c) = &component {
+            out.push_str(&format!(" best single `{c}` (site) |"));
+        }
+        let cols = 1 + k.map_or(0, |_| rules.len()) + usize::from(component.is_some());
+        out.push_str(&format!("\n|---|{}\n", "---:|".repeat(cols)));
+        for s in self.twins() {
+            let m = self.one(s, "metric_value", |_| true)?;
+            out.push_str(&format!("| {} | {} → {} |", spec_cell(s), fmt(reference.value, 2), fmt(m.value, 2)));
+            if let Some(k) = k {
+                for rule in &rules {
+                    let v = self.value(s, "repair_recovery", |r| label_is(r, "rule", rule) && label_int(r, "k") == Some(k))?;
+                    out.push_str(&format!(" {} |", pct(v)));
+                }
+            }
+            if component.is_some() {
+                let best = self.rows(s, "recovery").max_by(|a, b| a.value.total_cmp(&b.value)).ok_or_else(|| anyhow!("{}: no 'recovery' rows for '{s}'", self.path.display()))?;
+                out.push_str(&format!(" {} ({}) |", pct(best.value), site(best)));
+            }
+            out.push('\n');
+        }
+        Ok(out)
+    }
+
+    /// Dead neurons and redundancy per model, over the analysed layers (worst layer and range).
+    fn neurons(&self) -> Result<String> {
+        let mut out = String::from(
+            "MLP neurons (`mlp.hook_post`): dead = |a| below the analysis's `dead_threshold` on every token; redundancy from pairwise Pearson r over a seeded sample of neurons per layer (pairs with |r| ≥ `redundant_r`).\n\n\
+             | model (`--quant`) | layers | tokens | dead neurons, worst layer | mean abs(r), range over layers | redundant pairs, worst layer |\n|---|---|---:|---:|---:|---:|\n",
+        );
+        // the worst layer is named only when something is dead or redundant there
+        fn worst<'r>(rows: &[&'r Row]) -> Option<(&'r Row, String)> {
+            rows.iter().copied().max_by(|a, b| a.value.total_cmp(&b.value)).map(|r| (r, if r.value > 0.0 { format!(" ({})", site(r)) } else { String::new() }))
+        }
+        for s in self.specs() {
+            let dead: Vec<&Row> = self.rows(s, "dead_fraction").collect();
+            let (d, dl) = worst(&dead).ok_or_else(|| anyhow!("{}: no 'dead_fraction' rows for '{s}'", self.path.display()))?;
+            let layers: Vec<String> = dead.iter().filter_map(|r| r.layer).map(|l| l.to_string()).collect();
+            let corr: Vec<f64> = self.rows(s, "mean_abs_corr").map(|r| r.value).collect();
+            let red: Vec<&Row> = self.rows(s, "redundant_share").collect();
+            let (rv, rl) = worst(&red).ok_or_else(|| anyhow!("{}: no 'redundant_share' rows for '{s}'", self.path.display()))?;
+            // a share of a few pairs in tens of thousands reads better as a count
+            let pairs = match rv.n {
+                Some(n) => format!("{:.0} of {n}", rv.value * n as f64),
+                None => pct(rv.value),
+            };
+            let (lo, hi) = corr.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+            out.push_str(&format!(
+                "| {} | {} | {} | {}{dl} | {}–{} | {pairs}{rl} |\n",
+                spec_cell(s),
+                layers.join(", "),
+                d.n.map_or("?".into(), |n| n.to_string()),
+                pct(d.value),
+                fmt(lo, 3),
+                fmt(hi, 3),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Salient neurons per model over all analysed layers (`scope = total` rows).
+    fn salient(&self) -> Result<String> {
+        let total = |r: &Row| label_is(r, "scope", "total");
+        let mut out = String::from(
+            "Integrated gradients of each model's own predicted token with respect to `mlp.hook_post`; a neuron is salient at ≥ the analysis's `threshold` of its layer's largest |IG|. Means over examples with bootstrap CIs, summed over the analysed layers.\n\n\
+             | model (`--quant`) | examples | salient neurons per example | Jaccard with the reference's set | predicts the reference's token | completeness gap, worst layer |\n|---|---:|---:|---:|---:|---:|\n",
+        );
+        for s in self.specs() {
+            let count = self.one(s, "salient_count", total)?;
+            let gap = self.rows(s, "ig_completeness_rel").map(|r| r.value).fold(f64::NEG_INFINITY, f64::max);
+            let (jac, agree) = if s == "none" {
+                ("–".to_string(), "–".to_string())
+            } else {
+                (num(self.one(s, "salient_jaccard", total)?, 2), pct(self.value(s, "target_agreement", total)?))
+            };
+            out.push_str(&format!(
+                "| {} | {} | {} | {jac} | {agree} | {} |\n",
+                spec_cell(s),
+                count.n.map_or("?".into(), |n| n.to_string()),
+                num(count, 2),
+                pct(gap)
+            ));
         }
         Ok(out)
     }
@@ -567,6 +732,105 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("after layer 2 |"), "{t}");
+    }
+
+    #[test]
+    fn ablation_table_ranks_by_signed_increase_per_target_and_reads_twin_ranks() {
+        let (none, q) = (spec("none"), spec("rtn:bits=4"));
+        let mut rows = vec![
+            Row::new(&none, "clean_loss", 3.84).label("target", "induction"),
+            Row::new(&none, "clean_loss", 4.44).label("target", "text"),
+        ];
+        // a large negative change must not rank first (sorting by |Δ| would put it there)
+        let deltas = [(0, 0, -9.0), (0, 1, 4.5), (1, 0, 1.5), (1, 1, 0.2), (2, 0, 0.9), (2, 1, 0.1)];
+        for target in ["induction", "text"] {
+            for how in ["zero", "mean"] {
+                let scale = if target == "text" { 0.1 } else { 1.0 } * if how == "mean" { 2.0 } else { 1.0 };
+                for (l, h, d) in deltas {
+                    rows.push(Row::new(&none, "ablation_delta", d * scale).layer(l).head(h).label("ablation", how).label("target", target));
+                }
+            }
+        }
+        // ranks say L2H1 first even though its product is the smaller: the table follows the ranks
+        for (r, (l, h, v)) in [(2, 0, 0.5), (1, 1, 0.9), (0, 1, 0.8), (2, 1, 0.3), (0, 0, 0.0), (1, 0, 0.1)].into_iter().enumerate() {
+            rows.push(Row::new(&q, "importance_x_drift", v).layer(l).head(h).label("drift", "js"));
+            rows.push(Row::new(&q, "importance_x_drift_rank", (r + 1) as f64).layer(l).head(h).label("drift", "js"));
+        }
+        let t = table("ablation", rows).unwrap();
+        assert!(t.contains("| induction (3.84) | zero | L0H1 +4.50, L1H0 +1.50, L2H0 +0.90, L1H1 +0.20, L2H1 +0.10 |\n"), "{t}");
+        assert!(t.contains("| induction (3.84) | mean | L0H1 +9.00, L1H0 +3.00,"), "{t}");
+        assert!(t.contains("| text (4.44) | zero | L0H1 +0.45, L1H0 +0.15,"), "{t}");
+        assert!(t.contains("drift (js)"), "{t}");
+        assert!(t.ends_with("| `rtn:bits=4` | L2H0, L1H1, L0H1, L2H1, L0H0 |\n"), "{t}");
+    }
+
+    #[test]
+    fn patching_table_reads_the_largest_k_per_rule_and_the_best_site() {
+        let (none, q) = (spec("none"), spec("gptq:bits=3"));
+        let mut rows = vec![
+            Row::new(&none, "metric_value", 3.84).label("target", "induction"),
+            Row::new(&q, "metric_value", 13.0).label("target", "induction"),
+        ];
+        for (l, v) in [(0, 0.05), (1, 0.42), (2, -0.3)] {
+            rows.push(Row::new(&q, "recovery", v).layer(l).label("component", "attn_out").label("target", "induction"));
+        }
+        for (rule, base) in [("drift", 0.1), ("importance", 0.2), ("importance_x_drift", 0.3)] {
+            for k in 1..=3usize {
+                // k = 1 reads differently from k = 3, and each rule differently from the others
+                rows.push(Row::new(&q, "repair_recovery", base + 0.01 * k as f64).label("rule", rule).label("k", k).label("target", "induction"));
+            }
+        }
+        let t = table("patching", rows).unwrap();
+        assert!(t.contains("| twin (`--quant`) | induction loss, reference → twin | repair, top 3 by drift | repair, top 3 by importance | repair, top 3 by importance × drift | best single `attn_out` (site) |\n|---|---:|---:|---:|---:|---:|\n"), "{t}");
+        assert!(t.ends_with("| `gptq:bits=3` | 3.84 → 13.00 | 13.0 % | 23.0 % | 33.0 % | 42.0 % (L1) |\n"), "{t}");
+    }
+
+    #[test]
+    fn a_table_from_results_in_memory_equals_the_one_from_their_parquet_file() {
+        let (none, q) = (spec("none"), spec("gptq:bits=3"));
+        let mut rows = vec![
+            Row::new(&none, "metric_value", 3.84).label("target", "induction"),
+            Row::new(&q, "metric_value", 13.0).label("target", "induction"),
+        ];
+        for k in 1..=2usize {
+            rows.push(Row::new(&q, "repair_recovery", 0.1 * k as f64).label("rule", "drift").label("k", k).label("target", "induction"));
+        }
+        let memory = crate::report::analysis_table("patching", &Tidy { model: "m".into(), rows: rows.clone() }).unwrap();
+        assert_eq!(memory, table("patching", rows).unwrap());
+        assert!(memory.contains("| 20.0 % |"), "{memory}");
+        let e = crate::report::analysis_table("sankey", &Tidy { model: "m".into(), rows: vec![] }).unwrap_err().to_string();
+        assert!(e.contains("no summary table for 'sankey'") && e.contains("patching"), "{e}");
+    }
+
+    #[test]
+    fn neurons_table_reports_the_worst_layer_and_the_range() {
+        let q = spec("rtn:bits=3");
+        let mut rows = Vec::new();
+        for (l, dead, corr, red) in [(0, 0.0, 0.04, 0.0), (5, 0.02, 0.07, 0.001), (10, 0.01, 0.05, 0.003)] {
+            rows.push(Row::new(&q, "dead_fraction", dead).layer(l).n(2032));
+            rows.push(Row::new(&q, "mean_abs_corr", corr).layer(l).n(100));
+            rows.push(Row::new(&q, "redundant_share", red).layer(l).n(1000));
+        }
+        let t = table("neurons", rows).unwrap();
+        // the mean over layers (1.0 %) or the first layer's value (0.0 %) would read differently
+        assert!(t.ends_with("| `rtn:bits=3` | 0, 5, 10 | 2032 | 2.0 % (L5) | 0.040–0.070 | 3 of 1000 (L10) |\n"), "{t}");
+    }
+
+    #[test]
+    fn salient_table_reads_totals_not_layers() {
+        let (none, q) = (spec("none"), spec("rtn:bits=4"));
+        let mut rows = Vec::new();
+        for s in [&none, &q] {
+            rows.push(Row::new(s, "salient_count", 1.0).layer(3).label("scope", "layer").ci(0.5, 1.5).n(16));
+            rows.push(Row::new(s, "salient_count", 9.5).label("scope", "total").ci(8.0, 11.0).n(16));
+            rows.push(Row::new(s, "ig_completeness_rel", 0.004).layer(3).label("scope", "layer").n(16));
+            rows.push(Row::new(s, "ig_completeness_rel", 0.001).layer(9).label("scope", "layer").n(16));
+        }
+        rows.push(Row::new(&q, "salient_jaccard", 0.9).layer(3).label("scope", "layer").ci(0.8, 1.0).n(16));
+        rows.push(Row::new(&q, "salient_jaccard", 0.25).label("scope", "total").ci(0.2, 0.3).n(16));
+        rows.push(Row::new(&q, "target_agreement", 0.5).label("scope", "total").n(16));
+        let t = table("salient-neurons", rows).unwrap();
+        assert!(t.ends_with("| reference | 16 | 9.50 [8.00, 11.00] | – | – | 0.4 % |\n| `rtn:bits=4` | 16 | 9.50 [8.00, 11.00] | 0.25 [0.20, 0.30] | 50.0 % | 0.4 % |\n"), "{t}");
     }
 
     #[test]
