@@ -160,6 +160,36 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// The exact token inputs qi's jobs use, as JSON, so that a peer (a PyTorch script,
+    /// TransformerLens) runs on the same tokens: GPTQ/AWQ calibration windows (C4 calibration
+    /// split), the perplexity windows (WikiText-2 evaluation half) and the induction sequences
+    /// ([BOS] r r per seed). A group with a count of 0 is left out.
+    Inputs {
+        #[arg(long)]
+        model: String,
+        /// Calibration windows, as `gptq:samples=N,seqlen=L` draws them (seed `--calib-seed`).
+        #[arg(long, default_value_t = 64)]
+        calib_samples: usize,
+        #[arg(long, default_value_t = 512)]
+        calib_seqlen: usize,
+        #[arg(long, default_value_t = 0)]
+        calib_seed: u64,
+        /// Perplexity windows (consecutive, from the start of the evaluation half).
+        #[arg(long, default_value_t = 20)]
+        ppl_windows: usize,
+        #[arg(long, default_value_t = 512)]
+        ppl_seqlen: usize,
+        /// Induction sequences: seeds 0..N, each with `--induction-seqs` rows of [BOS] r r.
+        #[arg(long, default_value_t = 5)]
+        induction_seeds: u64,
+        #[arg(long, default_value_t = 50)]
+        induction_seqs: usize,
+        #[arg(long, default_value_t = 25)]
+        induction_len: usize,
+        /// Write the JSON here (default: stdout).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Twin storage benchmark: each twin as the cache stores it (compact codes and scales) against
     /// the same twin as f32, on disk and at load (alternating rounds, the reference's own load
     /// timed in each); prints one JSON line per spec.
@@ -259,6 +289,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Quantize { model, quant, out, cache, embeddings, unembedding, json } => quantize(&model, &quant, out.as_deref().filter(|_| !cache), embeddings, unembedding, json),
         Command::Perplexity { model, quant, seqlen, windows, text, json } => perplexity(&model, &quant, seqlen, windows, text.as_deref(), json),
         Command::BenchForward { model, batch, seq, runs, seed } => bench_forward(&model, batch, seq, runs, seed),
+        Command::Inputs { model, calib_samples, calib_seqlen, calib_seed, ppl_windows, ppl_seqlen, induction_seeds, induction_seqs, induction_len, out } => {
+            inputs(&model, (calib_samples, calib_seqlen, calib_seed), (ppl_windows, ppl_seqlen), (induction_seeds, induction_seqs, induction_len), out.as_deref())
+        }
         Command::BenchTwins { model, quant, rounds, scratch } => bench::bench_twins(&model, &quant, rounds, &scratch),
         Command::Analyze(a) => analyze::run(a),
         Command::Study(a) => study::run(a),
@@ -366,7 +399,12 @@ fn quantize(src: &str, quant: &str, out: Option<&std::path::Path>, embeddings: b
             let t = std::time::Instant::now();
             let (_, report, origin) = qi::twin_cache::quantize_cached(&m, &spec, &opts, Some(&root))?;
             qi::twin_cache::log_origin(&spec, &origin, report.as_ref(), t);
-            (qi::twin_cache::twin_dir(&root, &m, &spec, &opts)?, report)
+            let dir = qi::twin_cache::twin_dir(&root, &m, &spec, &opts)?;
+            // storing is this command's whole job: a cache that took nothing is a failure here
+            if !dir.is_dir() {
+                bail!("the twin was not stored in {} (QI_CACHE = {}); set QI_CACHE to a writable folder, or write the twin elsewhere with --out", dir.display(), root.display());
+            }
+            (dir, report)
         }
     };
     let worst = report.as_ref().map(|r| r.matrices.iter().map(|r| r.rel_error).fold(0.0, f64::max));
@@ -491,6 +529,44 @@ fn bench_forward(src: &str, batch: usize, seq: usize, runs: usize, seed: u64) ->
     });
     println!("{v}");
     Ok(())
+}
+
+/// `qi inputs`: the token ids of each group, drawn by the functions the jobs themselves call.
+fn inputs(src: &str, calib: (usize, usize, u64), ppl: (usize, usize), induction: (u64, usize, usize), out: Option<&std::path::Path>) -> Result<()> {
+    let m = load_model(src)?;
+    let mut v = serde_json::json!({ "model": src, "bos_token_id": m.cfg.bos_token_id });
+    let (n, seqlen, seed) = calib;
+    if n > 0 {
+        let rows = qi::data::calibration_windows(&m, qi::data::Corpus::C4, n, seqlen.min(m.cfg.n_ctx), seed).context("--calib-samples")?;
+        v["calibration"] = serde_json::json!({ "source": "c4, calibration split", "seed": seed, "rows": rows });
+    }
+    let (windows, seqlen) = ppl;
+    if windows > 0 {
+        let rows = qi::data::sequential_windows(&qi::data::wikitext2_eval_ids(&m)?, seqlen, Some(windows)).context("--ppl-windows")?;
+        if rows.len() < windows {
+            bail!("--ppl-windows {windows}: the WikiText-2 evaluation half holds only {} windows of {seqlen} tokens", rows.len());
+        }
+        v["perplexity"] = serde_json::json!({ "source": "wikitext2, evaluation half", "rows": rows });
+    }
+    let (seeds, n_seqs, len) = induction;
+    if seeds > 0 && n_seqs > 0 {
+        let (mut per_seed, mut offset) = (serde_json::Map::new(), 0);
+        for s in 0..seeds {
+            let set = qi::analysis::induction::repeated_tokens(&m, n_seqs, len, s).context("--induction-seqs / --induction-len")?;
+            offset = set.offset;
+            per_seed.insert(s.to_string(), serde_json::json!(set.rows));
+        }
+        // rows are [BOS] r r: r starts at `offset`, its repeat at `offset + seq_len`
+        v["induction"] = serde_json::json!({ "seq_len": len, "offset": offset, "seeds": per_seed });
+    }
+    let text = v.to_string();
+    match out {
+        Some(p) => qi::io::save_text(&text, p),
+        None => {
+            println!("{text}");
+            Ok(())
+        }
+    }
 }
 
 fn show(file: &std::path::Path, metrics: &[String], columns: Option<&str>, rows: usize) -> Result<()> {

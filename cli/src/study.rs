@@ -23,12 +23,19 @@ pub enum StudyCommand {
         /// Quantize in memory only.
         #[arg(long)]
         no_cache: bool,
+        /// Print the run's summary as one JSON object on stdout (each cell's record, the skipped
+        /// and failed cells, seconds and peak memory); the table stays on stderr.
+        #[arg(long)]
+        json: bool,
     },
     /// List the cells (of one shard) and which are done.
     Plan {
         spec: PathBuf,
         #[command(flatten)]
         sel: Selection,
+        /// Print the cells and their states as one JSON object instead of the listing.
+        #[arg(long)]
+        json: bool,
     },
     /// Print a study's summary as a Markdown table with the size-axis finding, from its finished
     /// cells (the README's size table is this output).
@@ -67,6 +74,9 @@ pub enum StudyCommand {
         /// Exit 0 even when damaged cells were left out.
         #[arg(long)]
         allow_missing: bool,
+        /// Print what was written and left out as one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
     },
     /// Check every result cell against its sidecar (size and XXH3-128 of the parquet file, the
     /// cell's key); exit 1 when any cannot be trusted (`qi study run` redoes those).
@@ -77,6 +87,9 @@ pub enum StudyCommand {
         /// and holds the row count its sidecar records.
         #[arg(long)]
         adopt: bool,
+        /// Print the counts and the damaged cells as one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -129,8 +142,8 @@ impl Selection {
 
 pub fn run(a: StudyArgs) -> Result<()> {
     match a.command {
-        StudyCommand::Plan { spec, sel } => plan(&spec, &sel),
-        StudyCommand::Run { spec, sel, cache, no_cache } => run_study(&spec, &sel, cache, no_cache),
+        StudyCommand::Plan { spec, sel, json } => plan(&spec, &sel, json),
+        StudyCommand::Run { spec, sel, cache, no_cache, json } => run_study(&spec, &sel, cache, no_cache, json),
         StudyCommand::Report { spec, results } => {
             let cmd = match results {
                 Some(r) => format!("study {} {}", spec.display(), r.display()),
@@ -151,7 +164,7 @@ pub fn run(a: StudyArgs) -> Result<()> {
             }
             Ok(())
         }
-        StudyCommand::Collect { results, out, allow_missing } => {
+        StudyCommand::Collect { results, out, allow_missing, json } => {
             if out.extension().and_then(|e| e.to_str()) != Some("parquet") {
                 bail!("--out {}: expected a path ending in .parquet", out.display());
             }
@@ -163,12 +176,16 @@ pub fn run(a: StudyArgs) -> Result<()> {
             for (_, why) in &bad {
                 eprintln!("left out: {why}");
             }
+            if json {
+                let left: Vec<serde_json::Value> = bad.iter().map(|(p, why)| serde_json::json!({ "file": p.display().to_string(), "why": why })).collect();
+                println!("{}", serde_json::json!({ "out": out.display().to_string(), "rows": df.height(), "cells": n, "columns": cols, "left_out": left }));
+            }
             if !bad.is_empty() && !allow_missing {
                 bail!("{} damaged cell(s) left out of {} (re-run the study to redo them, or pass --allow-missing)", bad.len(), out.display());
             }
             Ok(())
         }
-        StudyCommand::Verify { results, adopt } => {
+        StudyCommand::Verify { results, adopt, json } => {
             if adopt {
                 let (n, refused) = study::adopt_unrecorded(&results)?;
                 eprintln!("recorded digests for {n} cell(s) written before qi recorded them");
@@ -177,10 +194,15 @@ pub fn run(a: StudyArgs) -> Result<()> {
                 }
             }
             let (good, bad) = study::checked_result_files(&results)?;
-            for (_, why) in &bad {
-                println!("damaged: {why}");
+            if json {
+                let damaged: Vec<serde_json::Value> = bad.iter().map(|(p, why)| serde_json::json!({ "file": p.display().to_string(), "why": why })).collect();
+                println!("{}", serde_json::json!({ "results": results.display().to_string(), "sound": good.len(), "damaged": damaged }));
+            } else {
+                for (_, why) in &bad {
+                    println!("damaged: {why}");
+                }
+                println!("{}: {} cell(s) check out, {} cannot be trusted", results.display(), good.len(), bad.len());
             }
-            println!("{}: {} cell(s) check out, {} cannot be trusted", results.display(), good.len(), bad.len());
             if !bad.is_empty() {
                 bail!("{} damaged cell(s) in {} (`qi study run` redoes them)", bad.len(), results.display());
             }
@@ -189,11 +211,27 @@ pub fn run(a: StudyArgs) -> Result<()> {
     }
 }
 
-fn plan(spec: &Path, sel: &Selection) -> Result<()> {
+fn plan(spec: &Path, sel: &Selection, json: bool) -> Result<()> {
     let s = Study::load_selected(spec, &sel.analyses)?;
     let results = sel.results_dir(&s);
     let cells = sel.cells(&s)?;
     let done = cells.iter().filter(|c| c.is_done(&results)).count();
+    if json {
+        let listed: Vec<serde_json::Value> = cells
+            .iter()
+            .map(|c| {
+                let state = match c.state(&results) {
+                    study::CellState::Done => "done",
+                    study::CellState::Missing => "todo",
+                    study::CellState::Damaged(_) => "redo",
+                };
+                serde_json::json!({ "state": state, "model": s.models[c.model].name, "spec": c.spec.to_string(), "analysis": s.analyses[c.analysis].id, "seed": c.seed, "stem": c.stem })
+            })
+            .collect();
+        let orphans: Vec<String> = if results.is_dir() { study::orphans(&s, &results)?.iter().map(|p| p.display().to_string()).collect() } else { Vec::new() };
+        println!("{}", serde_json::json!({ "study": s.name, "results": results.display().to_string(), "cells": listed, "done": done, "todo": cells.len() - done, "orphans": orphans }));
+        return Ok(());
+    }
     println!("study {} ({}): {} models × {} specs (with the reference) × cells per analysis and seed; shard {}/{}", s.name, spec.display(), s.models.len(), s.all_specs().len(), sel.shard.index, sel.shard.count);
     for c in &cells {
         let state = match c.state(&results) {
@@ -216,7 +254,7 @@ fn plan(spec: &Path, sel: &Selection) -> Result<()> {
     Ok(())
 }
 
-fn run_study(spec: &Path, sel: &Selection, cache: Option<PathBuf>, no_cache: bool) -> Result<()> {
+fn run_study(spec: &Path, sel: &Selection, cache: Option<PathBuf>, no_cache: bool, json: bool) -> Result<()> {
     let s = Study::load_selected(spec, &sel.analyses)?;
     let cells = sel.cells(&s)?;
     let results = sel.results_dir(&s);
@@ -228,9 +266,13 @@ fn run_study(spec: &Path, sel: &Selection, cache: Option<PathBuf>, no_cache: boo
     };
     let keep: std::collections::HashSet<&str> = cells.iter().map(|c| c.key.as_str()).collect();
     let summary = study::run_cells(&s, &opts, &|c| keep.contains(c.key.as_str()))?;
-    eprintln!("{:<24} {:<40} {:<14} {:>4} {:>6} {:>9} {:>9} {:>10}", "model", "spec", "analysis", "seed", "rows", "load s", "twin s", "analysis s");
+    eprintln!("{:<24} {:<40} {:<14} {:>4} {:>6} {:>9} {:>9} {:>10} {:>9} {:>9}", "model", "spec", "analysis", "seed", "rows", "load s", "twin s", "analysis s", "twin MB", "cell MB");
+    let mb = |k: Option<u64>| k.map_or("–".to_string(), |k| format!("{:.0}", k as f64 / 1024.0));
     for r in &summary.ran {
-        eprintln!("{:<24} {:<40} {:<14} {:>4} {:>6} {:>9.1} {:>9.1} {:>10.1}  ({})", r.model, r.spec, r.analysis, r.seed, r.rows, r.reference_load_s, r.twin_s, r.analysis_s, r.twin_origin);
+        eprintln!(
+            "{:<24} {:<40} {:<14} {:>4} {:>6} {:>9.1} {:>9.1} {:>10.1} {:>9} {:>9}  ({})",
+            r.model, r.spec, r.analysis, r.seed, r.rows, r.reference_load_s, r.twin_s, r.analysis_s, mb(r.twin_peak_rss_kb), mb(r.peak_rss_kb), r.twin_origin
+        );
     }
     let peak = summary.peak_rss_kb.map(|k| format!("{:.0} MB", k as f64 / 1024.0)).unwrap_or_else(|| "unknown".into());
     eprintln!(
@@ -244,6 +286,13 @@ fn run_study(spec: &Path, sel: &Selection, cache: Option<PathBuf>, no_cache: boo
     );
     for (cell, e) in &summary.failed {
         eprintln!("failed {cell}: {e}");
+    }
+    if json {
+        let failed: Vec<serde_json::Value> = summary.failed.iter().map(|(c, e)| serde_json::json!({ "cell": c, "error": e })).collect();
+        println!(
+            "{}",
+            serde_json::json!({ "study": s.name, "results": results.display().to_string(), "ran": summary.ran, "skipped": summary.skipped, "failed": failed, "seconds": summary.seconds, "peak_rss_kb": summary.peak_rss_kb })
+        );
     }
     if !summary.failed.is_empty() {
         bail!("{} cells failed (re-run to retry them)", summary.failed.len());

@@ -37,30 +37,39 @@ fn smollm2() -> String {
     format!("{shared}/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
+/// The subcommands a `--help` text lists under "Commands:" (without `help`).
+fn commands_in(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|l| l.trim() != "Commands:")
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .filter(|c| c != "help")
+        .collect()
+}
+
 #[test]
 fn every_subcommand_has_help_and_rejects_an_unknown_flag() {
     let dir = scratch("help");
-    let subs: [&[&str]; 14] = [
-        &["info"],
-        &["hooks"],
-        &["trace"],
-        &["quantize"],
-        &["perplexity"],
-        &["analyze"],
-        &["bench-forward"],
-        &["study", "run"],
-        &["study", "plan"],
-        &["sae", "train"],
-        &["report"],
-        &["cache", "verify"],
-        &["cache", "clear"],
-        &["show"],
-    ];
-    for sub in subs {
-        let help = qi(&[sub, &["--help"]].concat(), &dir);
+    // every command the binary lists, and every command of a group, so a new one is covered too
+    let mut subs: Vec<Vec<String>> = Vec::new();
+    for top in commands_in(&qi(&["--help"], &dir).stdout) {
+        let nested = commands_in(&qi(&[top.as_str(), "--help"], &dir).stdout);
+        if nested.is_empty() {
+            subs.push(vec![top]);
+        } else {
+            subs.extend(nested.into_iter().map(|n| vec![top.clone(), n]));
+        }
+    }
+    for must in [&["bench-twins"][..], &["study", "figures"], &["study", "verify"], &["cache", "clear"], &["sae", "train"]] {
+        assert!(subs.iter().any(|s| s == must), "{must:?} is not among the listed commands {subs:?}");
+    }
+    for sub in &subs {
+        let sub: Vec<&str> = sub.iter().map(String::as_str).collect();
+        let help = qi(&[&sub[..], &["--help"]].concat(), &dir);
         assert_eq!(help.code, Some(0), "{sub:?} --help: {}", help.stderr);
         assert!(help.stdout.contains(&format!("Usage: qi {}", sub.join(" "))), "{sub:?}: {}", help.stdout);
-        let bad = qi(&[sub, &["--no-such-flag"]].concat(), &dir);
+        let bad = qi(&[&sub[..], &["--no-such-flag"]].concat(), &dir);
         assert_eq!(bad.code, Some(2), "{sub:?} with an unknown flag: {}", bad.stderr);
         assert!(bad.stderr.contains("--no-such-flag"), "{sub:?}: {}", bad.stderr);
     }
@@ -139,6 +148,13 @@ fn quantize_reports_its_twin_and_writes_a_loadable_directory() {
     let c = json(&qi(&["quantize", "--model", LLAMA, "--quant", "q8_0", "--cache", "--json"], &dir.join("cache")));
     assert_eq!(c["cached"], true);
     assert!(Path::new(c["out"].as_str().unwrap()).starts_with(dir.join("cache")), "{c}");
+    // a cache root that cannot be a folder (a file is there): the twin is not stored, and the
+    // command says so and how to fix it instead of reporting it cached
+    let blocked = dir.join("not-a-folder");
+    std::fs::write(&blocked, "x").unwrap();
+    let no = qi(&["quantize", "--model", LLAMA, "--quant", "q8_0", "--cache", "--json"], &blocked);
+    assert_eq!(no.code, Some(1), "{}", no.stderr);
+    assert!(no.stdout.is_empty() && no.stderr.contains("QI_CACHE") && no.stderr.contains("not-a-folder"), "{}\n{}", no.stdout, no.stderr);
     let again = qi(&["quantize", "--model", LLAMA, "--quant", "q8_0", "--out", out.to_str().unwrap()], &dir);
     assert_eq!(again.code, Some(1), "an output directory that is not empty is refused");
     assert!(again.stderr.contains("--out"), "{}", again.stderr);
@@ -253,5 +269,46 @@ fn the_device_is_checked_before_anything_runs() {
     let o = Command::new(env!("CARGO_BIN_EXE_qi")).args(["info", "--model", &model]).current_dir(ROOT).env("QI_DEVICE", "tpu").output().unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("QI_DEVICE: invalid device 'tpu'"), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn inputs_exports_the_tokens_of_each_job_deterministically() {
+    let dir = scratch("inputs");
+    let (a, b) = (dir.join("a.json"), dir.join("b.json"));
+    let args = |out: &Path| -> Vec<String> {
+        ["inputs", "--model", &smollm2(), "--calib-samples", "3", "--calib-seqlen", "16", "--ppl-windows", "2", "--ppl-seqlen", "32", "--induction-seeds", "2", "--induction-seqs", "3", "--induction-len", "5", "--out", out.to_str().unwrap()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    for out in [&a, &b] {
+        let o = qi(&args(out).iter().map(String::as_str).collect::<Vec<_>>(), &dir);
+        assert_eq!(o.code, Some(0), "{}", o.stderr);
+    }
+    let text = std::fs::read_to_string(&a).unwrap();
+    assert_eq!(text, std::fs::read_to_string(&b).unwrap(), "the same arguments give the same tokens");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let rows = |k: &str| -> Vec<Vec<u64>> { serde_json::from_value(v[k]["rows"].clone()).unwrap() };
+    assert!(rows("calibration").iter().all(|r| r.len() == 16) && rows("calibration").len() == 3, "{}", v["calibration"]);
+    let ppl = rows("perplexity");
+    assert_eq!((ppl.len(), ppl[0].len(), ppl[1].len()), (2, 32, 32));
+    assert_ne!(ppl[0], ppl[1], "consecutive windows, not one window twice");
+    let bos = v["bos_token_id"].as_u64().expect("SmolLM2 has a BOS");
+    let seeds: std::collections::BTreeMap<String, Vec<Vec<u64>>> = serde_json::from_value(v["induction"]["seeds"].clone()).unwrap();
+    assert_eq!(seeds.keys().map(String::as_str).collect::<Vec<_>>(), ["0", "1"]);
+    assert_eq!((v["induction"]["offset"].as_u64(), v["induction"]["seq_len"].as_u64()), (Some(1), Some(5)));
+    for rows in seeds.values() {
+        assert_eq!(rows.len(), 3);
+        for r in rows {
+            // [BOS] r r
+            assert_eq!((r.len(), r[0]), (11, bos), "{r:?}");
+            assert_eq!(r[1..6], r[6..11], "{r:?}");
+        }
+    }
+    assert_ne!(seeds["0"], seeds["1"], "each seed draws its own sequences");
+    let too_many = qi(&["inputs", "--model", &smollm2(), "--calib-samples", "0", "--induction-seeds", "0", "--ppl-windows", "100000"], &dir);
+    assert_eq!(too_many.code, Some(1), "{}", too_many.stderr);
+    assert!(too_many.stderr.contains("--ppl-windows 100000") && too_many.stdout.is_empty(), "{}", too_many.stderr);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -108,8 +108,12 @@ fn collect_leaves_out_a_damaged_cell_by_name_and_verify_finds_it() {
     let dir = scratch("collect");
     let (cache, results) = (dir.join("cache"), dir.join("results"));
     let spec = small_study(&dir);
-    let r = run(&["study", "run", spec.to_str().unwrap(), "--results", results.to_str().unwrap()], &cache);
+    let r = run(&["study", "run", spec.to_str().unwrap(), "--results", results.to_str().unwrap(), "--json"], &cache);
     assert!(r.status.success(), "{}", text(&r));
+    // --json: the summary alone on stdout, one record per cell run
+    let summary: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&r)));
+    assert_eq!((summary["ran"].as_array().map(Vec::len), summary["skipped"].as_u64()), (Some(9), Some(0)), "{summary}");
+    assert!(summary["ran"].as_array().unwrap().iter().all(|c| c["rows"].as_u64() == Some(2) && c["key"].is_string()), "{summary}");
     let files = qi::study::result_files(&results).unwrap();
     assert_eq!(files.len(), 9);
     let victim = &files[4];
@@ -128,6 +132,18 @@ fn collect_leaves_out_a_damaged_cell_by_name_and_verify_finds_it() {
     assert!(text(&v).contains(&name) && text(&v).contains("8 cell(s) check out, 1 cannot be trusted"), "{}", text(&v));
     let plan = run(&["study", "plan", spec.to_str().unwrap(), "--results", results.to_str().unwrap()], &cache);
     assert_eq!(text(&plan).lines().filter(|l| l.starts_with("redo")).count(), 1, "{}", text(&plan));
+    let as_json = |args: &[&str]| -> (Option<i32>, serde_json::Value) {
+        let o = run(args, &cache);
+        (o.status.code(), serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}: {}", text(&o))))
+    };
+    let (code, p) = as_json(&["study", "plan", spec.to_str().unwrap(), "--results", results.to_str().unwrap(), "--json"]);
+    let states: Vec<&str> = p["cells"].as_array().unwrap().iter().map(|c| c["state"].as_str().unwrap()).collect();
+    assert_eq!((code, states.len(), states.iter().filter(|s| **s == "redo").count(), p["done"].as_u64()), (Some(0), 9, 1, Some(8)), "{p}");
+    let (code, v) = as_json(&["study", "verify", "--results", results.to_str().unwrap(), "--json"]);
+    assert_eq!((code, v["sound"].as_u64()), (Some(1), Some(8)), "{v}");
+    assert!(v["damaged"][0]["file"].as_str().unwrap().ends_with(&name), "{v}");
+    let (code, c) = as_json(&["study", "collect", "--results", results.to_str().unwrap(), "--out", out.to_str().unwrap(), "--allow-missing", "--json"]);
+    assert_eq!((code, c["rows"].as_u64(), c["cells"].as_u64(), c["left_out"].as_array().map(Vec::len)), (Some(0), Some(16), Some(8), Some(1)), "{c}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -1,6 +1,7 @@
 //! Developer check: which layers carry a quantizer's perplexity difference. Starts from the plain
 //! GPTQ twin and swaps in chosen matrices from another twin (GPTQ with act-order, RTN), then
-//! measures WikiText-2 perplexity with the README table's protocol (seqlen 512, first N windows).
+//! measures WikiText-2 perplexity with the findings table's protocol (evaluation half, seqlen 512,
+//! first N windows).
 //!
 //! `cargo run --example gptq_hybrid_ppl -- MODEL [windows] [targeted|layers] [bits] [samples]`
 //!
@@ -52,9 +53,10 @@ fn main() -> anyhow::Result<()> {
     let root = qi::twin_cache::cache_root();
     let mut twins = qi::twin_cache::twins(&m, &specs, &QuantizeOptions::default(), Some(&root))?.into_iter().map(|(_, t)| t);
     let (plain, act, rtn) = (twins.next().unwrap(), twins.next().unwrap(), twins.next().unwrap());
-    let text = qi::data::wikitext2_test(None)?;
+    // the evaluation half of WikiText-2's test tokens, as `qi perplexity` and the findings' table read it
+    let ids = qi::data::wikitext2_eval_ids(&m)?;
     let opts = qi::perplexity::PerplexityOptions { seqlen: 512, max_windows: Some(windows), ..Default::default() };
-    let ppl = |model: &HookedTransformer| -> anyhow::Result<f64> { Ok(qi::perplexity::perplexity_on_text(model, &text, &opts)?.perplexity) };
+    let ppl = |model: &HookedTransformer| -> anyhow::Result<f64> { Ok(qi::perplexity::perplexity(model, &ids, &opts)?.perplexity) };
     let p_plain = ppl(&plain)?;
     let p_act = ppl(&act)?;
     println!("{windows} WikiText-2 windows x 512; {bits} bits; twins: {}", specs.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(" | "));

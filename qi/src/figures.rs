@@ -163,7 +163,7 @@ pub(crate) fn check_figure_name(name: &str) -> Result<()> {
 
 /// Writes a figure's HTML page (from its plotly JSON) and its already rendered SVG.
 pub(crate) fn write_figure_files(json: &str, svg: &str, name: &str, dir: &Path) -> Result<FigurePaths> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create the figures folder {} (set QI_FIGURES_DIR, or pass another folder, to write figures elsewhere)", dir.display()))?;
     ensure_plotly_js(dir)?;
     let paths = FigurePaths { html: dir.join(format!("{name}.html")), svg: dir.join(format!("{name}.svg")) };
     crate::io::save_text(&html_page(json, name), &paths.html)?;
@@ -238,6 +238,17 @@ mod tests {
         std::fs::write(dir.join("plotly.min.js"), b"/**").unwrap();
         ensure_plotly_js(&dir).unwrap();
         assert_eq!(std::fs::metadata(dir.join("plotly.min.js")).unwrap().len(), PLOTLY_JS.len() as u64);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_figures_folder_that_cannot_be_made_is_an_error_naming_it_and_the_fix() {
+        let dir = crate::testing::scratch("figures-blocked");
+        let blocked = dir.join("a-file");
+        std::fs::write(&blocked, "x").unwrap();
+        let e = format!("{:#}", write_figure_files("{}", "<svg/>", "f", &blocked.join("figs")).unwrap_err());
+        assert!(e.contains("a-file/figs") && e.contains("QI_FIGURES_DIR"), "{e}");
+        assert!(!blocked.join("figs").exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

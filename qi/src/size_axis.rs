@@ -100,7 +100,7 @@ pub fn load(path: &Path, o: &Overrides) -> Result<(Study, PathBuf)> {
         let local = m.source.starts_with("shared:") || m.source.starts_with("models:") || m.source.starts_with('/') || m.source.starts_with('.');
         let keep = !local || Path::new(&m.resolved).exists();
         if !keep {
-            eprintln!("skipping {}: {} not found (./dev models fetches the larger models)", m.name, m.resolved);
+            crate::progress::note(&format!("skipping {}: {} not found (./dev models fetches the larger models)", m.name, m.resolved));
         }
         keep
     });

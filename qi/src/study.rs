@@ -625,6 +625,13 @@ pub struct CellRecord {
     /// `reference`, `cached` or `quantized`.
     pub twin_origin: String,
     pub analysis_s: f64,
+    /// Peak resident memory (kB) while the twin was loaded or quantized (and cached), charged like
+    /// `twin_s` to the first cell that used it; `None` where the kernel has no per-phase peak.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub twin_peak_rss_kb: Option<u64>,
+    /// Peak resident memory (kB) during this cell's analysis, with the reference and twin held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_kb: Option<u64>,
     /// Size and XXH3-128 of the parquet file, checked before the cell is trusted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parquet: Option<crate::integrity::FileDigest>,
@@ -646,6 +653,13 @@ pub fn peak_rss_kb() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Starts a new peak for [`peak_rss_kb`] at the current resident size (Linux: writing 5 to
+/// /proc/self/clear_refs), so that each phase of a run reports its own peak. False where the
+/// kernel does not allow it; the peak then stays the process's.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
 /// Runs the unfinished cells of `opts.shard`: per model the reference is loaded once, per
@@ -681,6 +695,7 @@ pub fn run_cells(study: &Study, opts: &RunOptions, select: &dyn Fn(&Cell) -> boo
     }
     std::fs::create_dir_all(&opts.results).with_context(|| format!("cannot create the results directory {}", opts.results.display()))?;
     let overall = crate::progress::bar(pending.len() as u64, "study");
+    let mut run_peak: Option<u64> = None;
     let mut i = 0;
     while i < pending.len() {
         let mi = pending[i].model;
@@ -704,6 +719,8 @@ pub fn run_cells(study: &Study, opts: &RunOptions, select: &dyn Fn(&Cell) -> boo
             let group_end = i + pending[i..model_end].iter().take_while(|c| c.group == g).count();
             let spec = pending[i].spec.clone();
             let t = Instant::now();
+            run_peak = run_peak.max(peak_rss_kb());
+            let per_phase = reset_peak_rss();
             let twin = if spec == QuantSpec::None {
                 Ok((Vec::new(), "reference"))
             } else {
@@ -716,6 +733,7 @@ pub fn run_cells(study: &Study, opts: &RunOptions, select: &dyn Fn(&Cell) -> boo
                 })
             };
             let mut twin_s = t.elapsed().as_secs_f64();
+            let mut twin_peak = peak_rss_kb().filter(|_| per_phase);
             let (twins, origin) = match twin {
                 Ok(x) => x,
                 Err(e) => {
@@ -742,11 +760,15 @@ pub fn run_cells(study: &Study, opts: &RunOptions, select: &dyn Fn(&Cell) -> boo
                     twin_s,
                     twin_origin: origin.to_string(),
                     analysis_s: 0.0,
+                    twin_peak_rss_kb: twin_peak,
+                    peak_rss_kb: None,
                     parquet: None,
                 };
-                match run_cell(study, cell, &reference, &twins, &opts.results, &mut rec) {
+                run_peak = run_peak.max(peak_rss_kb());
+                let per_phase = reset_peak_rss();
+                match run_cell(study, cell, &reference, &twins, &opts.results, &mut rec, per_phase) {
                     Ok(()) => {
-                        (reference_load_s, twin_s) = (0.0, 0.0);
+                        (reference_load_s, twin_s, twin_peak) = (0.0, 0.0, None);
                         summary.ran.push(rec);
                     }
                     Err(e) => summary.failed.push((cell.stem.clone(), format!("{e:#}"))),
@@ -760,12 +782,13 @@ pub fn run_cells(study: &Study, opts: &RunOptions, select: &dyn Fn(&Cell) -> boo
     }
     overall.finish_and_clear();
     summary.seconds = t0.elapsed().as_secs_f64();
-    summary.peak_rss_kb = peak_rss_kb();
+    // the phases reset the kernel's peak: the run's is the largest of theirs
+    summary.peak_rss_kb = run_peak.max(peak_rss_kb());
     Ok(summary)
 }
 
 /// Runs one cell, fills in `rec` and writes it as the sidecar, then (atomically) the parquet file.
-fn run_cell(study: &Study, cell: &Cell, reference: &crate::HookedTransformer, twins: &[(QuantSpec, crate::HookedTransformer)], results: &Path, rec: &mut CellRecord) -> Result<()> {
+fn run_cell(study: &Study, cell: &Cell, reference: &crate::HookedTransformer, twins: &[(QuantSpec, crate::HookedTransformer)], results: &Path, rec: &mut CellRecord, per_phase: bool) -> Result<()> {
     let m = &study.models[cell.model];
     let a = &study.analyses[cell.analysis];
     let entry = analysis::find(&a.name)?;
@@ -776,6 +799,7 @@ fn run_cell(study: &Study, cell: &Cell, reference: &crate::HookedTransformer, tw
     let t = Instant::now();
     let mut tidy: Tidy = analysis::run_seeds(&entry, &cmp, &a.options, &[cell.seed]).with_context(|| format!("{} on {} ({}, seed {})", a.id, m.name, cell.spec, cell.seed))?;
     rec.analysis_s = t.elapsed().as_secs_f64();
+    rec.peak_rss_kb = peak_rss_kb().filter(|_| per_phase);
     if cell.spec != QuantSpec::None {
         tidy.rows.retain(|r| r.spec != "none");
     }

@@ -155,7 +155,7 @@ pub fn quantize_cached(
     if can_store {
         if let Err(e) = store(&twin, model, spec, &report, &dir, &key) {
             // a cache that cannot be written (read-only, full) costs time, not correctness
-            eprintln!("qi: could not cache the twin in {}: {e:#}", dir.display());
+            eprintln!("qi: could not cache the twin in {}: {e:#} (set QI_CACHE to a writable folder to keep twins between runs)", dir.display());
         }
     }
     Ok((twin, Some(report), TwinOrigin::Quantized))

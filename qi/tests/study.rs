@@ -264,6 +264,16 @@ fn run_resume_collect_and_determinism() {
     assert!(first.reference_load_s > 0.0 && first.analysis_s > 0.0);
     assert!(sum.ran.iter().any(|r| r.twin_origin == "quantized" && r.twin_s > 0.0));
     assert_eq!(sum.ran.iter().filter(|r| r.reference_load_s > 0.0).count(), 2, "each reference loaded once");
+    if study::reset_peak_rss() {
+        // per-phase peaks: every cell has one, the twin's only where it was made or read, and the
+        // run's peak is the largest phase's (not the last phase's)
+        let cell_peaks: Vec<u64> = sum.ran.iter().map(|r| r.peak_rss_kb.expect("a cell peak")).collect();
+        let twin_peaks: Vec<u64> = sum.ran.iter().filter_map(|r| r.twin_peak_rss_kb).collect();
+        let groups: std::collections::BTreeSet<(&str, &str)> = sum.ran.iter().map(|r| (r.model.as_str(), r.spec.as_str())).collect();
+        assert_eq!(twin_peaks.len(), groups.len(), "one twin peak per (model, spec), on its first cell");
+        let most = cell_peaks.iter().chain(&twin_peaks).max().copied().unwrap();
+        assert!(sum.peak_rss_kb.unwrap() >= most, "run peak {:?} below a phase's {most}", sum.peak_rss_kb);
+    }
     assert_eq!(study::result_files(&results).unwrap().len(), 12);
     for c in s.cells() {
         let side: study::CellRecord = serde_json::from_str(&std::fs::read_to_string(c.sidecar(&results)).unwrap()).unwrap();
@@ -504,4 +514,22 @@ fn summary_has_the_original_studys_shape() {
     // perplexity has no CI column: no error bars
     let p = qi::study::against_size(&s, "perplexity_ratio", None, true).unwrap();
     assert!(p.column("ci_low").is_err() && p.height() == 2);
+}
+
+#[test]
+fn the_peak_memory_restarts_at_each_phase() {
+    if !study::reset_peak_rss() {
+        eprintln!("skipped: this kernel does not reset the peak resident size");
+        return;
+    }
+    const MB: u64 = 1024;
+    let base = study::peak_rss_kb().unwrap();
+    let block = vec![1u8; 512 << 20]; // filled, so every page is resident
+    let high = study::peak_rss_kb().unwrap();
+    assert!(high >= base + 400 * MB, "peak {high} kB after 512 MB on {base} kB");
+    assert_eq!(std::hint::black_box(&block)[12345], 1);
+    drop(block);
+    assert!(study::reset_peak_rss());
+    let after = study::peak_rss_kb().unwrap();
+    assert!(after + 400 * MB <= high, "after a reset the peak {after} kB still counts the freed 512 MB ({high} kB)");
 }

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The whole study job, qi against the PyTorch pipeline it replaces, on the same machine in the same
+# run: load the reference, quantize RTN-4 and GPTQ-4 (64 × 512 calibration tokens), induction over
+# 5 seeds × 50 sequences and perplexity on 20 WikiText-2 windows, for the reference and both twins.
+#   scripts/bench_job.sh QI_BINARY [MODEL]      (default: SmolLM2 from the shared folder)
+# qi runs studies/peer_job.toml (its model replaced by MODEL) with no twin cache into a fresh
+# results folder; torch runs scripts/peer_job_torch.py with $QI_TORCH_PYTHON (a python with torch,
+# transformers, gguf, accelerate) on the tokens `qi inputs` exports, so both see the same data.
+# They alternate for $ROUNDS rounds (default 2), each timed as a whole process (wall clock); the
+# ratio is the median over rounds of qi / torch. Both sides' perplexities are printed so that a
+# reader sees they computed the same thing. Prints one JSON line per round and the summary.
+set -euo pipefail
+QI="$1"; shift
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export QI_SHARED="${QI_SHARED:-$ROOT/../shared}"  # C4 and WikiText-2 for the calibration and perplexity windows
+MODEL="${1:-${QI_SHARED:-$ROOT/../shared}/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf}"
+ROUNDS="${ROUNDS:-2}"
+PY="${QI_TORCH_PYTHON:?set QI_TORCH_PYTHON to a python with torch, transformers, gguf and accelerate}"
+MODEL="$(cd "$(dirname "$MODEL")" && pwd)/$(basename "$MODEL")"
+[ -f "$MODEL" ] || { echo "bench_job.sh: $MODEL not found" >&2; exit 2; }
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/qi-bench-job.XXXXXX")"
+trap 'rm -rf "$WORK"' EXIT
+sed "s|^  { source = .*|  { source = \"$MODEL\", name = \"$(basename "$MODEL" .gguf)\" },|" "$ROOT/studies/peer_job.toml" > "$WORK/job.toml"
+"$QI" inputs --model "$MODEL" --out "$WORK/inputs.json" 2>/dev/null
+ms() { echo $(( $(date +%s%N) / 1000000 )); }
+lines=()
+for r in $(seq 1 "$ROUNDS"); do
+  t=$(ms)
+  "$QI" study run "$WORK/job.toml" --no-cache --results "$WORK/results-$r" > "$WORK/qi-$r.log" 2>&1 ||
+    { echo "bench_job.sh: qi failed, see below" >&2; tail -20 "$WORK/qi-$r.log" >&2; exit 1; }
+  q=$(( $(ms) - t ))
+  "$QI" study collect --results "$WORK/results-$r" --out "$WORK/qi-$r.parquet" > /dev/null 2>&1
+  qppl=$("$QI" show "$WORK/qi-$r.parquet" --metric perplexity --columns spec,value 2>/dev/null | tail -n +3 | tr -d ' ' | tr '\n' ' ')
+  t=$(ms)
+  tj=$("$PY" "$ROOT/scripts/peer_job_torch.py" --model "$MODEL" --inputs "$WORK/inputs.json" --threads "$(nproc)")
+  tt=$(( $(ms) - t ))
+  echo "{\"round\":$r,\"qi_ms\":$q,\"torch_ms\":$tt,\"qi_perplexity\":\"$qppl\",\"torch\":$tj}"
+  lines+=("$q $tt")
+done
+python3 - "${lines[@]}" <<'PY'
+import statistics, sys
+pairs = [tuple(float(x) / 1000 for x in s.split()) for s in sys.argv[1:]]
+ratios = [q / t for q, t in pairs]
+print(f"qi per round: {', '.join(f'{q:.0f}' for q, _ in pairs)} s; torch: {', '.join(f'{t:.0f}' for _, t in pairs)} s")
+print(f"ratio qi/torch (median over rounds): {statistics.median(ratios):.2f}  (per round: {', '.join(f'{r:.2f}' for r in ratios)})")
+PY
