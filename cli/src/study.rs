@@ -211,6 +211,15 @@ pub fn run(a: StudyArgs) -> Result<()> {
     }
 }
 
+/// How `plan` names a cell's state: done, todo (missing) or redo (damaged).
+fn state_word(state: &study::CellState) -> &'static str {
+    match state {
+        study::CellState::Done => "done",
+        study::CellState::Missing => "todo",
+        study::CellState::Damaged(_) => "redo",
+    }
+}
+
 fn plan(spec: &Path, sel: &Selection, json: bool) -> Result<()> {
     let s = Study::load_selected(spec, &sel.analyses)?;
     let results = sel.results_dir(&s);
@@ -220,11 +229,7 @@ fn plan(spec: &Path, sel: &Selection, json: bool) -> Result<()> {
         let listed: Vec<serde_json::Value> = cells
             .iter()
             .map(|c| {
-                let state = match c.state(&results) {
-                    study::CellState::Done => "done",
-                    study::CellState::Missing => "todo",
-                    study::CellState::Damaged(_) => "redo",
-                };
+                let state = state_word(&c.state(&results));
                 serde_json::json!({ "state": state, "model": s.models[c.model].name, "spec": c.spec.to_string(), "analysis": s.analyses[c.analysis].id, "seed": c.seed, "stem": c.stem })
             })
             .collect();
@@ -234,11 +239,7 @@ fn plan(spec: &Path, sel: &Selection, json: bool) -> Result<()> {
     }
     println!("study {} ({}): {} models × {} specs (with the reference) × cells per analysis and seed; shard {}/{}", s.name, spec.display(), s.models.len(), s.all_specs().len(), sel.shard.index, sel.shard.count);
     for c in &cells {
-        let state = match c.state(&results) {
-            study::CellState::Done => "done",
-            study::CellState::Missing => "todo",
-            study::CellState::Damaged(_) => "redo",
-        };
+        let state = state_word(&c.state(&results));
         println!("{state}  {:<24} {:<40} {:<14} seed {:<3} {}", s.models[c.model].name, c.spec.to_string(), s.analyses[c.analysis].id, c.seed, c.stem);
     }
     println!("{} cells, {done} done, {} to run (results: {})", cells.len(), cells.len() - done, results.display());
