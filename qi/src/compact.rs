@@ -416,7 +416,8 @@ fn encode(t: &Tensor, spec: &QuantSpec, transposed: bool) -> Result<Encoded> {
         return encode_plain(&t, &flat);
     }
     let m = if transposed { t.t()?.contiguous()? } else { t.clone() };
-    let w: Vec<f32> = if transposed { m.flatten_all()?.to_vec1()? } else { flat.clone() };
+    // the matrix in quantization order: the checkpoint's own values unless transposed
+    let w: std::borrow::Cow<[f32]> = if transposed { m.flatten_all()?.to_vec1::<f32>()?.into() } else { flat.as_slice().into() };
     let (rows, cols) = m.dims2()?;
     let found = match hint(spec) {
         Hint::Affine(g) => encode_affine(&w, rows, cols, g, transposed),
@@ -428,26 +429,6 @@ fn encode(t: &Tensor, spec: &QuantSpec, transposed: bool) -> Result<Encoded> {
         Some(e) => Ok(e),
         None => encode_plain(&t, &flat),
     }
-}
-
-/// Whether two tensors hold the same bits (−0 and +0 differ), a block of rows at a time.
-fn same_bits(a: &Tensor, b: &Tensor) -> Result<bool> {
-    if a.shape() != b.shape() || a.dtype() != b.dtype() {
-        return Ok(false);
-    }
-    let (a, b) = (a.to_dtype(DType::F32)?.flatten_all()?, b.to_dtype(DType::F32)?.flatten_all()?);
-    let n = a.elem_count();
-    let step = (1usize << 22).max(1);
-    let mut i = 0;
-    while i < n {
-        let k = step.min(n - i);
-        let (x, y): (Vec<f32>, Vec<f32>) = (a.narrow(0, i, k)?.to_vec1()?, b.narrow(0, i, k)?.to_vec1()?);
-        if x.iter().zip(&y).any(|(p, q)| p.to_bits() != q.to_bits()) {
-            return Ok(false);
-        }
-        i += k;
-    }
-    Ok(true)
 }
 
 /// What [`save`] wrote: bytes of the file, and tensors and parameters per codec.
@@ -470,7 +451,7 @@ pub fn save(twin: &HookedTransformer, reference: &HookedTransformer, spec: &Quan
     let mut summary = Summary::default();
     for (name, t) in crate::models::hf_state_dict(twin)? {
         let e = match refs.get(&name) {
-            Some(r) if same_bits(&t, r)? => Encoded { codec: Codec::Reference, arrays: vec![] },
+            Some(r) if crate::ops::same_bits(&t, r)? => Encoded { codec: Codec::Reference, arrays: vec![] },
             _ => encode(&t, spec, transposed.contains(&name)).with_context(|| format!("encoding '{name}'"))?,
         };
         *summary.tensors.entry(e.codec.label()).or_default() += 1;
@@ -713,7 +694,7 @@ mod tests {
             let bytes = std::fs::read(&file).unwrap();
             let st = SafeTensors::deserialize(&bytes).unwrap();
             let back = decode(&st, &file, "w", &e.codec, &HashMap::new()).unwrap();
-            assert!(same_bits(&back, &q).unwrap(), "{s}: the decoded matrix differs");
+            assert!(crate::ops::same_bits(&back, &q).unwrap(), "{s}: the decoded matrix differs");
             std::fs::remove_dir_all(&dir).unwrap();
         }
     }

@@ -53,10 +53,10 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// Mean over all elements as f64 (for scalar metrics).
-/// Whether `a` and `b` are equal element by element (same shape and dtype; NaN never equals, −0
-/// equals +0), compared a block of rows at a time so that no full-size temporary is made.
-pub fn bitwise_equal(a: &Tensor, b: &Tensor) -> Result<bool> {
+/// Whether `a` and `b` hold the same bits (same shape and dtype; −0 and +0 differ, a NaN equals
+/// the same NaN), compared a block of leading-dim rows at a time: a transposed view is copied one
+/// block at a time, never whole (an unembedding of a 1.5B model is 0.9 GB).
+pub fn same_bits(a: &Tensor, b: &Tensor) -> Result<bool> {
     if a.shape() != b.shape() || a.dtype() != b.dtype() {
         return Ok(false);
     }
@@ -64,12 +64,20 @@ pub fn bitwise_equal(a: &Tensor, b: &Tensor) -> Result<bool> {
         return Ok(true);
     }
     let (a, b) = (a.flatten_to(0)?, b.flatten_to(0)?); // a scalar becomes one row
-    let rows = a.dim(0)?;
-    let step = (rows / 64).max(1);
+    let (rows, step) = (a.dim(0)?, block_rows(&a)?);
     let mut i = 0;
     while i < rows {
         let n = step.min(rows - i);
-        if a.narrow(0, i, n)?.eq(&b.narrow(0, i, n)?)?.flatten_all()?.min(0)?.to_scalar::<u8>()? == 0 {
+        let (x, y) = (a.narrow(0, i, n)?, b.narrow(0, i, n)?);
+        let same = if a.dtype() == DType::F64 {
+            let (x, y) = (x.flatten_all()?.to_vec1::<f64>()?, y.flatten_all()?.to_vec1::<f64>()?);
+            x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits())
+        } else {
+            // f16, bf16 and integers up to 2^24 widen to f32 exactly
+            let (x, y) = (x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?, y.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
+            x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits())
+        };
+        if !same {
             return Ok(false);
         }
         i += n;
@@ -77,6 +85,34 @@ pub fn bitwise_equal(a: &Tensor, b: &Tensor) -> Result<bool> {
     Ok(true)
 }
 
+/// Rows of the leading dim per block so that a block holds about 4M elements (16 MB in f32).
+fn block_rows(t: &Tensor) -> Result<usize> {
+    let rows = t.dim(0)?;
+    Ok(((1usize << 22) / (t.elem_count() / rows.max(1)).max(1)).clamp(1, rows.max(1)))
+}
+
+/// The flat index of the first NaN or infinity of `t`, read a block of rows at a time (no
+/// full-size copy, which for a transposed view or a 0.9 GB embedding would be one more model-sized
+/// buffer at load time).
+pub fn first_non_finite(t: &Tensor) -> Result<Option<usize>> {
+    if t.elem_count() == 0 {
+        return Ok(None);
+    }
+    let t = t.flatten_to(0)?;
+    let (rows, step) = (t.dim(0)?, block_rows(&t)?);
+    let mut i = 0;
+    while i < rows {
+        let n = step.min(rows - i);
+        let block: Vec<f32> = t.narrow(0, i, n)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        if let Some(k) = block.iter().position(|v| !v.is_finite()) {
+            return Ok(Some(i * (t.elem_count() / rows) + k));
+        }
+        i += n;
+    }
+    Ok(None)
+}
+
+/// Mean over all elements as f64 (for scalar metrics).
 pub fn mean_f64(x: &Tensor) -> Result<f64> {
     x.to_dtype(DType::F64)?.mean_all()?.to_scalar::<f64>()
 }
@@ -87,18 +123,47 @@ mod tests {
     use candle_core::Device;
 
     #[test]
-    fn bitwise_equal_checks_every_block_of_rows() {
-        // 130 rows: blocks of 2, the last one short; a difference in the very last element must count
+    fn same_bits_checks_every_block_of_rows_and_every_bit() {
         let v: Vec<f32> = (0..130 * 3).map(|i| i as f32 * 0.5).collect();
         let a = Tensor::from_vec(v.clone(), (130, 3), &Device::Cpu).unwrap();
-        assert!(bitwise_equal(&a, &a.copy().unwrap()).unwrap());
+        assert!(same_bits(&a, &a.copy().unwrap()).unwrap());
+        // a difference in the very last element must count
         let mut w = v.clone();
         *w.last_mut().unwrap() += 1.0;
-        assert!(!bitwise_equal(&a, &Tensor::from_vec(w, (130, 3), &Device::Cpu).unwrap()).unwrap());
-        assert!(!bitwise_equal(&a, &a.reshape((3, 130)).unwrap()).unwrap(), "same values, other shape");
-        let nan = Tensor::new(&[f32::NAN], &Device::Cpu).unwrap();
-        assert!(!bitwise_equal(&nan, &nan).unwrap());
+        assert!(!same_bits(&a, &Tensor::from_vec(w, (130, 3), &Device::Cpu).unwrap()).unwrap());
+        assert!(!same_bits(&a, &a.reshape((3, 130)).unwrap()).unwrap(), "same values, other shape");
+        // bits, not values: −0 is not +0, and a NaN is itself
+        let z = |x: f32| Tensor::new(&[1f32, x], &Device::Cpu).unwrap();
+        assert!(!same_bits(&z(0.0), &z(-0.0)).unwrap());
+        assert!(same_bits(&z(f32::NAN), &z(f32::NAN)).unwrap());
         let s = Tensor::new(2f32, &Device::Cpu).unwrap();
-        assert!(bitwise_equal(&s, &s.copy().unwrap()).unwrap() && !bitwise_equal(&s, &Tensor::new(3f32, &Device::Cpu).unwrap()).unwrap());
+        assert!(same_bits(&s, &s.copy().unwrap()).unwrap() && !same_bits(&s, &Tensor::new(3f32, &Device::Cpu).unwrap()).unwrap());
+        // a transposed view against its contiguous copy, in blocks of more than one row
+        let big = Tensor::arange(0f32, (3000 * 2000) as f32, &Device::Cpu).unwrap().reshape((3000, 2000)).unwrap();
+        let view = big.t().unwrap();
+        assert!(same_bits(&view, &view.contiguous().unwrap()).unwrap());
+        let mut changed: Vec<f32> = view.contiguous().unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        changed[1999 * 3000 + 2999] = -1.0;
+        assert!(!same_bits(&view, &Tensor::from_vec(changed, (2000, 3000), &Device::Cpu).unwrap()).unwrap());
+        // f64 keeps its own bits
+        let d = |x: f64| Tensor::new(&[x], &Device::Cpu).unwrap();
+        assert!(!same_bits(&d(1.0), &d(1.0 + f64::EPSILON)).unwrap());
     }
+
+    #[test]
+    fn first_non_finite_gives_the_flat_index_in_any_block() {
+        let big = Tensor::zeros((3000, 2000), DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(first_non_finite(&big).unwrap(), None);
+        for (at, bad) in [(0usize, f32::NAN), (2999 * 2000 + 1999, f32::INFINITY), (2100 * 2000 + 7, f32::NEG_INFINITY)] {
+            let mut v = vec![0f32; 3000 * 2000];
+            v[at] = bad;
+            let t = Tensor::from_vec(v, (3000, 2000), &Device::Cpu).unwrap();
+            assert_eq!(first_non_finite(&t).unwrap(), Some(at));
+            // the same element through a transposed view: its index in the view's own order
+            let (r, c) = (at / 2000, at % 2000);
+            assert_eq!(first_non_finite(&t.t().unwrap()).unwrap(), Some(c * 3000 + r));
+        }
+        assert_eq!(first_non_finite(&Tensor::new(f32::NAN, &Device::Cpu).unwrap()).unwrap(), Some(0));
+    }
+
 }

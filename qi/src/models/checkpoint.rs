@@ -115,8 +115,7 @@ impl Checkpoint {
             return Err(QiError::ShapeMismatch { file: self.path.clone(), tensor: name.to_string(), found: t.dims().to_vec(), expected: shape.to_vec() }.into());
         }
         let t = t.to_dtype(DType::F32)?;
-        let bad = t.flatten_all()?.to_vec1::<f32>()?.iter().position(|v| !v.is_finite());
-        if let Some(i) = bad {
+        if let Some(i) = crate::ops::first_non_finite(&t)? {
             anyhow::bail!("{}: tensor '{name}' has a non-finite value at flat index {i}", self.path.display());
         }
         // every weight goes through here: the one place a model is put on the chosen device

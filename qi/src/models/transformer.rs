@@ -157,19 +157,19 @@ impl HookedTransformer {
     }
 
     /// Points this model's token embedding, position embedding and unembedding at `other`'s tensors
-    /// where they hold equal values ([`crate::ops::bitwise_equal`]), so that the memory is held once (a twin read
+    /// where they hold the same bits ([`crate::ops::same_bits`]), so that the memory is held once (a twin read
     /// from the cache carries its own copy of the reference's unquantized embeddings: 1.9 GB for
     /// the 1.5B Qwen's embedding and unembedding). Values are unchanged; returns how many of the
     /// three were shared.
     pub fn share_identical_embeddings(&mut self, other: &HookedTransformer) -> Result<usize> {
-        use crate::ops::bitwise_equal;
+        use crate::ops::same_bits;
         let mut shared = 0;
-        if bitwise_equal(&self.embed, &other.embed)? {
+        if same_bits(&self.embed, &other.embed)? {
             self.embed = other.embed.clone();
             shared += 1;
         }
         if let (Some((_, mine)), Some((_, theirs))) = (self.pos_embed.as_mut(), other.pos_embed.as_ref()) {
-            if bitwise_equal(mine, theirs)? {
+            if same_bits(mine, theirs)? {
                 *mine = theirs.clone();
                 shared += 1;
             }
@@ -177,10 +177,10 @@ impl HookedTransformer {
         let (u, v) = (&self.unembed, &other.unembed);
         let same_bias = match (&u.bias, &v.bias) {
             (None, None) => true,
-            (Some(a), Some(b)) => bitwise_equal(a, b)?,
+            (Some(a), Some(b)) => same_bits(a, b)?,
             _ => false,
         };
-        if u.name == v.name && u.act_quant.is_none() && v.act_quant.is_none() && same_bias && bitwise_equal(&u.weight_t, &v.weight_t)? {
+        if u.name == v.name && u.act_quant.is_none() && v.act_quant.is_none() && same_bias && same_bits(&u.weight_t, &v.weight_t)? {
             self.unembed = v.clone();
             shared += 1;
         }
