@@ -120,6 +120,10 @@ enum Command {
         file: PathBuf,
         #[arg(long)]
         check: bool,
+        /// Print {file, check, stale} as JSON: the commands of the blocks that differ (with --check)
+        /// or were re-rendered.
+        #[arg(long)]
+        json: bool,
     },
     /// The quantized-twin cache (QI_CACHE, else ~/.cache/qi/twins): check or clear it.
     #[command(subcommand)]
@@ -137,6 +141,9 @@ enum Command {
         /// Rows at most (the first and last halves; 0 = all).
         #[arg(long, default_value_t = 200)]
         rows: usize,
+        /// Print the rows as a JSON array of objects (column → value; NaN as null), every row.
+        #[arg(long, conflicts_with = "rows")]
+        json: bool,
     },
     /// List the hook points of a model.
     Hooks {
@@ -226,6 +233,9 @@ enum CacheCommand {
     Clear {
         #[arg(long)]
         cache: Option<PathBuf>,
+        /// Print {cache, removed, bytes} as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -238,22 +248,28 @@ fn cache_command(c: CacheCommand) -> Result<()> {
             let damaged: Vec<_> = checks.iter().filter(|e| !e.problems.is_empty()).collect();
             let total: u64 = checks.iter().map(|e| e.bytes).sum();
             let summary = format!("{}: {} twin(s), {:.2} GB; {} sound, {} damaged", root.display(), checks.len(), gb(total), checks.len() - damaged.len(), damaged.len());
+            let removed = if remove_damaged && !damaged.is_empty() { Some(qi::twin_cache::clear(&root, true)?) } else { None };
+            let removed_text = removed.map(|(n, bytes)| format!("removed {n} damaged entr{} ({:.2} GB)", if n == 1 { "y" } else { "ies" }, gb(bytes)));
             if json {
                 let entries: Vec<serde_json::Value> = checks
                     .iter()
                     .map(|e| serde_json::json!({ "dir": e.dir.display().to_string(), "bytes": e.bytes, "sound": e.problems.is_empty(), "problems": if e.problems.is_empty() { serde_json::Value::Null } else { qi::integrity::describe(&e.problems).into() } }))
                     .collect();
-                println!("{}", serde_json::json!({ "cache": root.display().to_string(), "entries": entries, "bytes": total, "damaged": damaged.len() }));
+                println!("{}", serde_json::json!({ "cache": root.display().to_string(), "entries": entries, "bytes": total, "damaged": damaged.len(), "removed": removed.map(|r| r.0) }));
                 eprintln!("{summary}");
+                if let Some(t) = &removed_text {
+                    eprintln!("{t}");
+                }
             } else {
                 for e in &damaged {
                     println!("damaged: {}: {}", e.dir.display(), qi::integrity::describe(&e.problems));
                 }
                 println!("{summary}");
+                if let Some(t) = &removed_text {
+                    println!("{t}");
+                }
             }
-            if remove_damaged && !damaged.is_empty() {
-                let (n, bytes) = qi::twin_cache::clear(&root, true)?;
-                println!("removed {n} damaged entr{} ({:.2} GB)", if n == 1 { "y" } else { "ies" }, gb(bytes));
+            if removed.is_some() {
                 return Ok(());
             }
             if !damaged.is_empty() {
@@ -261,10 +277,16 @@ fn cache_command(c: CacheCommand) -> Result<()> {
             }
             Ok(())
         }
-        CacheCommand::Clear { cache } => {
+        CacheCommand::Clear { cache, json } => {
             let root = cache.unwrap_or_else(qi::twin_cache::cache_root);
             let (n, bytes) = qi::twin_cache::clear(&root, false)?;
-            println!("{}: removed {n} twin(s), {:.2} GB", root.display(), gb(bytes));
+            let text = format!("{}: removed {n} twin(s), {:.2} GB", root.display(), gb(bytes));
+            if json {
+                println!("{}", serde_json::json!({ "cache": root.display().to_string(), "removed": n, "bytes": bytes }));
+                eprintln!("{text}");
+            } else {
+                println!("{text}");
+            }
             Ok(())
         }
     }
@@ -297,8 +319,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Study(a) => study::run(a),
         Command::Sae(c) => sae::run(c),
         Command::Cache(c) => cache_command(c),
-        Command::Report { file, check } => {
+        Command::Report { file, check, json } => {
             let stale = qi::report::update_file(&file, check)?;
+            if json {
+                println!("{}", serde_json::json!({ "file": file.display().to_string(), "check": check, "stale": stale }));
+            }
             for cmd in &stale {
                 eprintln!("{}: block `{cmd}` {}", file.display(), if check { "differs from the results" } else { "re-rendered" });
             }
@@ -308,7 +333,7 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("{}: {}", file.display(), if stale.is_empty() { "every report block matches the results" } else if check { "" } else { "updated" });
             Ok(())
         }
-        Command::Show { file, metric, columns, rows } => show(&file, &metric, columns.as_deref(), rows),
+        Command::Show { file, metric, columns, rows, json } => show(&file, &metric, columns.as_deref(), rows, json),
         Command::Hooks { model, json } => {
             let m = load_model(&model)?;
             if json {
@@ -569,7 +594,7 @@ fn inputs(src: &str, calib: (usize, usize, u64), ppl: (usize, usize), induction:
     }
 }
 
-fn show(file: &std::path::Path, metrics: &[String], columns: Option<&str>, rows: usize) -> Result<()> {
+fn show(file: &std::path::Path, metrics: &[String], columns: Option<&str>, rows: usize, json: bool) -> Result<()> {
     use qi::analysis::tidy;
     let df = tidy::read_parquet(file)?;
     let df = if metrics.is_empty() {
@@ -590,6 +615,11 @@ fn show(file: &std::path::Path, metrics: &[String], columns: Option<&str>, rows:
     if let Some(missing) = wanted.iter().find(|c| !have.contains(c)) {
         anyhow::bail!("--columns: {} has no column '{missing}' (columns: {})", file.display(), have.join(", "));
     }
-    print!("{}", qi::display::table(&df.select(wanted)?).max_rows(rows).to_markdown());
+    let df = df.select(wanted)?;
+    if json {
+        println!("{}", tidy::to_json_rows(&df)?);
+    } else {
+        print!("{}", qi::display::table(&df).max_rows(rows).to_markdown());
+    }
     Ok(())
 }

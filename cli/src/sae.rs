@@ -36,6 +36,9 @@ pub struct TrainArgs {
     /// Output directory (sae.safetensors, config.json, report.json).
     #[arg(long)]
     pub out: PathBuf,
+    /// Print report.json's content (with the output folder, hook and variant) as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 fn train_help() -> String {
@@ -82,6 +85,14 @@ pub fn run(cmd: SaeCommand) -> Result<()> {
     let out = serde_json::json!({ "report": report, "report_in_sample": in_sample, "tokens": log.tokens, "seconds": log.seconds,
         "resampled": log.resampled, "final_loss": log.losses.last().map(|l| l.total) });
     qi::io::save_text(&serde_json::to_string_pretty(&out)?, &a.out.join("report.json"))?;
+    if a.json {
+        let mut v = out.clone();
+        v["out"] = serde_json::json!(a.out.display().to_string());
+        v["hook"] = serde_json::json!(hook);
+        v["variant"] = serde_json::to_value(s.cfg.variant)?;
+        v["features"] = serde_json::json!(s.cfg.d_hidden);
+        println!("{v}");
+    }
     eprintln!(
         "wrote {} ({:?} SAE at {hook}, {} features, {} tokens in {:.0} s): held out: FVE {:.3}, L0 {:.1}, dead {:.3}, loss {:.4} → {:.4} (Δ {:+.4}); in sample: FVE {:.3}, dead {:.3}",
         a.out.display(),

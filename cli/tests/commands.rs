@@ -230,9 +230,40 @@ fn cache_verify_json_lists_each_twin_and_flags_a_damaged_one() {
     assert_eq!(v["damaged"], 1);
     assert_eq!(v["entries"][0]["sound"], false);
     assert!(v["entries"][0]["problems"].as_str().unwrap().contains(qi::compact::FILE), "{v}");
+    let total = v["bytes"].as_u64().unwrap();
+    let cleared = json(&qi(&["cache", "clear", "--json"], &cache));
+    assert_eq!((cleared["removed"].as_u64(), cleared["bytes"].as_u64()), (Some(2), Some(total)), "{cleared}");
+    assert_eq!(json(&qi(&["cache", "verify", "--json"], &cache))["entries"], serde_json::json!([]));
+    // and the text form
+    json(&qi(&["quantize", "--model", LLAMA, "--quant", "nf4", "--cache", "--json"], &cache));
     let cleared = qi(&["cache", "clear"], &cache);
     assert_eq!(cleared.code, Some(0));
-    assert!(cleared.stdout.contains("removed 2 twin(s)"), "{}", cleared.stdout);
+    assert!(cleared.stdout.contains("removed 1 twin(s)"), "{}", cleared.stdout);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn sae_train_json_is_the_report_it_saved() {
+    let dir = scratch("sae");
+    let out = dir.join("sae");
+    let args = ["sae", "train", "--model", LLAMA, "--variant", "topk", "--set", "k=4", "--set", "expansion=2", "--set", "steps=4", "--set", "batch_size=16", "--set", "seq_len=8",
+        "--set", "source=random", "--set", "buffer_windows=4", "--set", "forward_batch=2", "--eval-windows", "2", "--out", out.to_str().unwrap(), "--json"];
+    let v = json(&qi(&args, &dir));
+    let info = json(&qi(&["info", "--model", LLAMA, "--json"], &dir));
+    let (d, layers) = (info["d_model"].as_u64().unwrap(), info["layers"].as_u64().unwrap());
+    assert_eq!(v["features"].as_u64(), Some(2 * d), "expansion 2 × d_model");
+    assert_eq!(v["hook"], format!("blocks.{}.hook_resid_post", layers / 2));
+    assert_eq!(v["variant"], "topk");
+    assert_eq!(v["out"], out.to_str().unwrap());
+    // stdout is report.json plus where and what
+    let saved: Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    for k in ["report", "report_in_sample", "tokens", "seconds", "resampled", "final_loss"] {
+        assert_eq!(v[k], saved[k], "{k}");
+    }
+    assert_eq!(v["tokens"].as_u64(), Some(4 * 16), "steps × batch_size tokens");
+    let bad = qi(&["sae", "train", "--model", LLAMA, "--set", "steps=-1", "--out", dir.join("x").to_str().unwrap()], &dir);
+    assert_eq!(bad.code, Some(1), "{}", bad.stderr);
+    assert!(bad.stderr.contains("steps"), "{}", bad.stderr);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

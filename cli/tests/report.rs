@@ -47,6 +47,12 @@ fn a_stale_block_is_named_and_rewritten() {
     let md = dir.join("doc.md");
     let block = |body: &str| format!("# Doc\n\ntext before\n<!-- qi:report study tiny.toml results -->\n{body}<!-- /qi:report -->\ntext after\n");
     std::fs::write(&md, block("| made up | 1.00 |\n")).unwrap();
+    // --json: stdout is one value naming the stale block, the exit code unchanged
+    let o = Command::new(env!("CARGO_BIN_EXE_qi")).args(["report", md.to_str().unwrap(), "--check", "--json"]).current_dir(ROOT).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)));
+    assert_eq!(v["stale"], serde_json::json!(["study tiny.toml results"]));
+    assert_eq!(v["check"], true);
     let (code, out) = qi(&["report", md.to_str().unwrap(), "--check"]);
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("block `study tiny.toml results` differs"), "{out}");

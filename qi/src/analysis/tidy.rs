@@ -390,6 +390,26 @@ pub fn str_values(df: &DataFrame, col: &str) -> Result<Vec<String>> {
     Ok(c.str()?.iter().map(|v| v.unwrap_or("").to_string()).collect())
 }
 
+/// The rows of `df` as JSON objects (column → value), numbers as numbers and strings as strings;
+/// a null or a NaN is JSON `null` (JSON has no NaN).
+pub fn to_json_rows(df: &DataFrame) -> Result<serde_json::Value> {
+    let mut rows = vec![serde_json::Map::new(); df.height()];
+    for c in df.columns() {
+        let name = c.name().to_string();
+        let values: Vec<serde_json::Value> = match c.dtype() {
+            DataType::String => c.str()?.iter().map(|v| v.map_or(serde_json::Value::Null, |s| s.into())).collect(),
+            DataType::Boolean => c.bool()?.iter().map(|v| v.map_or(serde_json::Value::Null, |b| b.into())).collect(),
+            d if d.is_integer() => c.cast(&DataType::Int64)?.i64()?.iter().map(|v| v.map_or(serde_json::Value::Null, |x| x.into())).collect(),
+            d if d.is_float() => c.cast(&DataType::Float64)?.f64()?.iter().map(|v| v.and_then(serde_json::Number::from_f64).map_or(serde_json::Value::Null, serde_json::Value::Number)).collect(),
+            d => return Err(anyhow!("column '{name}' is {d}, which has no JSON form here (expected strings, booleans or numbers)")),
+        };
+        for (row, v) in rows.iter_mut().zip(values) {
+            row.insert(name.clone(), v);
+        }
+    }
+    Ok(serde_json::Value::Array(rows.into_iter().map(serde_json::Value::Object).collect()))
+}
+
 /// Writes `df` as parquet, atomically.
 pub fn write_parquet(df: &DataFrame, path: &std::path::Path) -> Result<()> {
     crate::io::write_atomic(path, |tmp| {
@@ -408,6 +428,16 @@ pub fn read_parquet(path: &std::path::Path) -> Result<DataFrame> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn json_rows_keep_types_and_nulls() {
+        let df = df!("spec" => ["none", "rtn:bits=4"], "layer" => [Some(3i32), None], "value" => [0.25f64, f64::NAN], "ok" => [true, false]).unwrap();
+        let v = super::to_json_rows(&df).unwrap();
+        assert_eq!(v, serde_json::json!([
+            { "spec": "none", "layer": 3, "value": 0.25, "ok": true },
+            { "spec": "rtn:bits=4", "layer": null, "value": null, "ok": false },
+        ]));
+    }
+
     #[test]
     fn scalar_reads_the_model_level_row_and_labels_come_in_row_order() {
         let q: QuantSpec = "rtn:bits=4".parse().unwrap();
