@@ -23,6 +23,9 @@
 //!   ratios), as `scripts/bench_models.sh QI twins` writes it.
 //! - `costs FILE.jsonl` — one row per line of `qi bench-forward` output (parameters, load time,
 //!   median forward, the matmul rate it implies, peak RSS), as `scripts/bench_models.sh QI sizes` writes it.
+//! - `hybrids FILE.txt` — the per-layer GPTQ hybrid table printed by the research check
+//!   `qi/research/gptq_hybrid_ppl.rs` (model, matrices swapped, perplexity, share of act-order's
+//!   gain), each row's share checked against its perplexity.
 //! - `features|induction|calibration|activations|attention|logit-lens|ablation|patching|neurons|salient-neurons FILE.parquet`
 //!   — the summary table of one `qi analyze` result ([`tables`]), as `scripts/smollm2_results.sh`
 //!   writes them.
@@ -51,9 +54,10 @@ pub fn render(cmd: &str, base: &Path) -> Result<String> {
         ["perplexity", file] => perplexity_table(&base.join(file)),
         ["twins", file] => twins_table(&base.join(file)),
         ["costs", file] => costs_table(&base.join(file)),
+        ["hybrids", file] => hybrids_table(&base.join(file)),
         [kind, file] if tables::KINDS.contains(kind) => tables::render(kind, &base.join(file)),
         _ => bail!(
-            "report block '{cmd}': unknown; expected `study SPEC [RESULTS]`, `perplexity FILE.jsonl`, `twins FILE.jsonl`, `costs FILE.jsonl` or `KIND FILE.parquet` with KIND one of {}",
+            "report block '{cmd}': unknown; expected `study SPEC [RESULTS]`, `perplexity FILE.jsonl`, `twins FILE.jsonl`, `costs FILE.jsonl`, `hybrids FILE.txt` or `KIND FILE.parquet` with KIND one of {}",
             tables::KINDS.join(", ")
         ),
     }
@@ -83,6 +87,42 @@ pub fn perplexity_table(path: &Path) -> Result<String> {
     let mut out = String::from("| quantizer (`--quant`) | bits/weight | perplexity | Δ vs reference |\n|---|---:|---:|---:|\n");
     for (q, b, p, _, _) in &rows {
         out.push_str(&format!("| `{q}` | {} | {p:.2} | {:+.2} |\n", bits(*b), p - base));
+    }
+    Ok(out)
+}
+
+/// The Markdown table of the text `qi/research/gptq_hybrid_ppl.rs` prints: a description line, a
+/// header line, then `NAME SWAPPED PERPLEXITY SHARE %` rows (the name may hold spaces and digits,
+/// so a row is read from the right). The share of act-order's gain is recomputed from the
+/// perplexities (the `plain GPTQ` and `GPTQ act-order` rows) and must agree with the printed one
+/// to within the rounding of two-decimal perplexities.
+pub fn hybrids_table(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let mut rows: Vec<(String, usize, f64, f64)> = Vec::new();
+    for (i, line) in text.lines().enumerate().skip(2).filter(|(_, l)| !l.trim().is_empty()) {
+        let at = || format!("{} line {}", path.display(), i + 1);
+        let w: Vec<&str> = line.split_whitespace().collect();
+        let [name @ .., n, p, share, "%"] = w.as_slice() else {
+            bail!("{}: expected `NAME SWAPPED PERPLEXITY SHARE %`, found '{line}'", at());
+        };
+        if name.is_empty() {
+            bail!("{}: a row without a name", at());
+        }
+        let n: usize = n.parse().with_context(|| format!("{}: swapped '{n}' is not a count", at()))?;
+        let p: f64 = p.parse().with_context(|| format!("{}: perplexity '{p}' is not a number", at()))?;
+        let share: f64 = share.parse().with_context(|| format!("{}: share '{share}' is not a number", at()))?;
+        rows.push((name.join(" "), n, p, share));
+    }
+    let find = |name: &str| rows.iter().find(|r| r.0 == name).map(|r| r.2).ok_or_else(|| anyhow!("{}: no '{name}' row", path.display()));
+    let (plain, act) = (find("plain GPTQ")?, find("GPTQ act-order")?);
+    let mut out = String::from("| model | matrices swapped | perplexity | share of act-order's gain |\n|---|---:|---:|---:|\n");
+    for (name, n, p, share) in &rows {
+        // two-decimal perplexities move a recomputed share by well under 1.5 points
+        let again = 100.0 * (plain - p) / (plain - act);
+        if (again - share).abs() > 1.5 {
+            bail!("{}: row '{name}' says {share} % of the gain, its perplexity gives {again:.1} %", path.display());
+        }
+        out.push_str(&format!("| {name} | {n} | {p:.2} | {share:.0} % |\n"));
     }
     Ok(out)
 }
@@ -205,6 +245,29 @@ pub fn update_file(path: &Path, check: bool) -> Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hybrid_rows_are_read_from_the_right_and_checked() {
+        let dir = std::env::temp_dir().join(format!("qi-report-hybrids-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("h.txt");
+        let head = "20 windows; 4 bits\nmodel swapped perplexity share of gain\n";
+        // names with digits and several words; a negative share
+        let body = "plain GPTQ 0 65.31 0 %\nGPTQ act-order 210 54.97 100 %\nplain + act-order L11 down 1 63.35 19 %\nplain + RTN every down but L11 29 71.08 -56 %\n";
+        std::fs::write(&f, format!("{head}{body}")).unwrap();
+        assert_eq!(
+            hybrids_table(&f).unwrap(),
+            "| model | matrices swapped | perplexity | share of act-order's gain |\n|---|---:|---:|---:|\n| plain GPTQ | 0 | 65.31 | 0 % |\n| GPTQ act-order | 210 | 54.97 | 100 % |\n| plain + act-order L11 down | 1 | 63.35 | 19 % |\n| plain + RTN every down but L11 | 29 | 71.08 | -56 % |\n"
+        );
+        // a share that its perplexity does not give is refused, naming the row
+        std::fs::write(&f, format!("{head}{}", body.replace("63.35 19 %", "63.35 29 %"))).unwrap();
+        assert!(format!("{:#}", hybrids_table(&f).unwrap_err()).contains("'plain + act-order L11 down' says 29 %"));
+        std::fs::write(&f, format!("{head}{}", body.replace("GPTQ act-order 210", "GPTQ act-order x"))).unwrap();
+        assert!(format!("{:#}", hybrids_table(&f).unwrap_err()).contains("line 4"));
+        std::fs::write(&f, format!("{head}plain GPTQ 0 65.31 0 %\n")).unwrap();
+        assert!(format!("{:#}", hybrids_table(&f).unwrap_err()).contains("no 'GPTQ act-order' row"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn malformed_blocks_are_errors_naming_them() {
