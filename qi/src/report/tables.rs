@@ -9,8 +9,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use std::path::Path;
 
 /// The analyses with a table, as block kinds.
-pub const KINDS: [&str; 10] = [
+pub const KINDS: [&str; 11] = [
     "features",
+    "prune-overlap",
     "induction",
     "calibration",
     "activations",
@@ -43,6 +44,7 @@ pub fn render_tidy(kind: &str, raw: Tidy, path: &Path) -> Result<String> {
     };
     match kind {
         "features" => t.features(),
+        "prune-overlap" => t.prune_overlap(),
         "induction" => t.induction(),
         "calibration" => t.calibration(),
         "activations" => t.activations(),
@@ -503,6 +505,39 @@ impl Results<'_> {
         Ok(out)
     }
 
+    /// Quantized vs perplexity-matched pruned twins: how many features each damages and whether
+    /// they are the same ones.
+    fn prune_overlap(&self) -> Result<String> {
+        let n_active = self.one("none", "n_active", |_| true)?;
+        let windows = self.one("none", "perplexity", |_| true)?;
+        let mut out = format!(
+            "Unstructured magnitude pruning of the same matrices, bisected until its perplexity matches the twin's ({} windows; reference perplexity {}); both twins then read by the frozen SAE. Damaged = blurred or destroyed, over the {:.0} features active on the reference; the chance Jaccard is that of random sets of the same sizes.\n\n\
+             | twin (`--quant`) | matched sparsity | perplexity, quantized / pruned | damaged, quantized / pruned | Jaccard of damaged sets (chance) | Spearman of damage 1 − r |\n|---|---:|---:|---:|---:|---:|\n",
+            windows.n.map_or("?".into(), |n| n.to_string()),
+            fmt(windows.value, 2),
+            n_active.value,
+        );
+        for s in self.twins() {
+            let side = |metric: &str, twin: &str| self.value(s, metric, |r| label_is(r, "twin", twin));
+            let survived = |twin: &str| self.value(s, "share", |r| label_is(r, "twin", twin) && label_is(r, "category", "survived"));
+            let converged = self.value(s, "match_converged", |_| true)? == 1.0;
+            out.push_str(&format!(
+                "| {} | {}{} | {} / {} | {} / {} | {} ({}) | {} |\n",
+                spec_cell(s),
+                pct(self.value(s, "matched_sparsity", |_| true)?),
+                if converged { "" } else { " (not converged)" },
+                fmt(side("perplexity", "quantized")?, 2),
+                fmt(side("perplexity", "pruned")?, 2),
+                pct(1.0 - survived("quantized")?),
+                pct(1.0 - survived("pruned")?),
+                fmt(self.value(s, "jaccard_damaged", |_| true)?, 2),
+                fmt(self.value(s, "jaccard_chance", |_| true)?, 2),
+                fmt(self.value(s, "spearman_damage", |_| true)?, 2),
+            ));
+        }
+        Ok(out)
+    }
+
     /// Salient neurons per model over all analysed layers (`scope = total` rows).
     fn salient(&self) -> Result<String> {
         let total = |r: &Row| label_is(r, "scope", "total");
@@ -814,6 +849,30 @@ mod tests {
         let t = table("neurons", rows).unwrap();
         // the mean over layers (1.0 %) or the first layer's value (0.0 %) would read differently
         assert!(t.ends_with("| `rtn:bits=3` | 0, 5, 10 | 2032 | 2.0 % (L5) | 0.040–0.070 | 3 of 1000 (L10) |\n"), "{t}");
+    }
+
+    #[test]
+    fn prune_overlap_table_reads_each_side_and_counts_damage_as_not_survived() {
+        let (none, q) = (spec("none"), spec("rtn:bits=4"));
+        let mut rows = vec![Row::new(&none, "n_active", 3831.0).n(4608), Row::new(&none, "perplexity", 21.5).n(4)];
+        rows.push(Row::new(&q, "matched_sparsity", 0.32).label("pruned", "prune:sparsity=0.32").n(9));
+        rows.push(Row::new(&q, "match_converged", 1.0).n(9));
+        for (side, ppl, shares) in [("quantized", 30.1, [0.07, 0.60, 0.33]), ("pruned", 30.4, [0.05, 0.50, 0.45])] {
+            rows.push(Row::new(&q, "perplexity", ppl).label("twin", side).n(4));
+            for (c, v) in ["survived", "blurred", "destroyed"].into_iter().zip(shares) {
+                rows.push(Row::new(&q, "share", v).label("twin", side).label("category", c).n(3831));
+            }
+        }
+        rows.push(Row::new(&q, "jaccard_damaged", 0.95).n(3831));
+        rows.push(Row::new(&q, "jaccard_chance", 0.87).n(3831));
+        rows.push(Row::new(&q, "spearman_damage", 0.73).n(3831));
+        let t = table("prune-overlap", rows.clone()).unwrap();
+        // damaged = 1 − survived (blurred + destroyed); the destroyed share alone (33 %, 45 %) or
+        // the sides swapped would read differently
+        assert!(t.contains("(4 windows; reference perplexity 21.50)") && t.contains("over the 3831 features"), "{t}");
+        assert!(t.ends_with("| `rtn:bits=4` | 32.0 % | 30.10 / 30.40 | 93.0 % / 95.0 % | 0.95 (0.87) | 0.73 |\n"), "{t}");
+        rows[3] = Row::new(&q, "match_converged", 0.0).n(9);
+        assert!(table("prune-overlap", rows).unwrap().contains("| 32.0 % (not converged) |"));
     }
 
     #[test]
