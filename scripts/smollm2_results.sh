@@ -3,7 +3,7 @@
 # with the options the findings state. Usage:
 #   scripts/smollm2_results.sh QI_BINARY [STEP ...]
 # Steps (default: all, in this order): sae features activations attention logit-lens induction
-#   calibration ioi ablation patching attribution neurons salient prune-overlap
+#   calibration ioi ablation patching attribution neurons salient prune-overlap sae-compare
 # Twins come from the twin cache (QI_CACHE), so a step reuses what an earlier one quantized.
 # The TopK SAE of `features` / `prune-overlap` is saved under QI_SAE_DIR (default: a cache
 # folder); its config and report are copied to data/results/07_sae_topk_200k_*.json.
@@ -41,6 +41,10 @@ step() {
       cp "$SAE/config.json" "$OUT/07_sae_topk_200k_config.json" &&
       cp "$SAE/report.json" "$OUT/07_sae_topk_200k_report.json" ;;
     features) analyze features 07_sae_features_smollm2.parquet "${FEATURE_SPECS[@]}" "${FEATURE_OPTS[@]}" ;;
+    # One TopK SAE (4,608 features, k = 32) per model on 200 steps × 256 = 51,200 C4 training-split
+    # tokens, plus a reference SAE from another seed; compared on the 16 × 128 evaluation windows.
+    sae-compare) analyze sae-compare 07_sae_compare_smollm2.parquet --quant "rtn:bits=8" --quant "rtn:bits=4" --quant "rtn:bits=3" \
+      --set n_seqs=16 --set seq_len=128 --set train_steps=200 --set seed_control=true ;;
     prune-overlap) analyze prune-overlap 07_prune_overlap_smollm2.parquet "${FOUR[@]}" "${FEATURE_OPTS[@]}" --set match_windows=4 --set match_seqlen=256 ;;
     activations) analyze activations 02_activations.parquet "${FOUR[@]}" ;;
     attention) analyze attention 03_attention.parquet "${FOUR[@]}" ;;
@@ -59,7 +63,7 @@ step() {
 }
 
 STEPS=("$@")
-[ ${#STEPS[@]} -eq 0 ] && STEPS=(sae features activations attention logit-lens induction calibration ioi ablation patching attribution neurons salient prune-overlap)
+[ ${#STEPS[@]} -eq 0 ] && STEPS=(sae features activations attention logit-lens induction calibration ioi ablation patching attribution neurons salient prune-overlap sae-compare)
 status=0
 for s in "${STEPS[@]}"; do
   echo "== $s ($(date -u +%H:%M:%S))" >&2

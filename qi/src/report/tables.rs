@@ -9,9 +9,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use std::path::Path;
 
 /// The analyses with a table, as block kinds.
-pub const KINDS: [&str; 11] = [
+pub const KINDS: [&str; 12] = [
     "features",
     "prune-overlap",
+    "sae-compare",
     "induction",
     "calibration",
     "activations",
@@ -45,6 +46,7 @@ pub fn render_tidy(kind: &str, raw: Tidy, path: &Path) -> Result<String> {
     match kind {
         "features" => t.features(),
         "prune-overlap" => t.prune_overlap(),
+        "sae-compare" => t.sae_compare(),
         "induction" => t.induction(),
         "calibration" => t.calibration(),
         "activations" => t.activations(),
@@ -538,6 +540,44 @@ impl Results<'_> {
         Ok(out)
     }
 
+    /// Each model's own SAE against the reference SAE, with the random null and the seed control,
+    /// then the firing classes of every model's SAE.
+    fn sae_compare(&self) -> Result<String> {
+        const STATS: [(&str, usize); 6] = [("best_match_cos", 3), ("best_match_share", 2), ("mnn_share", 2), ("same_index_share", 2), ("procrustes_residual", 2), ("cka_debiased", 2)];
+        let mut out = String::from(
+            "Each model's own SAE against the reference's SAE: best-match abs(cos) of decoder directions (mean over reference features) and the share of them at ≥ the analysis's `match_threshold`, mutual nearest neighbours, the share whose best match has the same index (near 1 when SAEs have not moved far from a shared initialisation), the orthogonal Procrustes residual of the decoders, and the debiased linear CKA of the codes on the evaluation tokens. Random null: Gaussian decoders and codes of the same shapes (mean over draws); another seed: a reference SAE trained from another seed on the same activations.\n\n\
+             | SAE compared with the reference's | FVE | best-match abs(cos) | share ≥ threshold | mutual nearest neighbours | same index | Procrustes residual | CKA (debiased) |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
+        );
+        let line = |label: String, fve: String, spec: &str, null: &str| -> Result<String> {
+            let mut cells = vec![label, fve];
+            for (m, d) in STATS {
+                // the null has no same-index statistic: random matrices have no indices to share
+                cells.push(match self.rows(spec, m).find(|r| label_is(r, "null", null)) {
+                    Some(r) => fmt(r.value, d),
+                    None if m == "same_index_share" && null == "random" => "–".into(),
+                    None => bail!("{}: no '{m}' row for spec '{spec}' (null = {null})", self.path.display()),
+                });
+            }
+            Ok(format!("| {} |\n", cells.join(" | ")))
+        };
+        let twins = self.twins();
+        for s in &twins {
+            out.push_str(&line(spec_cell(s), fmt(self.value(s, "sae_fve", |_| true)?, 2), s, "none")?);
+        }
+        if let Some(first) = twins.first() {
+            out.push_str(&line("random null".into(), "–".into(), first, "random")?);
+        }
+        if self.rows("none", "best_match_cos").any(|r| label_is(r, "null", "seed")) {
+            out.push_str(&line("reference, another seed".into(), fmt(self.value("none", "sae_fve", |_| true)?, 2), "none", "seed")?);
+        }
+        out.push_str("\nFiring classes of each model's SAE on the evaluation tokens (share of its features; the analysis's `rare_frac` and `frequent_frac` bound them):\n\n| model (`--quant`) | dead | rare | common | frequent |\n|---|---:|---:|---:|---:|\n");
+        for s in self.specs() {
+            let c = |class: &str| self.value(s, "feature_share", |r| label_is(r, "class", class)).map(pct);
+            out.push_str(&format!("| {} | {} | {} | {} | {} |\n", spec_cell(s), c("dead")?, c("rare")?, c("common")?, c("frequent")?));
+        }
+        Ok(out)
+    }
+
     /// Salient neurons per model over all analysed layers (`scope = total` rows).
     fn salient(&self) -> Result<String> {
         let total = |r: &Row| label_is(r, "scope", "total");
@@ -873,6 +913,30 @@ mod tests {
         assert!(t.ends_with("| `rtn:bits=4` | 32.0 % | 30.10 / 30.40 | 93.0 % / 95.0 % | 0.95 (0.87) | 0.73 |\n"), "{t}");
         rows[3] = Row::new(&q, "match_converged", 0.0).n(9);
         assert!(table("prune-overlap", rows).unwrap().contains("| 32.0 % (not converged) |"));
+    }
+
+    #[test]
+    fn sae_compare_table_keeps_twin_null_and_seed_rows_apart() {
+        let (none, q) = (spec("none"), spec("rtn:bits=4"));
+        let mut rows = vec![Row::new(&none, "sae_fve", 0.57).n(2032), Row::new(&q, "sae_fve", 0.55).n(2032)];
+        for s in [&none, &q] {
+            for (c, v) in [("dead", 0.01), ("rare", 0.82), ("common", 0.17), ("frequent", 0.0)] {
+                rows.push(Row::new(s, "feature_share", v).label("class", c).n(4608));
+            }
+        }
+        // (null label, spec, values of best_match_cos, best_match_share, mnn_share, same_index_share, procrustes, cka_debiased)
+        for (null, s, v) in [("none", &q, [0.975, 0.8, 0.7, 1.0, 0.22, 0.92]), ("random", &q, [0.159, 0.0, 0.01, f64::NAN, 0.99, 0.0]), ("seed", &none, [0.19, 0.01, 0.05, 0.0, 0.9, 0.88])] {
+            for (m, x) in ["best_match_cos", "best_match_share", "mnn_share", "same_index_share", "procrustes_residual", "cka_debiased"].into_iter().zip(v) {
+                if !(m == "same_index_share" && null == "random") {
+                    rows.push(Row::new(s, m, x).label("null", null).ci(x - 0.01, x + 0.01).n(4608));
+                }
+            }
+            rows.push(Row::new(s, "cka", 0.5).label("null", null).n(2032));
+        }
+        let t = table("sae-compare", rows).unwrap();
+        // a twin row that took the null's or the seed control's numbers would read differently
+        assert!(t.contains("| `rtn:bits=4` | 0.55 | 0.975 | 0.80 | 0.70 | 1.00 | 0.22 | 0.92 |\n| random null | – | 0.159 | 0.00 | 0.01 | – | 0.99 | 0.00 |\n| reference, another seed | 0.57 | 0.190 | 0.01 | 0.05 | 0.00 | 0.90 | 0.88 |\n"), "{t}");
+        assert!(t.ends_with("| reference | 1.0 % | 82.0 % | 17.0 % | 0.0 % |\n| `rtn:bits=4` | 1.0 % | 82.0 % | 17.0 % | 0.0 % |\n"), "{t}");
     }
 
     #[test]
