@@ -45,6 +45,25 @@ impl Models {
     }
 }
 
+/// The results of an analysis: read from the tidy parquet at `saved` when it is not empty (the
+/// committed table, so figures are drawn from exactly the data the findings print), else computed
+/// by `compute`; with the seconds the computation took (0 for a saved table) and a line saying
+/// which it was.
+pub fn saved_or_run(saved: &str, compute: impl FnOnce() -> Result<crate::analysis::Tidy>) -> Result<(crate::analysis::Tidy, f64)> {
+    if !saved.is_empty() {
+        let path = std::path::Path::new(saved);
+        let df = crate::analysis::tidy::read_parquet(path)?;
+        let t = crate::analysis::Tidy::from_frame(&df).with_context(|| format!("{saved}: not a tidy results table"))?;
+        println!("results: {} rows read from {saved}", t.rows.len());
+        return Ok((t, 0.0));
+    }
+    let t0 = std::time::Instant::now();
+    let t = compute()?;
+    let secs = t0.elapsed().as_secs_f64();
+    println!("results: {} rows computed in {secs:.1} s", t.rows.len());
+    Ok((t, secs))
+}
+
 /// Saves `plot` as `NAME.html` and `NAME.svg` in the figures folder ([`crate::figures::figures_dir`]),
 /// prints where, and returns it for display (the last expression of a cell); the SVG is rendered
 /// once for both.
@@ -65,6 +84,23 @@ pub fn show_in(plot: &plotly::Plot, name: &str, dir: &std::path::Path) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn saved_results_are_read_and_not_computed() {
+        let q: QuantSpec = "rtn:bits=4".parse().unwrap();
+        let mut t = crate::analysis::Tidy::new("m");
+        t.push(crate::analysis::Row::new(&q, "cosine", 0.75).layer(2));
+        let dir = crate::testing::scratch("notebook-saved");
+        let f = dir.join("t.parquet");
+        crate::analysis::tidy::write_parquet(&t.to_frame().unwrap(), &f).unwrap();
+        let (read, secs) = saved_or_run(f.to_str().unwrap(), || panic!("a saved table must not be computed")).unwrap();
+        assert_eq!((read.rows.len(), read.rows[0].value, read.rows[0].layer, secs), (1, 0.75, Some(2), 0.0));
+        let (made, _) = saved_or_run("", || Ok(t.clone())).unwrap();
+        assert_eq!(made.rows[0].metric, "cosine");
+        let e = format!("{:#}", saved_or_run(dir.join("none.parquet").to_str().unwrap(), || Ok(t.clone())).unwrap_err());
+        assert!(e.contains("none.parquet"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn a_figure_with_its_image_is_displayed_without_rendering_again() {
