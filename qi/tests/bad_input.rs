@@ -290,3 +290,42 @@ fn gguf_truncated_in_the_data_or_the_header_names_the_file() {
     let e = format!("{:#}", err_of(&f));
     assert!(e.contains("m.gguf") && e.contains("truncated") && e.contains("token_embd.weight"), "{e}");
 }
+
+#[test]
+fn a_twin_that_is_not_the_references_shape_or_vocabulary_is_refused_naming_what_differs() {
+    let fixture = |name: &str| Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/fixtures").join(name);
+    let reference = qi::load_model(fixture("llama/model.gguf").to_str().unwrap()).unwrap();
+    let err = |twin: &qi::HookedTransformer, case: &str| -> String {
+        let twins = vec![("rtn:bits=4".parse::<qi::quant::QuantSpec>().unwrap(), twin.clone())];
+        format!("{:#}", qi::analysis::Comparison::new("m", &reference, &twins).err().unwrap_or_else(|| panic!("{case}: accepted")))
+    };
+    // the same model is comparable
+    let same = vec![("rtn:bits=4".parse::<qi::quant::QuantSpec>().unwrap(), reference.clone())];
+    assert!(qi::analysis::Comparison::new("m", &reference, &same).is_ok());
+    // another vocabulary size
+    let mut t = reference.clone();
+    t.cfg.d_vocab += 1;
+    let e = err(&t, "d_vocab");
+    assert!(e.contains("d_vocab is") && e.contains("rtn:bits=4"), "{e}");
+    // one projection of another shape, everything else equal
+    let mut t = reference.clone();
+    {
+        let lin = t.blocks[1].linears_mut().remove(0);
+        let (out, inp) = (lin.out_features(), lin.in_features());
+        *lin = qi::models::Linear::new(lin.name.clone(), candle_core::Tensor::zeros((out + 2, inp), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap(), None, false).unwrap();
+    }
+    let e = err(&t, "shape");
+    assert!(e.contains("blocks.1") || e.contains("layers.1"), "names the projection: {e}");
+    assert!(e.contains(&format!("{}", reference.blocks[1].linears()[0].out_features() + 2)), "{e}");
+    // same shapes, another tokenizer (a word-level vocabulary): the ids of a probe text differ
+    let dir = std::env::temp_dir().join(format!("qi-bad-input-tok-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tok = dir.join("tokenizer.json");
+    std::fs::write(&tok, r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,"pre_tokenizer":{"type":"Whitespace"},"post_processor":null,"decoder":null,"model":{"type":"WordLevel","vocab":{"[UNK]":0,"The":1},"unk_token":"[UNK]"}}"#).unwrap();
+    assert!(reference.tokenizer.is_some(), "the fixture GGUF carries a tokenizer");
+    let mut t = reference.clone();
+    t.tokenizer = Some(qi::Tokenizer::from_file(&tok).unwrap());
+    let e = err(&t, "tokenizer");
+    assert!(e.contains("vocabularies differ") && e.contains("rtn:bits=4"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
