@@ -4,7 +4,7 @@
 //! heatmap panels of one kind share one colour scale. A builder that filters the wrong metric,
 //! swaps x and series, drops the reference or gives each panel its own scale fails here.
 use qi::analysis::tidy::{f64_values, filter_eq, read_parquet, str_values};
-use qi::analysis::{ablation, activations, attention, calibration, features, induction, ioi, logit_lens, neurons, patching, salient};
+use qi::analysis::{ablation, activations, attention, attribution, calibration, features, induction, ioi, logit_lens, neurons, patching, prune_overlap, sae_compare, salient};
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -273,4 +273,90 @@ fn heatmaps_draw_their_grids_on_one_scale_per_kind() {
     for (name, z, ..) in &ps {
         assert_grid(name, z, &filter_eq(&fr, "spec", name).unwrap());
     }
+}
+
+#[test]
+fn bars_of_several_metrics_keep_each_metric_apart() {
+    let po = results("07_prune_overlap_smollm2.parquet");
+    let mut want = filter_eq(&po, "metric", "jaccard_damaged").unwrap();
+    for m in ["jaccard_chance", "spearman_damage"] {
+        want.vstack_mut(&filter_eq(&po, "metric", m).unwrap()).unwrap();
+    }
+    let t = check_points("prune overlap", &prune_overlap::overlap_figure(&po).unwrap(), &want, "metric", "spec");
+    assert_eq!(t.1, "quantizer");
+
+    let sc = results("07_sae_compare_smollm2.parquet");
+    check_points("firing classes", &sae_compare::frequency_figure(&sc).unwrap(), &filter_eq(&sc, "metric", "feature_share").unwrap(), "spec", "class");
+    // similarity bars: each twin's own rows, the seed control, and the random null once
+    let v = json(&sae_compare::similarity_figure(&sc).unwrap());
+    let metrics = ["best_match_cos", "best_match_share", "mnn_share", "cka", "cka_debiased"];
+    let mut rows = Vec::new();
+    for m in metrics {
+        let d = filter_eq(&sc, "metric", m).unwrap();
+        let (spec, null, val) = (col(&d, "spec"), col(&d, "null"), f64_values(&d, "value").unwrap());
+        let first_random = (0..d.height()).find(|&i| null[i] == "random").map(|i| spec[i].clone());
+        for i in 0..d.height() {
+            let series = match null[i].as_str() {
+                "none" => spec[i].clone(),
+                "seed" => "reference, other seed".into(),
+                _ if Some(&spec[i]) == first_random.as_ref() => "random null".into(),
+                _ => continue,
+            };
+            rows.push((series, m.to_string(), num_key(val[i])));
+        }
+    }
+    rows.sort();
+    assert_eq!(points(&v), rows);
+    assert_eq!(titles(&v).1, "statistic");
+}
+
+/// The (name, x, y) points of a paired scatter, without its y = x guide.
+fn scatter_points(v: &Value) -> Vec<(String, String, String)> {
+    let mut p = points(v);
+    p.retain(|(name, ..)| name != "y = x");
+    p
+}
+
+#[test]
+fn paired_scatters_pair_each_head_with_its_own_reference() {
+    // induction: x = the reference's score of the same head, y = the twin's
+    let ind = results("05_induction_smollm2.parquet");
+    let d = filter_eq(&ind, "metric", "stripe_score").unwrap();
+    let per_seed = f64_values(&d, "seed").map(|s| s.iter().any(|x| x.is_finite())).unwrap_or(false);
+    // a per-seed table pairs heads within a seed; the committed one is checked on seed 0
+    let d = if per_seed { qi::analysis::tidy::filter_num_eq(&d, "seed", 0.0).unwrap() } else { d };
+    let (spec, l, h, v) = (col(&d, "spec"), f64_values(&d, "layer").unwrap(), f64_values(&d, "head").unwrap(), f64_values(&d, "value").unwrap());
+    let reference: std::collections::HashMap<(i64, i64), f64> = (0..d.height()).filter(|&i| spec[i] == "none").map(|i| ((l[i] as i64, h[i] as i64), v[i])).collect();
+    let mut want: Vec<_> = (0..d.height()).filter(|&i| spec[i] != "none").map(|i| (spec[i].clone(), num_key(reference[&(l[i] as i64, h[i] as i64)]), num_key(v[i]))).collect();
+    want.sort();
+    let fig = json(&induction::scatter_figure(&d, "stripe").unwrap());
+    assert_eq!(scatter_points(&fig), want);
+    let t = titles(&fig);
+    assert_eq!((t.1.as_str(), t.2.as_str()), ("reference", "quantized twin"));
+
+    // attribution: x = the first-order estimate, y = the measured damage, same head and twin
+    let at = results("06_attribution_smollm2.parquet");
+    let key = |d: &polars::prelude::DataFrame| -> Vec<(String, i64, i64, f64)> {
+        let (s, l, h, v) = (col(d, "spec"), f64_values(d, "layer").unwrap(), f64_values(d, "head").unwrap(), f64_values(d, "value").unwrap());
+        (0..d.height()).map(|i| (s[i].clone(), l[i] as i64, h[i] as i64, v[i])).collect()
+    };
+    let attr: std::collections::HashMap<(String, i64, i64), f64> = key(&filter_eq(&at, "metric", "attribution").unwrap()).into_iter().map(|(s, l, h, v)| ((s, l, h), v)).collect();
+    let mut want: Vec<_> = key(&filter_eq(&at, "metric", "measured_delta").unwrap())
+        .into_iter()
+        .filter_map(|(s, l, h, v)| attr.get(&(s.clone(), l, h)).map(|a| (s, num_key(*a), num_key(v))))
+        .collect();
+    want.sort();
+    assert!(!want.is_empty());
+    assert_eq!(scatter_points(&json(&attribution::attribution_figure(&at).unwrap())), want);
+
+    // importance vs drift: x = the head's mean-ablation importance on the induction loss
+    let ab = results("06_ablation_smollm2.parquet");
+    let imp = filter_eq(&filter_eq(&filter_eq(&ab, "metric", "ablation_delta").unwrap(), "target", "induction").unwrap(), "ablation", "mean").unwrap();
+    let imp: std::collections::HashMap<(i64, i64), f64> = key(&imp).into_iter().map(|(_, l, h, v)| ((l, h), v)).collect();
+    let mut want: Vec<_> = key(&filter_eq(&ab, "metric", "drift_js").unwrap()).into_iter().filter_map(|(s, l, h, v)| imp.get(&(l, h)).map(|x| (s, num_key(*x), num_key(v)))).collect();
+    want.sort();
+    assert!(!want.is_empty());
+    let fig = json(&ablation::importance_drift_figure(&ab, "mean", "drift_js").unwrap());
+    assert_eq!(points(&fig), want);
+    assert_eq!(titles(&fig).2, "drift_js");
 }
