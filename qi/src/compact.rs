@@ -23,7 +23,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 use safetensors::tensor::{Dtype, TensorView};
-use safetensors::SafeTensors;
+use crate::models::checkpoint::StFile;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -475,31 +475,32 @@ pub fn save(twin: &HookedTransformer, reference: &HookedTransformer, spec: &Quan
     Ok(summary)
 }
 
-/// One stored array of a compact file, checked against the length it must have.
-fn array<'a>(st: &'a SafeTensors, path: &Path, key: &str, dtype: Dtype, len: usize) -> Result<&'a [u8]> {
-    let v = st.tensor(key).map_err(|_| anyhow!("{}: array '{key}' is missing", path.display()))?;
-    let n: usize = v.shape().iter().product();
-    if v.dtype() != dtype || n != len {
-        bail!("{}: array '{key}' is {:?} × {n}, expected {dtype:?} × {len}", path.display(), v.dtype());
+/// One stored array of a compact file, checked against the length it must have; read from the
+/// file when asked for, so loading holds one tensor's arrays at a time, not the whole file.
+fn array(st: &StFile, path: &Path, key: &str, dtype: Dtype, len: usize) -> Result<Vec<u8>> {
+    let (dt, shape) = st.info(key).ok_or_else(|| anyhow!("{}: array '{key}' is missing", path.display()))?;
+    let n: usize = shape.iter().product();
+    if dt != dtype || n != len {
+        bail!("{}: array '{key}' is {dt:?} × {n}, expected {dtype:?} × {len}", path.display());
     }
-    Ok(v.data())
+    st.bytes(key)?.ok_or_else(|| anyhow!("{}: array '{key}' is missing", path.display()))
 }
 
-fn scales_of(st: &SafeTensors, path: &Path, key: &str, len: usize) -> Result<Vec<f64>> {
-    let v = st.tensor(key).map_err(|_| anyhow!("{}: array '{key}' is missing", path.display()))?;
-    match v.dtype() {
-        Dtype::F32 => Ok(read_f32(array(st, path, key, Dtype::F32, len)?).into_iter().map(f64::from).collect()),
+fn scales_of(st: &StFile, path: &Path, key: &str, len: usize) -> Result<Vec<f64>> {
+    let (dt, _) = st.info(key).ok_or_else(|| anyhow!("{}: array '{key}' is missing", path.display()))?;
+    match dt {
+        Dtype::F32 => Ok(read_f32(&array(st, path, key, Dtype::F32, len)?).into_iter().map(f64::from).collect()),
         _ => Ok(array(st, path, key, Dtype::F64, len)?.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes"))).collect()),
     }
 }
 
 /// Puts the verbatim groups back.
-fn apply_exceptions(st: &SafeTensors, path: &Path, name: &str, out: &mut [f32], group: usize) -> Result<()> {
+fn apply_exceptions(st: &StFile, path: &Path, name: &str, out: &mut [f32], group: usize) -> Result<()> {
     let key = format!("{name}#exceptions");
-    let Ok(v) = st.tensor(&key) else { return Ok(()) };
-    let n: usize = v.shape().iter().product();
+    let Some((_, shape)) = st.info(&key) else { return Ok(()) };
+    let n: usize = shape.iter().product();
     let idx: Vec<u32> = array(st, path, &key, Dtype::U32, n)?.chunks_exact(4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes"))).collect();
-    let vals = read_f32(array(st, path, &format!("{name}#exception_values"), Dtype::F32, n * group)?);
+    let vals = read_f32(&array(st, path, &format!("{name}#exception_values"), Dtype::F32, n * group)?);
     for (k, &g) in idx.iter().enumerate() {
         let at = g as usize * group;
         if at + group > out.len() {
@@ -510,7 +511,7 @@ fn apply_exceptions(st: &SafeTensors, path: &Path, name: &str, out: &mut [f32], 
     Ok(())
 }
 
-fn decode(st: &SafeTensors, path: &Path, name: &str, codec: &Codec, reference: &HashMap<String, Tensor>) -> Result<Tensor> {
+fn decode(st: &StFile, path: &Path, name: &str, codec: &Codec, reference: &HashMap<String, Tensor>) -> Result<Tensor> {
     let matrix = |data: Vec<f32>, rows: usize, cols: usize, transposed: bool| -> Result<Tensor> {
         let t = Tensor::from_vec(data, (rows, cols), &Device::Cpu)?;
         Ok(if transposed { t.t()?.contiguous()? } else { t })
@@ -518,14 +519,16 @@ fn decode(st: &SafeTensors, path: &Path, name: &str, codec: &Codec, reference: &
     match codec {
         Codec::Reference => reference.get(name).cloned().ok_or_else(|| anyhow!("{}: '{name}' is the reference's, which has no such tensor", path.display())),
         Codec::Plain => {
-            let v = st.tensor(name).map_err(|_| anyhow!("{}: tensor '{name}' is missing", path.display()))?;
-            let dt = match v.dtype() {
+            let (dtype, shape) = st.info(name).ok_or_else(|| anyhow!("{}: tensor '{name}' is missing", path.display()))?;
+            let dt = match dtype {
                 Dtype::F32 => DType::F32,
                 Dtype::F16 => DType::F16,
                 Dtype::BF16 => DType::BF16,
                 d => bail!("{}: tensor '{name}' is {d:?}, expected F32, F16 or BF16", path.display()),
             };
-            Ok(Tensor::from_raw_buffer(v.data(), dt, v.shape(), &Device::Cpu)?.to_dtype(DType::F32)?)
+            let shape = shape.to_vec();
+            let bytes = st.bytes(name)?.ok_or_else(|| anyhow!("{}: tensor '{name}' is missing", path.display()))?;
+            Ok(Tensor::from_raw_buffer(&bytes, dt, &shape, &Device::Cpu)?.to_dtype(DType::F32)?)
         }
         &Codec::Affine { rows, cols, group, bits, transposed } => {
             if group == 0 || cols % group != 0 || !(1..=8).contains(&bits) {
@@ -536,7 +539,7 @@ fn decode(st: &SafeTensors, path: &Path, name: &str, codec: &Codec, reference: &
             let scales = scales_of(st, path, &format!("{name}#scales"), groups)?;
             let offsets: Vec<i16> = array(st, path, &format!("{name}#offsets"), Dtype::I16, groups)?.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect();
             let mut out = vec![0f32; n];
-            for_each_group(packed, bits, group, &mut out, |g, c, o| {
+            for_each_group(&packed, bits, group, &mut out, |g, c, o| {
                 // the 2^bits values of this group, then one lookup per weight
                 let mut levels = [0f32; 256];
                 for (k, l) in levels.iter_mut().take(1 << bits).enumerate() {
@@ -555,10 +558,10 @@ fn decode(st: &SafeTensors, path: &Path, name: &str, codec: &Codec, reference: &
                 bail!("{}: '{name}' has an invalid codebook layout (block {block}, {bits} bits)", path.display());
             }
             let packed = array(st, path, &format!("{name}#codes"), Dtype::U8, (n * bits as usize).div_ceil(8))?;
-            let table = read_f32(array(st, path, &format!("{name}#table"), Dtype::F32, 1 << bits)?);
-            let absmax = read_f32(array(st, path, &format!("{name}#absmax"), Dtype::F32, n / block)?);
+            let table = read_f32(&array(st, path, &format!("{name}#table"), Dtype::F32, 1 << bits)?);
+            let absmax = read_f32(&array(st, path, &format!("{name}#absmax"), Dtype::F32, n / block)?);
             let mut out = vec![0f32; n];
-            for_each_group(packed, bits, block, &mut out, |b, c, o| {
+            for_each_group(&packed, bits, block, &mut out, |b, c, o| {
                 for (o, &c) in o.iter_mut().zip(c) {
                     *o = table[c as usize] * absmax[b];
                 }
@@ -570,7 +573,7 @@ fn decode(st: &SafeTensors, path: &Path, name: &str, codec: &Codec, reference: &
             let k = GgmlKind::from_name(kind).ok_or_else(|| anyhow!("{}: '{name}' has unknown GGML type '{kind}'", path.display()))?;
             let key = format!("{name}#blocks");
             let want = rows * cols / k.block_size() * k.dtype().type_size();
-            let q = candle_core::quantized::ggml_file::qtensor_from_ggml(k.dtype(), array(st, path, &key, Dtype::U8, want)?, vec![*rows, *cols], &Device::Cpu)?;
+            let q = candle_core::quantized::ggml_file::qtensor_from_ggml(k.dtype(), &array(st, path, &key, Dtype::U8, want)?, vec![*rows, *cols], &Device::Cpu)?;
             let t = q.dequantize(&Device::Cpu)?;
             Ok(if *transposed { t.t()?.contiguous()? } else { t })
         }
@@ -580,14 +583,13 @@ fn decode(st: &SafeTensors, path: &Path, name: &str, codec: &Codec, reference: &
 /// Reads a compact file written by [`save`]: every tensor of the twin by its Hugging Face name
 /// (those shared with `reference` are its own tensors), and each tensor's codec label.
 pub fn load(path: &Path, reference: &HookedTransformer) -> Result<(HashMap<String, Tensor>, BTreeMap<String, String>)> {
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
-    let text = meta.metadata().as_ref().and_then(|m| m.get(META_KEY)).ok_or_else(|| anyhow!("{}: no '{META_KEY}' layout; not a compact qi twin", path.display()))?;
+    // header and offsets are checked on opening; arrays are read one tensor at a time
+    let st = StFile::open(path)?;
+    let text = st.metadata().and_then(|m| m.get(META_KEY)).ok_or_else(|| anyhow!("{}: no '{META_KEY}' layout; not a compact qi twin", path.display()))?;
     let layout: Layout = serde_json::from_str(text).with_context(|| format!("{}: the '{META_KEY}' layout is not valid", path.display()))?;
     if layout.version != LAYOUT_VERSION {
         bail!("{}: compact layout version {}, this qi reads version {LAYOUT_VERSION}", path.display(), layout.version);
     }
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
     let refs: HashMap<String, Tensor> = crate::models::hf_state_dict(reference)?.into_iter().collect();
     let mut tensors = HashMap::new();
     let mut types = BTreeMap::new();
@@ -691,8 +693,7 @@ mod tests {
                 arrays.push((key, TensorView::new(*dt, shape.clone(), bytes).unwrap()));
             }
             safetensors::serialize_to_file(arrays, None, &file).unwrap();
-            let bytes = std::fs::read(&file).unwrap();
-            let st = SafeTensors::deserialize(&bytes).unwrap();
+            let st = StFile::open(&file).unwrap();
             let back = decode(&st, &file, "w", &e.codec, &HashMap::new()).unwrap();
             assert!(crate::ops::same_bits(&back, &q).unwrap(), "{s}: the decoded matrix differs");
             std::fs::remove_dir_all(&dir).unwrap();

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 /// One safetensors file, read a tensor at a time. Not memory-mapped: the pages of a mapped file
 /// count as resident while it is open, so a 6 GB twin would briefly need 12 GB to load.
-struct StFile {
+pub(crate) struct StFile {
     path: PathBuf,
     file: std::sync::Mutex<std::fs::File>,
     /// Where the data section starts (after the 8-byte length and the JSON header).
@@ -18,7 +18,7 @@ struct StFile {
 }
 
 impl StFile {
-    fn open(path: &Path) -> Result<Self> {
+    pub(crate) fn open(path: &Path) -> Result<Self> {
         let corrupt = |why: String| anyhow::anyhow!("{}: not a valid safetensors file (truncated or corrupt header/data: {why})", path.display());
         let mut file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
         let len = file.metadata().with_context(|| format!("{}: cannot stat", path.display()))?.len();
@@ -40,15 +40,30 @@ impl StFile {
         Ok(StFile { path: path.to_path_buf(), file: std::sync::Mutex::new(file), data_start, meta })
     }
 
-    fn load(&self, name: &str) -> Result<Option<Tensor>> {
+    /// The header's `__metadata__` entries.
+    pub(crate) fn metadata(&self) -> Option<&HashMap<String, String>> {
+        self.meta.metadata().as_ref()
+    }
+
+    /// Dtype and shape of tensor `name`, without reading it.
+    pub(crate) fn info(&self, name: &str) -> Option<(safetensors::Dtype, &[usize])> {
+        self.meta.info(name).map(|i| (i.dtype, i.shape.as_slice()))
+    }
+
+    /// The bytes of tensor `name` (read now, one tensor's worth of memory).
+    pub(crate) fn bytes(&self, name: &str) -> Result<Option<Vec<u8>>> {
         let Some(info) = self.meta.info(name) else { return Ok(None) };
         let (start, end) = info.data_offsets;
         let mut bytes = vec![0u8; end - start];
-        {
-            let mut f = self.file.lock().expect("safetensors file lock");
-            f.seek(SeekFrom::Start(self.data_start + start as u64))?;
-            f.read_exact(&mut bytes).with_context(|| format!("{}: cannot read tensor '{name}'", self.path.display()))?;
-        }
+        let mut f = self.file.lock().expect("safetensors file lock");
+        f.seek(SeekFrom::Start(self.data_start + start as u64))?;
+        f.read_exact(&mut bytes).with_context(|| format!("{}: cannot read tensor '{name}'", self.path.display()))?;
+        Ok(Some(bytes))
+    }
+
+    fn load(&self, name: &str) -> Result<Option<Tensor>> {
+        let Some(info) = self.meta.info(name) else { return Ok(None) };
+        let Some(bytes) = self.bytes(name)? else { return Ok(None) };
         let view = TensorView::new(info.dtype, info.shape.clone(), &bytes).with_context(|| format!("{}: tensor '{name}'", self.path.display()))?;
         Ok(Some(view.load(&Device::Cpu).with_context(|| format!("{}: cannot read tensor '{name}'", self.path.display()))?))
     }

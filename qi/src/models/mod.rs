@@ -4,7 +4,7 @@
 //! tensors onto the common [`HookedTransformer`] parts; `transformer.rs` runs the forward pass with
 //! hook points. Linear weights are kept in PyTorch `nn.Linear` layout `[out, in]` under their
 //! Hugging Face parameter names, so quantizers see exactly the raw matrices a HF checkpoint holds.
-mod checkpoint;
+pub(crate) mod checkpoint;
 pub use checkpoint::Checkpoint;
 pub use crate::quant::ActQuant;
 pub mod gemma3;
