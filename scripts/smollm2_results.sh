@@ -4,6 +4,7 @@
 #   scripts/smollm2_results.sh QI_BINARY [STEP ...]
 # Steps (default: all, in this order): sae features activations attention logit-lens induction
 #   calibration ioi ablation patching attribution neurons salient prune-overlap sae-compare
+#   sae-relu features-relu sae-gated features-gated
 # Twins come from the twin cache (QI_CACHE), so a step reuses what an earlier one quantized.
 # The TopK SAE of `features` / `prune-overlap` is saved under QI_SAE_DIR (default: a cache
 # folder); its config and report are copied to data/results/07_sae_topk_200k_*.json.
@@ -40,6 +41,17 @@ step() {
         --set steps=400 --set batch_size=512 --set seq_len=128 --set seed=0 --out "$SAE" &&
       cp "$SAE/config.json" "$OUT/07_sae_topk_200k_config.json" &&
       cp "$SAE/report.json" "$OUT/07_sae_topk_200k_report.json" ;;
+    sae-relu|sae-gated)
+      # the ReLU and Gated SAEs of the variant rows (L1 = 1), same hook, budget and split as the TopK one
+      local v="${1#sae-}" dir="${SAE}_${1#sae-}"
+      timed "$QI" sae train --model "$MODEL" --variant "$v" --hook blocks.15.hook_resid_post --set l1=1 \
+        --set steps=400 --set batch_size=512 --set seq_len=128 --set seed=0 --out "$dir" &&
+      cp "$dir/config.json" "$OUT/07_sae_${v}_200k_config.json" &&
+      cp "$dir/report.json" "$OUT/07_sae_${v}_200k_report.json" ;;
+    features-relu|features-gated)
+      local v="${1#features-}"
+      analyze features "07_sae_features_${v}_smollm2.parquet" --quant "rtn:bits=8" --quant "rtn:bits=7" --quant "rtn:bits=6" --quant "rtn:bits=5" \
+        "${FOUR[@]}" --set sae="${SAE}_${v}" --set n_seqs=16 --set seq_len=128 ;;
     features) analyze features 07_sae_features_smollm2.parquet "${FEATURE_SPECS[@]}" "${FEATURE_OPTS[@]}" ;;
     # One TopK SAE (4,608 features, k = 32) per model on 200 steps × 256 = 51,200 C4 training-split
     # tokens, plus a reference SAE from another seed; compared on the 16 × 128 evaluation windows.
@@ -63,7 +75,8 @@ step() {
 }
 
 STEPS=("$@")
-[ ${#STEPS[@]} -eq 0 ] && STEPS=(sae features activations attention logit-lens induction calibration ioi ablation patching attribution neurons salient prune-overlap sae-compare)
+[ ${#STEPS[@]} -eq 0 ] && STEPS=(sae features activations attention logit-lens induction calibration ioi ablation patching attribution neurons salient prune-overlap sae-compare
+  sae-relu features-relu sae-gated features-gated)
 status=0
 for s in "${STEPS[@]}"; do
   echo "== $s ($(date -u +%H:%M:%S))" >&2
