@@ -23,6 +23,10 @@
 //!   ratios), as `scripts/bench_models.sh QI twins` writes it.
 //! - `costs FILE.jsonl` — one row per line of `qi bench-forward` output (parameters, load time,
 //!   median forward, the matmul rate it implies, peak RSS), as `scripts/bench_models.sh QI sizes` writes it.
+//! - `sae-reports REPORT.json …` — one row per SAE trained by `qi sae train` (its `report.json` and
+//!   the `config.json` beside it, named `…_report.json` / `…_config.json`): variant, training
+//!   tokens and time, FVE and dead fraction held out and in sample, L0, the loss with the SAE
+//!   spliced in.
 //! - `hybrids FILE.txt` — the per-layer GPTQ hybrid table printed by the research check
 //!   `qi/research/gptq_hybrid_ppl.rs` (model, matrices swapped, perplexity, share of act-order's
 //!   gain), each row's share checked against its perplexity.
@@ -54,10 +58,11 @@ pub fn render(cmd: &str, base: &Path) -> Result<String> {
         ["perplexity", file] => perplexity_table(&base.join(file)),
         ["twins", file] => twins_table(&base.join(file)),
         ["costs", file] => costs_table(&base.join(file)),
+        ["sae-reports", files @ ..] if !files.is_empty() => sae_reports_table(&files.iter().map(|f| base.join(f)).collect::<Vec<_>>()),
         ["hybrids", file] => hybrids_table(&base.join(file)),
         [kind, file] if tables::KINDS.contains(kind) => tables::render(kind, &base.join(file)),
         _ => bail!(
-            "report block '{cmd}': unknown; expected `study SPEC [RESULTS]`, `perplexity FILE.jsonl`, `twins FILE.jsonl`, `costs FILE.jsonl`, `hybrids FILE.txt` or `KIND FILE.parquet` with KIND one of {}",
+            "report block '{cmd}': unknown; expected `study SPEC [RESULTS]`, `perplexity FILE.jsonl`, `twins FILE.jsonl`, `costs FILE.jsonl`, `hybrids FILE.txt`, `sae-reports REPORT.json …` or `KIND FILE.parquet` with KIND one of {}",
             tables::KINDS.join(", ")
         ),
     }
@@ -123,6 +128,44 @@ pub fn hybrids_table(path: &Path) -> Result<String> {
             bail!("{}: row '{name}' says {share} % of the gain, its perplexity gives {again:.1} %", path.display());
         }
         out.push_str(&format!("| {name} | {n} | {p:.2} | {share:.0} % |\n"));
+    }
+    Ok(out)
+}
+
+/// The table of SAE training reports (see the module docs); the config is the report's path with
+/// `_report.json` replaced by `_config.json`.
+pub fn sae_reports_table(reports: &[std::path::PathBuf]) -> Result<String> {
+    let read = |p: &Path| -> Result<serde_json::Value> {
+        let text = std::fs::read_to_string(p).with_context(|| format!("{}: cannot read", p.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", p.display()))
+    };
+    let mut out = String::from("| variant | training tokens | train time | FVE held out (in sample) | L0 | dead held out (in sample) | loss, SAE spliced in |\n|---|---:|---:|---:|---:|---:|---|\n");
+    for rp in reports {
+        let name = rp.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let Some(stem) = name.strip_suffix("_report.json") else {
+            bail!("{}: expected a file named …_report.json (with its …_config.json beside it)", rp.display());
+        };
+        let (r, c) = (read(rp)?, read(&rp.with_file_name(format!("{stem}_config.json")))?);
+        let num = |v: &serde_json::Value, k: &str, file: &Path| v[k].as_f64().ok_or_else(|| anyhow!("{}: no number '{k}'", file.display()));
+        let (held, ins) = (&r["report"], &r["report_in_sample"]);
+        let sae = &c["sae"];
+        let variant = match sae["variant"].as_str() {
+            Some("topk") => format!("TopK (k = {})", sae["k"]),
+            Some(v @ ("relu" | "gated")) => format!("{} (L1 = {})", if v == "relu" { "ReLU" } else { "Gated" }, sae["l1"].as_f64().unwrap_or(f64::NAN)),
+            _ => bail!("{}: no SAE variant", rp.display()),
+        };
+        out.push_str(&format!(
+            "| {variant} | {:.0} | {:.0} s | {:.3} ({:.3}) | {:.0} | {:.1} % ({:.1} %) | {:.2} → {:.2} |\n",
+            num(&r, "tokens", rp)?,
+            num(&r, "seconds", rp)?,
+            num(held, "fraction_variance_explained", rp)?,
+            num(ins, "fraction_variance_explained", rp)?,
+            num(held, "mean_l0", rp)?,
+            100.0 * num(held, "dead_fraction", rp)?,
+            100.0 * num(ins, "dead_fraction", rp)?,
+            num(held, "loss_clean", rp)?,
+            num(held, "loss_spliced", rp)?,
+        ));
     }
     Ok(out)
 }
@@ -245,6 +288,28 @@ pub fn update_file(path: &Path, check: bool) -> Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sae_report_rows_read_held_out_and_in_sample_apart() {
+        let dir = std::env::temp_dir().join(format!("qi-report-sae-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let report = |fve: f64, fve_in: f64, dead: f64, dead_in: f64| {
+            serde_json::json!({ "tokens": 204800, "seconds": 600.9,
+                "report": { "fraction_variance_explained": fve, "mean_l0": 248.9, "dead_fraction": dead, "loss_clean": 3.8119, "loss_spliced": 7.5267 },
+                "report_in_sample": { "fraction_variance_explained": fve_in, "mean_l0": 230.7, "dead_fraction": dead_in, "loss_clean": 4.1, "loss_spliced": 7.7 } })
+        };
+        std::fs::write(dir.join("relu_report.json"), report(0.391, 0.363, 0.0773, 0.061).to_string()).unwrap();
+        std::fs::write(dir.join("relu_config.json"), serde_json::json!({ "sae": { "variant": "relu", "l1": 1.0, "k": 32 } }).to_string()).unwrap();
+        std::fs::write(dir.join("topk_report.json"), report(0.669, 0.688, 0.0968, 0.118).to_string()).unwrap();
+        std::fs::write(dir.join("topk_config.json"), serde_json::json!({ "sae": { "variant": "topk", "l1": 1.0, "k": 32 } }).to_string()).unwrap();
+        let t = render("sae-reports topk_report.json relu_report.json", &dir).unwrap();
+        // in-sample values in brackets, the held-out ones first; the in-sample loss is not the one shown
+        assert!(t.ends_with("| TopK (k = 32) | 204800 | 601 s | 0.669 (0.688) | 249 | 9.7 % (11.8 %) | 3.81 → 7.53 |\n| ReLU (L1 = 1) | 204800 | 601 s | 0.391 (0.363) | 249 | 7.7 % (6.1 %) | 3.81 → 7.53 |\n"), "{t}");
+        std::fs::remove_file(dir.join("relu_config.json")).unwrap();
+        assert!(format!("{:#}", render("sae-reports relu_report.json", &dir).unwrap_err()).contains("relu_config.json"));
+        assert!(format!("{:#}", render("sae-reports topk_config.json", &dir).unwrap_err()).contains("…_report.json"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn hybrid_rows_are_read_from_the_right_and_checked() {
