@@ -30,7 +30,7 @@
 //! - `hybrids FILE.txt` — the per-layer GPTQ hybrid table printed by the research check
 //!   `qi/research/gptq_hybrid_ppl.rs` (model, matrices swapped, perplexity, share of act-order's
 //!   gain), each row's share checked against its perplexity.
-//! - `features|prune-overlap|sae-compare|induction|calibration|activations|attention|logit-lens|ablation|patching|neurons|salient-neurons FILE.parquet`
+//! - `features|ioi|prune-overlap|sae-compare|induction|calibration|activations|attention|logit-lens|ablation|patching|neurons|salient-neurons FILE.parquet`
 //!   — the summary table of one `qi analyze` result ([`tables`]), as `scripts/smollm2_results.sh`
 //!   writes them.
 mod tables;

@@ -9,8 +9,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use std::path::Path;
 
 /// The analyses with a table, as block kinds.
-pub const KINDS: [&str; 12] = [
+pub const KINDS: [&str; 13] = [
     "features",
+    "ioi",
     "prune-overlap",
     "sae-compare",
     "induction",
@@ -45,6 +46,7 @@ pub fn render_tidy(kind: &str, raw: Tidy, path: &Path) -> Result<String> {
     };
     match kind {
         "features" => t.features(),
+        "ioi" => t.ioi(),
         "prune-overlap" => t.prune_overlap(),
         "sae-compare" => t.sae_compare(),
         "induction" => t.induction(),
@@ -507,6 +509,29 @@ impl Results<'_> {
         Ok(out)
     }
 
+    /// IOI per model: the logit difference with its CI, the accuracy, and for each twin the head
+    /// whose reference `hook_z` recovers the most of the damage.
+    fn ioi(&self) -> Result<String> {
+        let mut out = String::from(
+            "Logit difference IO − S at the final position (mean over prompts, 95 % bootstrap CI); accuracy = share of prompts with IO − S > 0; recovery = share of the twin's logit-difference damage undone by patching one head's `hook_z` from the reference (a small damage makes it ill-conditioned).\n\n\
+             | model (`--quant`) | prompts | logit difference | accuracy | head recovering the most | heads patched |\n|---|---:|---:|---:|---:|---:|\n",
+        );
+        for s in self.specs() {
+            let ld = self.one(s, "logit_diff", |_| true)?;
+            let patched: Vec<&Row> = self.rows(s, "fraction_recovered").filter(|r| r.value.is_finite()).collect();
+            let best = patched.iter().copied().max_by(|a, b| a.value.total_cmp(&b.value)).map_or("–".to_string(), |r| format!("{} ({})", site(r), pct(r.value)));
+            out.push_str(&format!(
+                "| {} | {} | {} | {} | {best} | {} |\n",
+                spec_cell(s),
+                ld.n.map_or("?".into(), |n| n.to_string()),
+                num(ld, 2),
+                fmt(self.value(s, "accuracy", |_| true)?, 2),
+                if s == "none" { "–".to_string() } else { patched.len().to_string() },
+            ));
+        }
+        Ok(out)
+    }
+
     /// Quantized vs perplexity-matched pruned twins: how many features each damages and whether
     /// they are the same ones.
     fn prune_overlap(&self) -> Result<String> {
@@ -937,6 +962,23 @@ mod tests {
         // a twin row that took the null's or the seed control's numbers would read differently
         assert!(t.contains("| `rtn:bits=4` | 0.55 | 0.975 | 0.80 | 0.70 | 1.00 | 0.22 | 0.92 |\n| random null | – | 0.159 | 0.00 | 0.01 | – | 0.99 | 0.00 |\n| reference, another seed | 0.57 | 0.190 | 0.01 | 0.05 | 0.00 | 0.90 | 0.88 |\n"), "{t}");
         assert!(t.ends_with("| reference | 1.0 % | 82.0 % | 17.0 % | 0.0 % |\n| `rtn:bits=4` | 1.0 % | 82.0 % | 17.0 % | 0.0 % |\n"), "{t}");
+    }
+
+    #[test]
+    fn ioi_table_names_the_best_head_per_twin() {
+        let (none, q) = (spec("none"), spec("rtn:bits=3"));
+        let mut rows = vec![
+            Row::new(&none, "logit_diff", 4.094).ci(3.377, 4.803).n(32),
+            Row::new(&none, "accuracy", 1.0).n(32),
+            Row::new(&q, "logit_diff", -0.1775).ci(-0.8806, 0.5944).n(32),
+            Row::new(&q, "accuracy", 0.375).n(32),
+        ];
+        // the largest recovery, not the first or the last row, and a NaN (no damage) is skipped
+        for (l, h, f) in [(2, 1, 0.2), (23, 3, 0.62), (29, 1, 0.36), (5, 0, f64::NAN)] {
+            rows.push(Row::new(&q, "fraction_recovered", f).layer(l).head(h).n(32));
+        }
+        let t = table("ioi", rows).unwrap();
+        assert!(t.ends_with("| reference | 32 | 4.09 [3.38, 4.80] | 1.00 | – | – |\n| `rtn:bits=3` | 32 | -0.18 [-0.88, 0.59] | 0.38 | L23H3 (62.0 %) | 3 |\n"), "{t}");
     }
 
     #[test]
