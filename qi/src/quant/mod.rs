@@ -39,7 +39,7 @@ pub(crate) mod testutil;
 
 pub use cast::{bf16_round_trip, fp16_round_trip};
 pub use ggml::{ggml_quantize, GgmlKind, GgmlSpec, GgmlStorage};
-pub use gptq::{gptq_quantize, GptqOptions, GptqOutput, HessianAccumulator};
+pub use gptq::{gptq_quantize, gptq_quantize_accumulated, GptqOptions, GptqOutput, HessianAccumulator};
 pub use grid::{GridParams, Real, UniformGrid};
 pub use int8::{llm_int8_quantize, ActQuant, int8_rowwise_quantize, quantize_activations_per_token_int8, Int8Output};
 pub use matrix::quantize_weight;

@@ -409,13 +409,22 @@ fn gptq_model(model: &HookedTransformer, q: &mut HookedTransformer, spec: &Quant
                 // (which feeds one sequence per add_batch); a flat [b·t, in] would count as one.
                 a.add_batch(&x.reshape((b.batch_size(), b.seq_len(), x.dim(1)?))?)
             })?;
+            // Roles sharing an input (q/k/v, gate/up) share its Hessian; the last of them takes the
+            // accumulator itself, so no copy of a large H outlives its use.
+            let mut uses: HashMap<String, usize> = HashMap::new();
+            for r in &group {
+                *uses.entry(linear_input_hook(r, l)).or_default() += 1;
+            }
             for (role, lin) in q.blocks[l].linears_labeled_mut() {
                 if !group.contains(&role) {
                     continue;
                 }
                 let hook = linear_input_hook(role, l);
-                let h = acc.get(&hook).with_context(|| format!("no calibration inputs reached '{hook}'"))?.hessian()?;
-                let out = quant::gptq_quantize(&lin.weight(), &h, &gopts, &lin.name)?;
+                let left = uses.get_mut(&hook).expect("every role of the group is counted");
+                *left -= 1;
+                let a = if *left == 0 { acc.remove(&hook) } else { acc.get(&hook).cloned() };
+                let a = a.with_context(|| format!("no calibration inputs reached '{hook}'"))?;
+                let out = quant::gptq_quantize_accumulated(&lin.weight(), a, &gopts, &lin.name)?;
                 state.record(Some(l), role, lin, out.weight, spec, Some(out.loss))?;
             }
         }
