@@ -90,8 +90,9 @@ pub fn documents_in(docs: &[String], split: Split) -> Vec<String> {
     docs.iter().filter(|d| Split::of_document(d) == split).cloned().collect()
 }
 
-/// Where a dataset comes from when no path is given: the local copy in the shared data folder
-/// (`QI_SHARED`) when it is there, else the Hub (through hf-hub and its cache).
+/// Where a dataset comes from when no path is given: a local copy in the user's data folder
+/// (`QI_DATA`) or the shared data folder (`QI_SHARED`) when one is there, else the Hub (through
+/// hf-hub and its cache).
 enum Source {
     Local(PathBuf),
     Hub(PathBuf),
@@ -101,12 +102,12 @@ fn local_or_hub(rel: &str, path: Option<&Path>, hub: (&str, &str)) -> Result<Sou
     if let Some(p) = path {
         return Ok(Source::Local(p.to_path_buf()));
     }
-    if let Some(p) = crate::shared::shared_dir().map(|d| d.join(rel)).filter(|p| p.exists()) {
+    if let Some(p) = crate::shared::data_file(rel) {
         return Ok(Source::Local(p));
     }
     crate::loader::hub::dataset_file(hub.0, hub.1)
         .map(Source::Hub)
-        .with_context(|| format!("no local copy ({rel} in the shared data folder, QI_SHARED) and no download"))
+        .with_context(|| format!("no local copy ({rel} in QI_DATA or the shared data folder, QI_SHARED) and no download"))
 }
 
 /// The Hub dataset and file WikiText-2's test split comes from when there is no local copy.

@@ -1,7 +1,8 @@
 //! Where the real data and weights live on development and CI machines.
 //!
 //! `QI_SHARED` names the folder (`./dev` sets it to `../shared` beside the repository). Tests that
-//! need it call [`shared_path`] and skip with a printed reason when it returns `None`.
+//! need it call [`shared_path`] and skip with a printed reason when it returns `None`. A user's
+//! own copies of the datasets go in `QI_DATA` ([`data_file`]), searched first.
 use std::path::PathBuf;
 
 /// The shared data folder (`QI_SHARED`), if set and present. qi never derives it from where its
@@ -10,6 +11,13 @@ use std::path::PathBuf;
 pub fn shared_dir() -> Option<PathBuf> {
     let dir = PathBuf::from(std::env::var_os("QI_SHARED").filter(|d| !d.is_empty())?);
     dir.is_dir().then_some(dir)
+}
+
+/// A dataset file by its path relative to a data folder: the user's own folder (`QI_DATA`) first,
+/// then the shared folder (`QI_SHARED`); `None` when neither has it. Both folders use the shared
+/// folder's layout (e.g. `wikitext-2/wiki.test.raw`).
+pub fn data_file(relative: &str) -> Option<PathBuf> {
+    [env_dir("QI_DATA"), shared_dir()].into_iter().flatten().map(|d| d.join(relative)).find(|p| p.exists())
 }
 
 fn env_dir(k: &str) -> Option<PathBuf> {

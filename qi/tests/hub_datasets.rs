@@ -1,4 +1,4 @@
-//! Datasets by name, exercised offline: with no shared folder, WikiText-2 and the C4 sample come
+//! Datasets by name, exercised offline: with no data folder, WikiText-2 and the C4 sample come
 //! from the Hub through hf-hub's cache layout (`$HF_HOME/hub/datasets--ORG--NAME/{refs/main,
 //! snapshots/REV/…}`) with HF_HUB_OFFLINE=1, as a user's machine would have them after a download.
 //! (Its own test binary, because it sets process-wide environment variables.)
@@ -47,6 +47,23 @@ fn datasets_come_from_the_hub_cache_when_there_is_no_local_copy() {
     std::fs::remove_dir_all(home.join("hub/datasets--allenai--c4")).unwrap();
     let e = format!("{:#}", qi::data::c4_documents(None).unwrap_err());
     assert!(e.contains("allenai/c4") && e.contains(qi::data::C4_HUB.1) && e.contains("HF_HUB_OFFLINE") && e.contains("QI_SHARED"), "{e}");
+    // a copy in the user's data folder (QI_DATA) wins over the shared folder's and the Hub's
+    let mine = home.join("my-data");
+    let shared = home.join("shared-data");
+    for (dir, text) in [(&mine, " = Mine = \n"), (&shared, " = Shared = \n")] {
+        let f = dir.join(qi::shared::WIKITEXT2_TEST);
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(&f, text).unwrap();
+    }
+    // SAFETY: as above.
+    unsafe {
+        std::env::set_var("QI_SHARED", &shared);
+    }
+    assert_eq!(qi::data::wikitext2_test(None).unwrap(), " = Shared = \n");
+    unsafe {
+        std::env::set_var("QI_DATA", &mine);
+    }
+    assert_eq!(qi::data::wikitext2_test(None).unwrap(), " = Mine = \n");
     // a local copy still wins, by path
     let raw = home.join("wiki.test.raw");
     std::fs::write(&raw, " \n = A = \n").unwrap();

@@ -89,10 +89,10 @@ impl IoiTemplates {
         Ok(t)
     }
 
-    /// The shared file (errors if the shared folder is missing).
+    /// The templates file of the data folders ([`crate::shared::data_file`]).
     pub fn shared() -> Result<Self> {
-        let p = crate::shared::shared_path(SHARED_TEMPLATES)
-            .ok_or_else(|| QiError::invalid("IOI templates", SHARED_TEMPLATES, "not found: set QI_SHARED or pass the templates option"))?;
+        let p = crate::shared::data_file(SHARED_TEMPLATES)
+            .ok_or_else(|| QiError::invalid("IOI templates", SHARED_TEMPLATES, "not found in QI_DATA or QI_SHARED: set one, or pass the templates option"))?;
         Self::load(&p)
     }
 
