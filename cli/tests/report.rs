@@ -73,3 +73,64 @@ fn a_stale_block_is_named_and_rewritten() {
     assert!(!Path::new(&md).with_extension("md.tmp").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn study_memory_takes_each_phase_peak_from_the_cells() {
+    let dir = std::env::temp_dir().join(format!("qi-report-mem-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = dir.join("tiny.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "name = \"tiny\"\nseeds = 2\nbits = [4]\nquantizers = [\"rtn\"]\nmodels = [{{ source = \"{ROOT}/data/fixtures/llama\", name = \"llama\" }}]\n[data]\nseqlen = 8\n[[analyses]]\nname = \"perplexity\"\noptions = {{ text = \"random\", max_windows = 2, batch_size = 2 }}\n"
+        ),
+    )
+    .unwrap();
+    let results = dir.join("results");
+    let (code, out) = qi(&["study", "run", spec.to_str().unwrap(), "--results", results.to_str().unwrap(), "--no-cache"]);
+    assert_eq!(code, Some(0), "{out}");
+    // Hand-made peaks (the sidecar's timing fields are not part of the checked digest). The twin
+    // is made in one cell and loaded from the cache in the other, whose analysis peak is larger;
+    // one reference cell has no record. Mixing making with loading, or taking the first cell's
+    // analysis peak, prints other numbers.
+    const GIB: u64 = 1 << 20; // kB
+    for f in std::fs::read_dir(&results).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "json")) {
+        let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
+        let Some(seed) = v["seed"].as_u64() else { continue };
+        let o = v.as_object_mut().unwrap();
+        o.remove("twin_peak_rss_kb");
+        o.remove("peak_rss_kb");
+        match (o["spec"].as_str().unwrap(), seed) {
+            ("none", 0) => {
+                o.insert("peak_rss_kb".into(), (GIB / 2).into());
+            }
+            ("none", _) => {}
+            (_, 0) => {
+                o.insert("twin_origin".into(), "quantized".into());
+                o.insert("twin_peak_rss_kb".into(), (3 * GIB).into());
+                o.insert("peak_rss_kb".into(), GIB.into());
+            }
+            _ => {
+                o.insert("twin_origin".into(), "cached".into());
+                o.insert("twin_peak_rss_kb".into(), (2 * GIB).into());
+                o.insert("peak_rss_kb".into(), (3 * GIB / 2).into());
+            }
+        }
+        std::fs::write(&f, serde_json::to_string(&v).unwrap()).unwrap();
+    }
+    let md = dir.join("doc.md");
+    std::fs::write(&md, "<!-- qi:report study-memory tiny.toml results -->\n<!-- /qi:report -->\n").unwrap();
+    let (code, out) = qi(&["report", md.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}");
+    let text = std::fs::read_to_string(&md).unwrap();
+    assert!(text.contains("| llama | reference | – | – | 0.50 GiB (perplexity) | 1 of 2 |\n"), "{text}");
+    assert!(text.contains("| llama | `rtn:bits=4` | 3.00 GiB | 2.00 GiB | 1.50 GiB (perplexity) | 2 of 2 |\n"), "{text}");
+    // a damaged cell is named, not skipped
+    let parquet = std::fs::read_dir(&results).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|e| e == "parquet")).unwrap();
+    std::fs::write(&parquet, b"not a parquet file").unwrap();
+    let (code, out) = qi(&["report", md.to_str().unwrap(), "--check"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains(parquet.file_name().unwrap().to_str().unwrap()), "{out}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -15,6 +15,8 @@
 //! - `study SPEC [RESULTS]` — a study's summary table ([`crate::size_axis::markdown`]) and its
 //!   finding ([`crate::size_axis::finding`]) from the study's finished cells
 //!   ([`crate::study::collect_study`]; default results folder [`crate::size_axis::default_results`]).
+//! - `study-memory SPEC [RESULTS]` — peak resident memory of a study's finished cells, from their
+//!   sidecars ([`study_memory_table`]).
 //! - `perplexity FILE.jsonl` — one row per line of `qi perplexity --json` output (quantizer,
 //!   bits per weight, perplexity, difference to the `none` row), in file order, as
 //!   `scripts/perplexity_table.sh` writes it.
@@ -55,6 +57,12 @@ pub fn render(cmd: &str, base: &Path) -> Result<String> {
             let table = crate::study::summary(&crate::study::collect_study(&study, &dir)?, &sizes)?;
             Ok(format!("{}\n{}", crate::size_axis::markdown(&table)?, crate::size_axis::finding(&table)?))
         }
+        ["study-memory", spec, rest @ ..] if rest.len() <= 1 => {
+            let path = base.join(spec);
+            let study = crate::study::Study::load(&path)?;
+            let dir = rest.first().map(|r| base.join(r)).unwrap_or_else(|| crate::size_axis::default_results(&path, &study, false));
+            study_memory_table(&study, &dir)
+        }
         ["perplexity", file] => perplexity_table(&base.join(file)),
         ["twins", file] => twins_table(&base.join(file)),
         ["costs", file] => costs_table(&base.join(file)),
@@ -62,7 +70,7 @@ pub fn render(cmd: &str, base: &Path) -> Result<String> {
         ["hybrids", file] => hybrids_table(&base.join(file)),
         [kind, file] if tables::KINDS.contains(kind) => tables::render(kind, &base.join(file)),
         _ => bail!(
-            "report block '{cmd}': unknown; expected `study SPEC [RESULTS]`, `perplexity FILE.jsonl`, `twins FILE.jsonl`, `costs FILE.jsonl`, `hybrids FILE.txt`, `sae-reports REPORT.json …` or `KIND FILE.parquet` with KIND one of {}",
+            "report block '{cmd}': unknown; expected `study SPEC [RESULTS]`, `study-memory SPEC [RESULTS]`, `perplexity FILE.jsonl`, `twins FILE.jsonl`, `costs FILE.jsonl`, `hybrids FILE.txt`, `sae-reports REPORT.json …` or `KIND FILE.parquet` with KIND one of {}",
             tables::KINDS.join(", ")
         ),
     }
@@ -243,6 +251,67 @@ pub fn costs_table(path: &Path) -> Result<String> {
             l.num("load_s")?,
             l.num("peak_rss_kb")? * 1024.0 / 1e9
         ));
+    }
+    Ok(out)
+}
+
+/// Peak resident memory per (model, twin) of a study, from the sidecars of its finished cells, in
+/// GiB (2^30 bytes, as the kernel counts): the largest peak of making the twin and storing it in
+/// the cache, of loading it from the cache, and of any analysis cell (with that cell's analysis),
+/// and how many of the pair's finished cells recorded a peak. Only pairs with a recorded peak are
+/// listed (older cells have none). A damaged cell is an error naming it.
+pub fn study_memory_table(study: &crate::study::Study, results: &Path) -> Result<String> {
+    #[derive(Default)]
+    struct Peaks {
+        make: Option<u64>,
+        load: Option<u64>,
+        analysis: Option<(u64, String)>,
+        recorded: usize,
+        done: usize,
+    }
+    let mut order: Vec<(String, String)> = Vec::new();
+    let mut peaks: std::collections::HashMap<(String, String), Peaks> = std::collections::HashMap::new();
+    for c in study.cells() {
+        if !c.sidecar(results).exists() && !c.parquet(results).exists() {
+            continue;
+        }
+        let rec = crate::study::check_cell(&c.parquet(results), &c.sidecar(results)).map_err(|e| anyhow!("a result cell cannot be trusted: {e}"))?;
+        let k = (rec.model.clone(), rec.spec.clone());
+        if !peaks.contains_key(&k) {
+            order.push(k.clone());
+        }
+        let p = peaks.entry(k).or_default();
+        p.done += 1;
+        if rec.twin_peak_rss_kb.is_some() || rec.peak_rss_kb.is_some() {
+            p.recorded += 1;
+        }
+        if let Some(t) = rec.twin_peak_rss_kb {
+            let slot = if rec.twin_origin == "quantized" { &mut p.make } else { &mut p.load };
+            *slot = Some(slot.map_or(t, |m| m.max(t)));
+        }
+        if let Some(a) = rec.peak_rss_kb {
+            if p.analysis.as_ref().is_none_or(|(m, _)| a > *m) {
+                p.analysis = Some((a, rec.analysis.clone()));
+            }
+        }
+    }
+    let gib = |kb: Option<u64>| kb.map_or("–".to_string(), |k| format!("{:.2} GiB", k as f64 / (1u64 << 20) as f64));
+    let mut out = String::from(
+        "| model | twin | quantize and store the twin | load the cached twin | largest analysis peak | cells with a record |\n|---|---|---:|---:|---:|---:|\n",
+    );
+    let mut any = false;
+    for k in &order {
+        let p = &peaks[k];
+        if p.recorded == 0 {
+            continue;
+        }
+        any = true;
+        let analysis = p.analysis.as_ref().map_or("–".to_string(), |(kb, name)| format!("{} ({name})", gib(Some(*kb))));
+        let twin = if k.1 == "none" { "reference".to_string() } else { format!("`{}`", k.1) };
+        out.push_str(&format!("| {} | {twin} | {} | {} | {analysis} | {} of {} |\n", k.0, gib(p.make), gib(p.load), p.recorded, p.done));
+    }
+    if !any {
+        bail!("no finished cell of study {} in {} records its peak memory", study.name, results.display());
     }
     Ok(out)
 }
