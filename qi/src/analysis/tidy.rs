@@ -181,6 +181,60 @@ impl Tidy {
         self.rows.iter().find(|r| r.spec == spec && r.metric == metric && r.layer.is_none() && r.head.is_none()).map(|r| r.value)
     }
 
+    /// `metric` as a wide table: one row per (layer, head) present, in order, and one column per
+    /// spec in order of first appearance (null where a spec has no row there), over the rows with
+    /// every label of `labels`. Rows are matched by their layer and head, never by position. Two
+    /// rows of one spec at one place are an error (seeds not yet averaged, or a label left
+    /// unfiltered), since either value would be a silent choice.
+    pub fn by_spec(&self, metric: &str, labels: &[(&str, &str)]) -> Result<DataFrame> {
+        let rows: Vec<&Row> = self
+            .rows
+            .iter()
+            .filter(|r| r.metric == metric)
+            .filter(|r| labels.iter().all(|(k, want)| matches!(r.label_value(k), Some(Label::Str(s)) if s == want)))
+            .collect();
+        if rows.is_empty() {
+            return Err(crate::QiError::invalid("metric", metric, format!("no rows of the {} results with labels {labels:?}", self.model)).into());
+        }
+        let mut specs: Vec<&str> = Vec::new();
+        let mut places: Vec<(Option<usize>, Option<usize>)> = Vec::new();
+        for r in &rows {
+            if !specs.contains(&r.spec.as_str()) {
+                specs.push(&r.spec);
+            }
+            if !places.contains(&(r.layer, r.head)) {
+                places.push((r.layer, r.head));
+            }
+        }
+        places.sort();
+        let mut grid: Vec<Vec<Option<f64>>> = vec![vec![None; places.len()]; specs.len()];
+        for r in &rows {
+            let (si, pi) = (specs.iter().position(|s| *s == r.spec).unwrap(), places.binary_search(&(r.layer, r.head)).unwrap());
+            if grid[si][pi].replace(r.value).is_some() {
+                let at = match (r.layer, r.head) {
+                    (Some(l), Some(h)) => format!("layer {l} head {h}"),
+                    (Some(l), None) => format!("layer {l}"),
+                    _ => "model level".to_string(),
+                };
+                return Err(anyhow!(
+                    "{metric} of {} has more than one row at {at}: average the seeds first (mean_over_seeds) or pick one value of each other label",
+                    r.spec
+                ));
+            }
+        }
+        let mut cols = Vec::new();
+        if places.iter().any(|p| p.0.is_some()) {
+            cols.push(Column::new("layer".into(), places.iter().map(|p| p.0.map(|x| x as i64)).collect::<Vec<_>>()));
+        }
+        if places.iter().any(|p| p.1.is_some()) {
+            cols.push(Column::new("head".into(), places.iter().map(|p| p.1.map(|x| x as i64)).collect::<Vec<_>>()));
+        }
+        for (s, col) in specs.iter().zip(grid) {
+            cols.push(Column::new((*s).into(), col));
+        }
+        Ok(DataFrame::new_infer_height(cols)?)
+    }
+
     /// The distinct values of the string label `name`, in row order (e.g. a logit lens's prompt
     /// categories).
     pub fn label_values(&self, name: &str) -> Vec<String> {
@@ -428,6 +482,35 @@ pub fn read_parquet(path: &std::path::Path) -> Result<DataFrame> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn by_spec_matches_rows_by_place_and_refuses_duplicates() {
+        use super::*;
+        let (a, b): (QuantSpec, QuantSpec) = ("rtn:bits=4".parse().unwrap(), "nf4".parse().unwrap());
+        let mut t = Tidy::new("m");
+        // b has no row at layer 0 and lists its layers in reverse: a positional zip would put
+        // b's layer-2 value beside a's layer 0
+        for (l, v) in [(0, 1.0), (1, 2.0), (2, 3.0)] {
+            t.push(Row::new(&a, "jsd", v).layer(l).label("component", "resid"));
+            t.push(Row::new(&a, "jsd", 100.0 + v).layer(l).label("component", "attn"));
+        }
+        for (l, v) in [(2, 30.0), (1, 20.0)] {
+            t.push(Row::new(&b, "jsd", v).layer(l).label("component", "resid"));
+        }
+        t.push(Row::new(&b, "other", 9.0).layer(0).label("component", "resid"));
+        let df = t.by_spec("jsd", &[("component", "resid")]).unwrap();
+        assert_eq!(df.get_column_names().iter().map(|c| c.as_str()).collect::<Vec<_>>(), ["layer", "rtn:bits=4", "nf4"]);
+        let col = |n: &str| {
+            let c = df.column(n).unwrap().f64().unwrap().clone();
+            (0..c.len()).map(|i| c.get(i)).collect::<Vec<_>>()
+        };
+        assert_eq!(col("rtn:bits=4"), [Some(1.0), Some(2.0), Some(3.0)]);
+        assert_eq!(col("nf4"), [None, Some(20.0), Some(30.0)]);
+        // without the label filter each layer has two rows of a: an error, not a silent pick
+        let e = t.by_spec("jsd", &[]).unwrap_err().to_string();
+        assert!(e.contains("rtn:bits=4") && e.contains("layer 0") && e.contains("mean_over_seeds"), "{e}");
+        assert!(t.by_spec("nope", &[]).unwrap_err().to_string().contains("nope"));
+    }
+
     #[test]
     fn json_rows_keep_types_and_nulls() {
         let df = df!("spec" => ["none", "rtn:bits=4"], "layer" => [Some(3i32), None], "value" => [0.25f64, f64::NAN], "ok" => [true, false]).unwrap();
