@@ -16,6 +16,7 @@ MODEL="${1:-$QI_SHARED/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.g
 ROUNDS="${ROUNDS:-2}" BITS="${BITS:-4}" SAMPLES="${SAMPLES:-64}" SEQLEN="${SEQLEN:-512}" ACT_ORDER="${ACT_ORDER:-0}"
 PY="${QI_TORCH_PYTHON:?set QI_TORCH_PYTHON to a python with torch, transformers, gguf, accelerate and gptqmodel}"
 [ -f "$MODEL" ] || { echo "bench_gptqmodel.sh: $MODEL not found" >&2; exit 2; }
+MODEL="$(realpath "$MODEL")"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/qi-bench-gptqmodel.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 spec="gptq:bits=$BITS,samples=$SAMPLES,seqlen=$SEQLEN"; peer_args=(--bits "$BITS")
@@ -27,7 +28,8 @@ for r in $(seq 1 "$ROUNDS"); do
       python3 -c 'import json,sys; print(json.load(sys.stdin)["seconds"])') ||
     { echo "bench_gptqmodel.sh: qi failed, see below" >&2; tail -20 "$WORK/qi-$r.log" >&2; exit 1; }
   rm -rf "$WORK/cache-$r"
-  g=$(GPTQMODEL_CPU_WORKERS="$(nproc)" "$PY" "$ROOT/scripts/gptqmodel_peer.py" --model "$MODEL" --inputs "$WORK/inputs.json" \
+  # from the scratch folder: GPTQModel writes its logs/ folder into the working directory
+  g=$(cd "$WORK" && GPTQMODEL_CPU_WORKERS="$(nproc)" "$PY" "$ROOT/scripts/gptqmodel_peer.py" --model "$MODEL" --inputs "$WORK/inputs.json" \
         --hf-dir "$WORK/hf" --threads "$(nproc)" "${peer_args[@]}" 2>"$WORK/peer-$r.log" | tail -1) ||
     { echo "bench_gptqmodel.sh: gptqmodel failed, see below" >&2; tail -20 "$WORK/peer-$r.log" >&2; exit 1; }
   gs=$(echo "$g" | python3 -c 'import json,sys; print(json.load(sys.stdin)["quantize_s"])')

@@ -11,11 +11,6 @@ fn dir_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir).map(|rd| rd.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum()).unwrap_or(0)
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 /// For each spec: the twin from the cache (made first if missing), an f32 copy in a scratch
 /// directory with a manifest like the cache's, then `rounds` rounds each loading, in turn, the
 /// reference, the compact twin (manifest check, decode, embeddings shared) and the f32 twin
@@ -55,7 +50,7 @@ pub fn bench_twins(src: &str, specs: &[String], rounds: usize, scratch: &Path) -
         }
         let weights = std::fs::metadata(dir.join(qi::compact::FILE))?.len();
         let bits = weights as f64 * 8.0 / report.quantized_params as f64;
-        let (r, c, f) = (median(&mut t_ref), median(&mut t_compact), median(&mut t_f32));
+        let (r, c, f) = (qi::metrics::median(&t_ref), qi::metrics::median(&t_compact), qi::metrics::median(&t_f32));
         let v = serde_json::json!({
             "model": src, "spec": spec.to_string(), "rounds": rounds.max(1),
             "method_bits_per_weight": report.bits_per_weight, "quantized_params": report.quantized_params,

@@ -484,8 +484,7 @@ fn perplexity(src: &str, quant: &[String], seqlen: usize, windows: Option<usize>
             let mut v = serde_json::to_value(&r)?;
             v["model"] = serde_json::json!(src);
             v["quant"] = serde_json::json!(spec.to_string());
-            // what the twin stores (an external twin's file types), else the method's estimate
-            let bits = report.as_ref().map(|r| r.bits_per_weight).filter(|b| b.is_finite()).unwrap_or_else(|| qi::quantize::model_bits_per_weight(&reference, spec));
+            let bits = qi::quantize::twin_bits_per_weight(&reference, spec, report.as_ref());
             v["bits_per_weight"] = serde_json::json!(bits);
             println!("{v}");
         } else {

@@ -134,3 +134,64 @@ fn study_memory_takes_each_phase_peak_from_the_cells() {
     assert!(out.contains(parquet.file_name().unwrap().to_str().unwrap()), "{out}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn study_perplexity_prints_each_twins_recorded_bits_and_refuses_a_partial_table() {
+    let dir = std::env::temp_dir().join(format!("qi-report-ppl-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = dir.join("tiny.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "name = \"tiny\"\nseeds = 1\nquantizers = [\"rtn:bits=8\", \"rtn:bits=3\"]\nmodels = [{{ source = \"{ROOT}/data/fixtures/llama\", name = \"llama\" }}]\n[data]\nseqlen = 8\n[[analyses]]\nname = \"perplexity\"\noptions = {{ text = \"random\", max_windows = 2, batch_size = 2 }}\n"
+        ),
+    )
+    .unwrap();
+    let results = dir.join("results");
+    let (code, out) = qi(&["study", "run", spec.to_str().unwrap(), "--results", results.to_str().unwrap(), "--no-cache"]);
+    assert_eq!(code, Some(0), "{out}");
+    let md = dir.join("doc.md");
+    std::fs::write(&md, "<!-- qi:report study-perplexity tiny.toml results -->\n<!-- /qi:report -->\n").unwrap();
+    let (code, out) = qi(&["report", md.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}");
+    let text = std::fs::read_to_string(&md).unwrap();
+    let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("| `")).collect();
+    assert_eq!(rows.len(), 3, "{text}");
+    // the reference first, then the twins in the study's order
+    assert!(rows[0].starts_with("| `none` | 32 |") && rows[0].ends_with("| +0.00 |"), "{text}");
+    assert!(rows[1].starts_with("| `rtn:bits=8` |") && rows[2].starts_with("| `rtn:bits=3` |"), "{text}");
+    // bits per weight are what `qi quantize --json` reports for the same twin (codes plus a
+    // scale and zero per row), not the spec's nominal 3
+    let o = Command::new(env!("CARGO_BIN_EXE_qi"))
+        .args(["quantize", "--model", &format!("{ROOT}/data/fixtures/llama"), "--quant", "rtn:bits=3", "--out", dir.join("q").to_str().unwrap(), "--json"])
+        .current_dir(ROOT)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stderr)));
+    let bits = v["bits_per_weight"].as_f64().unwrap();
+    assert!(bits > 3.05, "{bits}");
+    assert!(rows[2].starts_with(&format!("| `rtn:bits=3` | {bits:.2} |")), "{} vs {bits}", rows[2]);
+    // Δ is this row's perplexity minus the reference's, both as the cells hold them
+    let df = qi::study::collect(&results).unwrap();
+    let (specs, vals, metrics) = (qi::analysis::tidy::str_values(&df, "spec").unwrap(), qi::analysis::tidy::f64_values(&df, "value").unwrap(), qi::analysis::tidy::str_values(&df, "metric").unwrap());
+    let ppl = |s: &str| (0..specs.len()).find(|&i| specs[i] == s && metrics[i] == "perplexity").map(|i| vals[i]).unwrap();
+    assert!(rows[2].ends_with(&format!("| {:.2} | {:+.2} |", ppl("rtn:bits=3"), ppl("rtn:bits=3") - ppl("none"))), "{}", rows[2]);
+    // a cell without recorded bits is named; a cell not run yet makes the table an error, not a shorter table
+    let sidecars: Vec<_> = std::fs::read_dir(&results).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "json")).collect();
+    let eight = sidecars.iter().find(|p| p.file_name().unwrap().to_str().unwrap().contains("rtn_bits_8")).unwrap().clone();
+    let kept = std::fs::read_to_string(&eight).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&kept).unwrap();
+    v.as_object_mut().unwrap().remove("bits_per_weight");
+    std::fs::write(&eight, serde_json::to_string(&v).unwrap()).unwrap();
+    let (code, out) = qi(&["report", md.to_str().unwrap(), "--check"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("no bits_per_weight") && out.contains(eight.file_name().unwrap().to_str().unwrap()), "{out}");
+    std::fs::write(&eight, kept).unwrap();
+    std::fs::remove_file(&eight).unwrap();
+    std::fs::remove_file(eight.with_extension("parquet")).unwrap();
+    let (code, out) = qi(&["report", md.to_str().unwrap(), "--check"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("not run yet") && out.contains("rtn:bits=8"), "{out}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

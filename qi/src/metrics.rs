@@ -121,6 +121,17 @@ pub fn mean(x: &[f64]) -> f64 {
     x.iter().sum::<f64>() / x.len() as f64
 }
 
+/// The median (the mean of the middle two for an even count; NaN for an empty slice).
+pub fn median(x: &[f64]) -> f64 {
+    let mut v = x.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 /// Sample standard deviation (n − 1).
 pub fn std_dev(x: &[f64]) -> f64 {
     if x.len() < 2 {
@@ -818,6 +829,14 @@ mod tests {
 
     fn t2(v: &[f32], r: usize, c: usize) -> Tensor {
         Tensor::from_vec(v.to_vec(), (r, c), &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        // the upper middle element (3) or the mean (2.5) would be wrong
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(&[]).is_nan());
     }
 
     #[test]

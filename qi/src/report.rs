@@ -17,14 +17,18 @@
 //!   ([`crate::study::collect_study`]; default results folder [`crate::size_axis::default_results`]).
 //! - `study-memory SPEC [RESULTS]` — peak resident memory of a study's finished cells, from their
 //!   sidecars ([`study_memory_table`]).
-//! - `perplexity FILE.jsonl` — one row per line of `qi perplexity --json` output (quantizer,
-//!   bits per weight, perplexity, difference to the `none` row), in file order, as
-//!   `scripts/perplexity_table.sh` writes it.
+//! - `study-perplexity SPEC [RESULTS]` — the perplexity table (quantizer, bits per weight,
+//!   perplexity, difference to the reference) of a one-model study's perplexity cells
+//!   ([`study_perplexity_table`]), as `./dev study` runs `studies/smollm2.toml`.
+//! - `perplexity FILE.jsonl` — the same table from lines of `qi perplexity --json` output, in file
+//!   order.
 //! - `twins FILE.jsonl` — one row per line of `qi bench-twins` output (model, spec, bits per
 //!   weight of the method and of the compact file, sizes on disk, median load times and the load
 //!   ratios), as `scripts/bench_models.sh QI twins` writes it.
 //! - `costs FILE.jsonl` — one row per line of `qi bench-forward` output (parameters, load time,
 //!   median forward, the matmul rate it implies, peak RSS), as `scripts/bench_models.sh QI sizes` writes it.
+//! - `gptqmodel FILE.jsonl` — whole-model GPTQ, qi against GPTQModel, one line per round as
+//!   `scripts/bench_gptqmodel.sh` prints them ([`gptqmodel_table`]).
 //! - `sae-reports REPORT.json …` — one row per SAE trained by `qi sae train` (its `report.json` and
 //!   the `config.json` beside it, named `…_report.json` / `…_config.json`): variant, training
 //!   tokens and time, FVE and dead fraction held out and in sample, L0, the loss with the SAE
@@ -63,14 +67,21 @@ pub fn render(cmd: &str, base: &Path) -> Result<String> {
             let dir = rest.first().map(|r| base.join(r)).unwrap_or_else(|| crate::size_axis::default_results(&path, &study, false));
             study_memory_table(&study, &dir)
         }
+        ["study-perplexity", spec, rest @ ..] if rest.len() <= 1 => {
+            let path = base.join(spec);
+            let study = crate::study::Study::load(&path)?;
+            let dir = rest.first().map(|r| base.join(r)).unwrap_or_else(|| crate::size_axis::default_results(&path, &study, false));
+            study_perplexity_table(&study, &dir)
+        }
         ["perplexity", file] => perplexity_table(&base.join(file)),
         ["twins", file] => twins_table(&base.join(file)),
         ["costs", file] => costs_table(&base.join(file)),
+        ["gptqmodel", file] => gptqmodel_table(&base.join(file)),
         ["sae-reports", files @ ..] if !files.is_empty() => sae_reports_table(&files.iter().map(|f| base.join(f)).collect::<Vec<_>>()),
         ["hybrids", file] => hybrids_table(&base.join(file)),
         [kind, file] if tables::KINDS.contains(kind) => tables::render(kind, &base.join(file)),
         _ => bail!(
-            "report block '{cmd}': unknown; expected `study SPEC [RESULTS]`, `study-memory SPEC [RESULTS]`, `perplexity FILE.jsonl`, `twins FILE.jsonl`, `costs FILE.jsonl`, `hybrids FILE.txt`, `sae-reports REPORT.json …` or `KIND FILE.parquet` with KIND one of {}",
+            "report block '{cmd}': unknown; expected `study SPEC [RESULTS]`, `study-memory SPEC [RESULTS]`, `study-perplexity SPEC [RESULTS]`, `perplexity FILE.jsonl`, `twins FILE.jsonl`, `costs FILE.jsonl`, `gptqmodel FILE.jsonl`, `hybrids FILE.txt`, `sae-reports REPORT.json …` or `KIND FILE.parquet` with KIND one of {}",
             tables::KINDS.join(", ")
         ),
     }
@@ -95,13 +106,53 @@ pub fn perplexity_table(path: &Path) -> Result<String> {
     if let Some(r) = rows.iter().find(|r| (r.3, r.4) != (first.3, first.4)) {
         bail!("{}: row '{}' has {} windows of {} tokens, the first row {} of {}: rows must share their windows", path.display(), r.0, r.3, r.4, first.3, first.4);
     }
-    let base = rows.iter().find(|r| r.0 == "none").map(|r| r.2).ok_or_else(|| anyhow!("{}: no `none` (reference) row", path.display()))?;
+    let rows: Vec<(String, f64, f64)> = rows.into_iter().map(|(q, b, p, _, _)| (q, b, p)).collect();
+    perplexity_markdown(&rows).map_err(|e| anyhow!("{}: {e}", path.display()))
+}
+
+/// Rows (quantizer, bits per weight, perplexity) as the perplexity table, each row's Δ against the
+/// `none` row wherever that row is.
+fn perplexity_markdown(rows: &[(String, f64, f64)]) -> Result<String> {
+    let base = rows.iter().find(|r| r.0 == "none").map(|r| r.2).ok_or_else(|| anyhow!("no `none` (reference) row"))?;
     let bits = |b: f64| if b.fract() == 0.0 { format!("{b:.0}") } else { format!("{b:.2}") };
     let mut out = String::from("| quantizer (`--quant`) | bits/weight | perplexity | Δ vs reference |\n|---|---:|---:|---:|\n");
-    for (q, b, p, _, _) in &rows {
+    for (q, b, p) in rows {
         out.push_str(&format!("| `{q}` | {} | {p:.2} | {:+.2} |\n", bits(*b), p - base));
     }
     Ok(out)
+}
+
+/// The perplexity table of a study with one model and one single-seed `perplexity` analysis, from
+/// its cells: the reference, then each twin in the study's order, bits per weight from each cell's
+/// sidecar (what the twin's quantization report counts). Every cell must be finished: a table with
+/// rows left out would read as complete.
+pub fn study_perplexity_table(study: &crate::study::Study, results: &Path) -> Result<String> {
+    let cells: Vec<crate::study::Cell> = study.cells().into_iter().filter(|c| study.analyses[c.analysis].name == "perplexity").collect();
+    let models: std::collections::BTreeSet<&str> = cells.iter().map(|c| study.models[c.model].name.as_str()).collect();
+    if cells.is_empty() || models.len() != 1 || cells.iter().any(|c| c.analysis != cells[0].analysis || c.seed != cells[0].seed) {
+        bail!("study {}: a perplexity table needs exactly one model and one perplexity analysis with one seed (models: {models:?})", study.name);
+    }
+    let (mut rows, mut missing) = (Vec::new(), Vec::new());
+    for c in &cells {
+        let (parquet, sidecar) = (c.parquet(results), c.sidecar(results));
+        if !parquet.exists() && !sidecar.exists() {
+            missing.push(c.spec.to_string());
+            continue;
+        }
+        let rec = crate::study::check_cell(&parquet, &sidecar).map_err(|e| anyhow!("a result cell cannot be trusted: {e}"))?;
+        let bits = rec.bits_per_weight.ok_or_else(|| anyhow!("{}: no bits_per_weight recorded (a cell made before cells recorded it: remove it and run the study again)", sidecar.display()))?;
+        let df = crate::analysis::tidy::read_parquet(&parquet)?;
+        let (metric, value) = (crate::analysis::tidy::str_values(&df, "metric")?, crate::analysis::tidy::f64_values(&df, "value")?);
+        let ppl: Vec<f64> = metric.iter().zip(&value).filter(|(m, _)| *m == "perplexity").map(|(_, v)| *v).collect();
+        let [p] = ppl.as_slice() else {
+            bail!("{}: expected one perplexity row, found {}", parquet.display(), ppl.len());
+        };
+        rows.push((c.spec.to_string(), bits, *p));
+    }
+    if !missing.is_empty() {
+        bail!("study {}: {} perplexity cell(s) not run yet in {} ({}): run `qi study run {}`", study.name, missing.len(), results.display(), missing.join(", "), study.file.display());
+    }
+    perplexity_markdown(&rows).map_err(|e| anyhow!("study {}: {e}", study.name))
 }
 
 /// The Markdown table of the text `qi/research/gptq_hybrid_ppl.rs` prints: a description line, a
@@ -244,15 +295,41 @@ pub fn costs_table(path: &Path) -> Result<String> {
         let (batch, seq, median) = (l.num("batch")?, l.num("seq")?, l.num("median_s")?);
         let gflops = 2.0 * l.num("matmul_params")? * batch * seq / median / 1e9;
         out.push_str(&format!(
-            "| {} | {} | {} | {:.2} s | {median:.2} s ({batch} × {seq}) | {gflops:.0} | {:.1} GB |\n",
+            "| {} | {} | {} | {:.2} s | {median:.2} s ({batch} × {seq}) | {gflops:.0} | {} |\n",
             crate::loader::display_name(&l.st("model")?),
             count(l.num("params")?),
             count(l.num("params_non_embedding")?),
             l.num("load_s")?,
-            l.num("peak_rss_kb")? * 1024.0 / 1e9
+            gib_of_kib(l.num("peak_rss_kb")?)
         ));
     }
     Ok(out)
+}
+
+/// The Markdown table of `scripts/bench_gptqmodel.sh` round lines: per spec, each round's qi and
+/// GPTQModel times and the median over rounds of the per-round ratio (the two alternate within a
+/// round, so a slow minute of the machine hits both sides of one ratio).
+pub fn gptqmodel_table(path: &Path) -> Result<String> {
+    let mut specs: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for l in json_lines(path)? {
+        let (spec, q, g) = (l.st("spec")?, l.num("qi_s")?, l.num("gptqmodel_s")?);
+        match specs.iter_mut().find(|(s, _)| *s == spec) {
+            Some((_, rounds)) => rounds.push((q, g)),
+            None => specs.push((spec, vec![(q, g)])),
+        }
+    }
+    let mut out = String::from("| quantizer (`--quant`) | rounds | qi per round | GPTQModel per round | qi ÷ GPTQModel (median of rounds) |\n|---|---:|---:|---:|---:|\n");
+    for (spec, rounds) in &specs {
+        let list = |f: &dyn Fn(&(f64, f64)) -> f64| rounds.iter().map(|r| format!("{:.0} s", f(r))).collect::<Vec<_>>().join(", ");
+        let ratios: Vec<f64> = rounds.iter().map(|(q, g)| q / g).collect();
+        out.push_str(&format!("| `{spec}` | {} | {} | {} | {:.2} |\n", rounds.len(), list(&|r| r.0), list(&|r| r.1), crate::metrics::median(&ratios)));
+    }
+    Ok(out)
+}
+
+/// A memory size the kernel reports in KiB (VmHWM, ru_maxrss), in GiB as every table prints it.
+fn gib_of_kib(kib: f64) -> String {
+    format!("{:.2} GiB", kib / (1u64 << 20) as f64)
 }
 
 /// Peak resident memory per (model, twin) of a study, from the sidecars of its finished cells, in
@@ -295,7 +372,7 @@ pub fn study_memory_table(study: &crate::study::Study, results: &Path) -> Result
             }
         }
     }
-    let gib = |kb: Option<u64>| kb.map_or("–".to_string(), |k| format!("{:.2} GiB", k as f64 / (1u64 << 20) as f64));
+    let gib = |kb: Option<u64>| kb.map_or("–".to_string(), |k| gib_of_kib(k as f64));
     let mut out = String::from(
         "| model | twin | quantize and store the twin | load the cached twin | largest analysis peak | cells with a record |\n|---|---|---:|---:|---:|---:|\n",
     );
@@ -436,10 +513,27 @@ mod tests {
         let line = r#"{"model":"/m/q.gguf","params":150000000,"params_non_embedding":60000000,"matmul_params":100000000,"batch":8,"seq":128,"median_s":2.0,"load_s":1.5,"peak_rss_kb":3000000}"#;
         std::fs::write(&f, format!("\n{line}\n")).unwrap();
         let t = costs_table(&f).unwrap();
-        assert!(t.ends_with("| q | 150 M | 60 M | 1.50 s | 2.00 s (8 × 128) | 102 | 3.1 GB |\n"), "{t}");
+        assert!(t.ends_with("| q | 150 M | 60 M | 1.50 s | 2.00 s (8 × 128) | 102 | 2.86 GiB |\n"), "{t}");
         std::fs::write(&f, line.replace("\"seq\":128,", "")).unwrap();
         let e = format!("{:#}", costs_table(&f).unwrap_err());
         assert!(e.contains("line 1") && e.contains("'seq'"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn gptqmodel_ratio_is_the_median_of_per_round_ratios() {
+        let dir = crate::testing::scratch("report-gptqmodel");
+        let f = dir.join("g.jsonl");
+        let line = |spec: &str, q: f64, g: f64| format!("{{\"round\":1,\"spec\":\"{spec}\",\"qi_s\":{q},\"gptqmodel_s\":{g},\"gptqmodel\":{{}}}}\n");
+        // per-round ratios 0.5, 1.0, 0.25: median 0.50; the ratio of medians would be 0.33 and
+        // of the sums 0.56
+        std::fs::write(&f, line("gptq:bits=4", 100.0, 200.0) + &line("gptq:bits=4", 300.0, 300.0) + &line("gptq:bits=3", 50.0, 100.0) + &line("gptq:bits=4", 100.0, 400.0)).unwrap();
+        let t = gptqmodel_table(&f).unwrap();
+        assert!(t.contains("| `gptq:bits=4` | 3 | 100 s, 300 s, 100 s | 200 s, 300 s, 400 s | 0.50 |\n"), "{t}");
+        assert!(t.contains("| `gptq:bits=3` | 1 | 50 s | 100 s | 0.50 |\n"), "{t}");
+        std::fs::write(&f, "{\"spec\":\"x\",\"qi_s\":1}\n").unwrap();
+        let e = format!("{:#}", gptqmodel_table(&f).unwrap_err());
+        assert!(e.contains("line 1") && e.contains("gptqmodel_s"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -632,6 +632,10 @@ pub struct CellRecord {
     /// Peak resident memory (kB) during this cell's analysis, with the reference and twin held.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_rss_kb: Option<u64>,
+    /// Bits per weight of the twin's quantized matrices as its quantization report gives them
+    /// (group scales, act-order indices and GGML fallbacks included; 32 for the reference).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bits_per_weight: Option<f64>,
     /// Size and XXH3-128 of the parquet file, checked before the cell is trusted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parquet: Option<crate::integrity::FileDigest>,
@@ -722,19 +726,20 @@ pub fn run_cells(study: &Study, opts: &RunOptions, select: &dyn Fn(&Cell) -> boo
             run_peak = run_peak.max(peak_rss_kb());
             let per_phase = reset_peak_rss();
             let twin = if spec == QuantSpec::None {
-                Ok((Vec::new(), "reference"))
+                Ok((Vec::new(), "reference", 32.0))
             } else {
-                crate::twin_cache::quantize_cached(&reference, &spec, &opts.quantize, opts.cache.as_deref()).map(|(twin, _, origin)| {
+                crate::twin_cache::quantize_cached(&reference, &spec, &opts.quantize, opts.cache.as_deref()).map(|(twin, report, origin)| {
                     let o = match origin {
                         crate::twin_cache::TwinOrigin::Cached(_) => "cached",
                         crate::twin_cache::TwinOrigin::Quantized => "quantized",
                     };
-                    (vec![(spec.clone(), twin)], o)
+                    let bits = crate::quantize::twin_bits_per_weight(&reference, &spec, report.as_ref());
+                    (vec![(spec.clone(), twin)], o, bits)
                 })
             };
             let mut twin_s = t.elapsed().as_secs_f64();
             let mut twin_peak = peak_rss_kb().filter(|_| per_phase);
-            let (twins, origin) = match twin {
+            let (twins, origin, bits_per_weight) = match twin {
                 Ok(x) => x,
                 Err(e) => {
                     for c in &pending[i..group_end] {
@@ -762,6 +767,7 @@ pub fn run_cells(study: &Study, opts: &RunOptions, select: &dyn Fn(&Cell) -> boo
                     analysis_s: 0.0,
                     twin_peak_rss_kb: twin_peak,
                     peak_rss_kb: None,
+                    bits_per_weight: Some(bits_per_weight),
                     parquet: None,
                 };
                 run_peak = run_peak.max(peak_rss_kb());

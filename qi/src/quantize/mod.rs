@@ -115,6 +115,12 @@ pub fn model_bits_per_weight(model: &HookedTransformer, spec: &QuantSpec) -> f64
     }
 }
 
+/// A twin's bits per weight: what its quantization report counts (an external twin's file types,
+/// act-order indices, fallbacks), else the method's own estimate for the reference's shapes.
+pub fn twin_bits_per_weight(reference: &HookedTransformer, spec: &QuantSpec, report: Option<&QuantReport>) -> f64 {
+    report.map(|r| r.bits_per_weight).filter(|b| b.is_finite()).unwrap_or_else(|| model_bits_per_weight(reference, spec))
+}
+
 /// The storage format of a `[rows, cols]` matrix under `spec` (see [`MatrixReport::format`]).
 pub fn storage_format(spec: &QuantSpec, rows: usize, cols: usize) -> String {
     match spec {
