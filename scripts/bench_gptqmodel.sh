@@ -19,8 +19,10 @@ PY="${QI_TORCH_PYTHON:?set QI_TORCH_PYTHON to a python with torch, transformers,
 MODEL="$(realpath "$MODEL")"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/qi-bench-gptqmodel.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
-spec="gptq:bits=$BITS,samples=$SAMPLES,seqlen=$SEQLEN"; peer_args=(--bits "$BITS")
-if [ "$ACT_ORDER" = 1 ]; then spec="gptq:bits=$BITS,act_order=true,samples=$SAMPLES,seqlen=$SEQLEN"; peer_args+=(--act-order); fi
+# true_sequential=true: GPTQModel quantizes a block's q/k/v, o, gate/up and down in turn, each on
+# inputs through the already-quantized ones (qi's default, like IST-DASLab/gptq's, is all at once)
+spec="gptq:bits=$BITS,true_sequential=true,samples=$SAMPLES,seqlen=$SEQLEN"; peer_args=(--bits "$BITS")
+if [ "$ACT_ORDER" = 1 ]; then spec="gptq:bits=$BITS,act_order=true,true_sequential=true,samples=$SAMPLES,seqlen=$SEQLEN"; peer_args+=(--act-order); fi
 "$QI" inputs --model "$MODEL" --calib-samples "$SAMPLES" --calib-seqlen "$SEQLEN" --ppl-windows 0 --induction-seeds 0 --out "$WORK/inputs.json" 2>/dev/null
 lines=()
 for r in $(seq 1 "$ROUNDS"); do

@@ -355,9 +355,23 @@ fn window_batches(windows: &[Vec<u32>], batch: usize) -> Result<Vec<Batch>> {
     windows.chunks(batch.max(1)).map(|c| Batch::from_rows(c, crate::Padding::Right, 0)).collect()
 }
 
+/// Returned by the capturing hook once every wanted input has been seen: the rest of the block's
+/// forward would only be computed to be thrown away (for the q/k/v inputs, nearly all of it).
+#[derive(Debug)]
+struct InputsSeen;
+
+impl std::fmt::Display for InputsSeen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("every wanted block input was seen")
+    }
+}
+
+impl std::error::Error for InputsSeen {}
+
 /// Runs block `l` of `model` on each batch's input, calling `visit(hook, x [tokens, features],
-/// batch)` for each requested linear-input hook (tokens = the batch's rows × positions, row-major);
-/// returns the block outputs.
+/// batch)` for each requested linear-input hook (tokens = the batch's rows × positions, row-major).
+/// Without hooks it returns the block outputs; with hooks each forward stops as soon as they have
+/// all been seen, and nothing is returned.
 fn visit_block_inputs(
     model: &HookedTransformer,
     l: usize,
@@ -371,14 +385,25 @@ fn visit_block_inputs(
         let seen: RefCell<Vec<(String, Tensor)>> = RefCell::new(Vec::new());
         let mut hooks = Hooks::new();
         if !hooks_wanted.is_empty() {
-            hooks.add(hooks_wanted.to_vec(), |name, t| {
+            let wanted = hooks_wanted.iter().collect::<std::collections::HashSet<_>>().len();
+            let seen = &seen;
+            hooks.add(hooks_wanted.to_vec(), move |name, t| {
                 let d = t.dims();
                 let feats: usize = d[2..].iter().product();
-                seen.borrow_mut().push((name.to_string(), t.reshape((d[0] * d[1], feats))?));
+                let mut seen = seen.borrow_mut();
+                seen.push((name.to_string(), t.reshape((d[0] * d[1], feats))?));
+                if seen.len() == wanted {
+                    return Err(InputsSeen.into());
+                }
                 Ok(None)
             });
         }
-        outs.push(model.run_block(l, x, b, Some(&mut hooks))?);
+        match model.run_block(l, x, b, Some(&mut hooks)) {
+            Ok(out) if hooks_wanted.is_empty() => outs.push(out),
+            Ok(_) => bail!("block {l}'s forward ended before reaching every hook of {hooks_wanted:?}"),
+            Err(e) if e.downcast_ref::<InputsSeen>().is_some() => {}
+            Err(e) => return Err(e),
+        }
         drop(hooks);
         for (name, t) in seen.into_inner() {
             visit(&name, &t, b)?;
@@ -488,4 +513,44 @@ fn awq_model(model: &HookedTransformer, q: &mut HookedTransformer, spec: &QuantS
     }
     pb.finish_and_clear();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hooks::names;
+
+    #[test]
+    fn block_inputs_stopped_early_are_those_of_a_full_forward() {
+        let m = crate::load_model(concat!(env!("CARGO_MANIFEST_DIR"), "/../data/fixtures/llama")).unwrap();
+        let batch = Batch::from_rows(&[vec![1u32, 5, 9, 3, 7, 2], vec![4, 4, 8, 1, 0, 6]], crate::Padding::Right, 0).unwrap();
+        let l = 1;
+        let (_, cache) = m.run_with_cache(&batch, vec![names::resid_pre(l), names::resid_post(l), linear_input_hook("q", l), linear_input_hook("o", l), linear_input_hook("down", l)]).unwrap();
+        let input = cache.get(&names::resid_pre(l)).unwrap().clone();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        // q's and o's inputs: the forward ends after z, before the MLP; what was captured must be
+        // what the full forward computes there, bit for bit
+        let wanted = vec![linear_input_hook("q", l), linear_input_hook("o", l)];
+        let mut seen = Vec::new();
+        let outs = visit_block_inputs(&m, l, std::slice::from_ref(&batch), std::slice::from_ref(&input), &wanted, |name, x, _| {
+            seen.push((name.to_string(), flat(x)));
+            Ok(())
+        })
+        .unwrap();
+        assert!(outs.is_empty());
+        assert_eq!(seen.iter().map(|s| s.0.clone()).collect::<Vec<_>>(), wanted);
+        for (name, x) in &seen {
+            assert_eq!(x, &flat(cache.get(name).unwrap()), "{name}");
+        }
+        // the last linear's input, and without hooks the block's output
+        let mut down = Vec::new();
+        visit_block_inputs(&m, l, std::slice::from_ref(&batch), std::slice::from_ref(&input), &[linear_input_hook("down", l)], |_, x, _| {
+            down = flat(x);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(down, flat(cache.get(&linear_input_hook("down", l)).unwrap()));
+        let outs = visit_block_inputs(&m, l, std::slice::from_ref(&batch), std::slice::from_ref(&input), &[], |_, _, _| Ok(())).unwrap();
+        assert_eq!(flat(&outs[0]), flat(cache.get(&names::resid_post(l)).unwrap()));
+    }
 }
