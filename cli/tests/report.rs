@@ -10,6 +10,26 @@ fn qi(args: &[&str]) -> (Option<i32>, String) {
     (o.status.code(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
 }
 
+/// A one-model perplexity study on the llama fixture (`quantizers` is the TOML line(s) naming
+/// them), run into `DIR/results`; returns (DIR, the results folder). The spec is `DIR/tiny.toml`.
+fn tiny_study(tag: &str, seeds: u32, quantizers: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = dir.join("tiny.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "name = \"tiny\"\nseeds = {seeds}\n{quantizers}\nmodels = [{{ source = \"{ROOT}/data/fixtures/llama\", name = \"llama\" }}]\n[data]\nseqlen = 8\n[[analyses]]\nname = \"perplexity\"\noptions = {{ text = \"random\", max_windows = 2, batch_size = 2 }}\n"
+        ),
+    )
+    .unwrap();
+    let results = dir.join("results");
+    let (code, out) = qi(&["study", "run", spec.to_str().unwrap(), "--results", results.to_str().unwrap(), "--no-cache"]);
+    assert_eq!(code, Some(0), "{out}");
+    (dir, results)
+}
+
 #[test]
 fn the_docs_tables_match_the_committed_results() {
     // every Markdown file of the repository that holds a report block
@@ -30,20 +50,7 @@ fn the_docs_tables_match_the_committed_results() {
 
 #[test]
 fn a_stale_block_is_named_and_rewritten() {
-    let dir = std::env::temp_dir().join(format!("qi-report-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let spec = dir.join("tiny.toml");
-    std::fs::write(
-        &spec,
-        format!(
-            "name = \"tiny\"\nseeds = 1\nbits = [4]\nquantizers = [\"rtn\"]\nmodels = [{{ source = \"{ROOT}/data/fixtures/llama\", name = \"llama\" }}]\n[data]\nseqlen = 8\n[[analyses]]\nname = \"perplexity\"\noptions = {{ text = \"random\", max_windows = 2, batch_size = 2 }}\n"
-        ),
-    )
-    .unwrap();
-    let results = dir.join("results");
-    let (code, out) = qi(&["study", "run", spec.to_str().unwrap(), "--results", results.to_str().unwrap(), "--no-cache"]);
-    assert_eq!(code, Some(0), "{out}");
+    let (dir, results) = tiny_study("qi-report", 1, "bits = [4]\nquantizers = [\"rtn\"]");
     let md = dir.join("doc.md");
     let block = |body: &str| format!("# Doc\n\ntext before\n<!-- qi:report study tiny.toml results -->\n{body}<!-- /qi:report -->\ntext after\n");
     std::fs::write(&md, block("| made up | 1.00 |\n")).unwrap();
@@ -76,20 +83,7 @@ fn a_stale_block_is_named_and_rewritten() {
 
 #[test]
 fn study_memory_takes_each_phase_peak_from_the_cells() {
-    let dir = std::env::temp_dir().join(format!("qi-report-mem-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let spec = dir.join("tiny.toml");
-    std::fs::write(
-        &spec,
-        format!(
-            "name = \"tiny\"\nseeds = 2\nbits = [4]\nquantizers = [\"rtn\"]\nmodels = [{{ source = \"{ROOT}/data/fixtures/llama\", name = \"llama\" }}]\n[data]\nseqlen = 8\n[[analyses]]\nname = \"perplexity\"\noptions = {{ text = \"random\", max_windows = 2, batch_size = 2 }}\n"
-        ),
-    )
-    .unwrap();
-    let results = dir.join("results");
-    let (code, out) = qi(&["study", "run", spec.to_str().unwrap(), "--results", results.to_str().unwrap(), "--no-cache"]);
-    assert_eq!(code, Some(0), "{out}");
+    let (dir, results) = tiny_study("qi-report-mem", 2, "bits = [4]\nquantizers = [\"rtn\"]");
     // Hand-made peaks (the sidecar's timing fields are not part of the checked digest). The twin
     // is made in one cell and loaded from the cache in the other, whose analysis peak is larger;
     // one reference cell has no record. Mixing making with loading, or taking the first cell's
@@ -137,20 +131,7 @@ fn study_memory_takes_each_phase_peak_from_the_cells() {
 
 #[test]
 fn study_perplexity_prints_each_twins_recorded_bits_and_refuses_a_partial_table() {
-    let dir = std::env::temp_dir().join(format!("qi-report-ppl-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let spec = dir.join("tiny.toml");
-    std::fs::write(
-        &spec,
-        format!(
-            "name = \"tiny\"\nseeds = 1\nquantizers = [\"rtn:bits=8\", \"rtn:bits=3\"]\nmodels = [{{ source = \"{ROOT}/data/fixtures/llama\", name = \"llama\" }}]\n[data]\nseqlen = 8\n[[analyses]]\nname = \"perplexity\"\noptions = {{ text = \"random\", max_windows = 2, batch_size = 2 }}\n"
-        ),
-    )
-    .unwrap();
-    let results = dir.join("results");
-    let (code, out) = qi(&["study", "run", spec.to_str().unwrap(), "--results", results.to_str().unwrap(), "--no-cache"]);
-    assert_eq!(code, Some(0), "{out}");
+    let (dir, results) = tiny_study("qi-report-ppl", 1, "quantizers = [\"rtn:bits=8\", \"rtn:bits=3\"]");
     let md = dir.join("doc.md");
     std::fs::write(&md, "<!-- qi:report study-perplexity tiny.toml results -->\n<!-- /qi:report -->\n").unwrap();
     let (code, out) = qi(&["report", md.to_str().unwrap()]);
