@@ -381,11 +381,12 @@ fn visit_block_inputs(
     mut visit: impl FnMut(&str, &Tensor, &Batch) -> Result<()>,
 ) -> Result<Vec<Tensor>> {
     let mut outs = Vec::with_capacity(batches.len());
+    // distinct hooks: the forward can stop once this many inputs were captured
+    let wanted = hooks_wanted.iter().collect::<std::collections::HashSet<_>>().len();
     for (b, x) in batches.iter().zip(inputs) {
         let seen: RefCell<Vec<(String, Tensor)>> = RefCell::new(Vec::new());
         let mut hooks = Hooks::new();
         if !hooks_wanted.is_empty() {
-            let wanted = hooks_wanted.iter().collect::<std::collections::HashSet<_>>().len();
             let seen = &seen;
             hooks.add(hooks_wanted.to_vec(), move |name, t| {
                 let d = t.dims();
