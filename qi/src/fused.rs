@@ -64,6 +64,26 @@ unsafe fn gemm_f32(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: usize, l
     );
 }
 
+/// `Σ (a − b)²` over two f32 tensors of one shape, accumulated in f64: one parallel pass instead
+/// of a difference, a square and a sum each writing a full tensor (a quantizer's loss is called
+/// for every grid point on every calibration token).
+pub fn sq_diff_sum(a: &Tensor, b: &Tensor) -> Result<f64> {
+    if a.dims() != b.dims() {
+        candle_core::bail!("sq_diff_sum: shapes {:?} and {:?} differ", a.dims(), b.dims());
+    }
+    if !fusable(&[a, b]) || !a.is_contiguous() || !b.is_contiguous() {
+        return (a - b)?.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>();
+    }
+    with_f32(a, |x, la| {
+        with_f32(b, |y, lb| {
+            let (x, y) = (&x[la.start_offset()..la.start_offset() + a.elem_count()], &y[lb.start_offset()..lb.start_offset() + b.elem_count()]);
+            // per-chunk sums collected in order, then added in order: the same bits on every run
+            let parts: Vec<f64> = x.par_chunks(1 << 14).zip(y.par_chunks(1 << 14)).map(|(x, y)| x.iter().zip(y).map(|(p, q)| ((p - q) as f64).powi(2)).sum::<f64>()).collect();
+            Ok(parts.iter().sum())
+        })
+    })
+}
+
 /// Attention pattern `softmax(q·kᵀ · scale + mask)`, `[batch, n_heads, pos, pos]`, from token-major
 /// `q` `[batch, pos, n_heads, d_head]` and `k` `[batch, pos, n_kv_heads, d_head]` (query head `h`
 /// reads key head `h / (n_heads / n_kv_heads)`, as Hugging Face's `repeat_kv`). `mask` is additive,
@@ -332,6 +352,49 @@ pub fn next_token_nll(logits: &Tensor, tokens: &Tensor) -> Result<Tensor> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn sq_diff_sum_is_the_sum_of_squared_differences() {
+        // [1, 2, 3] − [0, 0, 1]: 1 + 4 + 4 = 9 (Σ|a − b| would be 5, (Σ(a − b))² 25)
+        let a = Tensor::new(&[1f32, 2.0, 3.0], &Device::Cpu).unwrap();
+        let b = Tensor::new(&[0f32, 0.0, 1.0], &Device::Cpu).unwrap();
+        assert_eq!(sq_diff_sum(&a, &b).unwrap(), 9.0);
+        // many chunks: the parallel sum equals a sequential f64 sum, run after run
+        let mut rng = crate::rng::Rng::new(2);
+        let n = 100_003;
+        let (x, y): (Vec<f32>, Vec<f32>) = (0..n).map(|_| (rng.normal() as f32, rng.normal() as f32)).unzip();
+        let want: f64 = x.iter().zip(&y).map(|(p, q)| ((p - q) as f64).powi(2)).sum();
+        let (xt, yt) = (Tensor::from_vec(x, n, &Device::Cpu).unwrap(), Tensor::from_vec(y, n, &Device::Cpu).unwrap());
+        let got = sq_diff_sum(&xt, &yt).unwrap();
+        assert!((got - want).abs() <= 1e-9 * want, "{got} vs {want}");
+        assert_eq!(got.to_bits(), sq_diff_sum(&xt, &yt).unwrap().to_bits());
+        // a transposed view takes the composed path, same value
+        let m = Tensor::new(&[[1f32, 2.0], [3.0, 4.0]], &Device::Cpu).unwrap();
+        assert_eq!(sq_diff_sum(&m.t().unwrap(), &Tensor::zeros((2, 2), DType::F32, &Device::Cpu).unwrap()).unwrap(), 30.0);
+        assert!(sq_diff_sum(&a, &m).is_err());
+    }
+
+    /// Not a test: prints qi's matmul rate at the shapes of SmolLM2's linears (`cargo test -p qi
+    /// --lib matmul_rate_bench -- --ignored --nocapture`; set RAYON_NUM_THREADS=1 for one core).
+    #[test]
+    #[ignore]
+    fn matmul_rate_bench() {
+        for (m, k, n) in [(4096usize, 576usize, 576usize), (4096, 576, 1536), (4096, 1536, 576), (16384, 576, 1536)] {
+            let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (k, n), &Device::Cpu).unwrap();
+            matmul(&x, &w).unwrap();
+            let mut times: Vec<f64> = (0..7)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    matmul(&x, &w).unwrap();
+                    t.elapsed().as_secs_f64()
+                })
+                .collect();
+            times.sort_by(f64::total_cmp);
+            let s = times[3];
+            eprintln!("[{m}, {k}] x [{k}, {n}]: median {:.1} ms, {:.0} GFLOP/s", s * 1e3, 2.0 * (m * k * n) as f64 / s / 1e9);
+        }
+    }
+
     #[test]
     fn fused_next_token_nll_equals_the_composed_ops() {
         let (b, p, v) = (2, 5, 300);

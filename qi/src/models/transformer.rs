@@ -437,6 +437,12 @@ impl HookedTransformer {
         self.block_forward(l, block, resid_pre.clone(), mask, rope, &mut sink)
     }
 
+    /// The MLP of `block` (block `l` of this model, or a modified copy of it) on its normed input
+    /// `x`, as the forward computes it, without hooks.
+    pub fn run_mlp(&self, l: usize, block: &Block, x: &Tensor) -> Result<Tensor> {
+        self.mlp(l, block, x, &mut Sink { hooks: None, cache: None })
+    }
+
     /// Logits computed from block `layer` on, given that block's input `resid_pre`, with optional
     /// hooks on the blocks it runs: patching or ablating at layer l need not recompute blocks 0..l.
     pub fn logits_from_layer(&self, layer: usize, resid_pre: &Tensor, batch: &Batch, mut hooks: Option<&mut Hooks>) -> Result<Tensor> {

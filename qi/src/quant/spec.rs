@@ -277,7 +277,9 @@ impl QuantSpec {
             QuantSpec::None | QuantSpec::Fp16 | QuantSpec::Bf16 | QuantSpec::W8a8 => 1,
             QuantSpec::Rtn(_) => 1,
             QuantSpec::Gptq(_) => 2, // 2: the report's loss counts each sequence as a sample
-            QuantSpec::Awq(_) => 2, // 2: llm-awq's groups, folds, clip search and grid
+            // 2: llm-awq's groups, folds, clip search and grid; 3: losses from Gram matrices and
+            // the forward's own MLP (same choices up to float rounding, so near-ties may flip)
+            QuantSpec::Awq(_) => 3,
             QuantSpec::Nf4(_) | QuantSpec::Fp4(_) => 1,
             QuantSpec::Int8(_) => 1,
             QuantSpec::Ggml(_) => 1,

@@ -30,7 +30,7 @@
 //!    shrink wins and the weights are clamped to it.
 //! 5. **Quantize** every linear with llm-awq's grid ([`AwqGrid`]).
 use crate::hooks::names;
-use crate::models::{linear_input_hook, Activation, Block, Linear, Mlp, QkvProj};
+use crate::models::{linear_input_hook, Block, Linear, Mlp, QkvProj};
 use crate::{Batch, HookedTransformer, Hooks};
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Tensor, D};
@@ -72,16 +72,34 @@ impl AwqGrid {
 
     /// Fake-quantizes `w` `[rows, cols]` (f32); `name` labels errors.
     pub fn quantize(&self, w: &Tensor, name: &str) -> Result<Tensor> {
+        self.quantize_scaled(w, None, name)
+    }
+
+    /// `Q(W·diag(s))·diag(s)⁻¹` for `w` `[rows, cols]` and per-column scales `s` (`None`: `Q(W)`),
+    /// with the arithmetic of multiplying, quantizing and dividing tensor by tensor (one f32
+    /// product, the grid, one f32 quotient per weight), rows in parallel: the scale search calls
+    /// it for every ratio of the grid.
+    pub fn quantize_scaled(&self, w: &Tensor, s: Option<&[f32]>, name: &str) -> Result<Tensor> {
+        use rayon::prelude::*;
         crate::quant::check_bits(self.bits)?;
         let (rows, cols) = w.dims2().with_context(|| format!("AWQ: '{name}' must be a 2-D weight"))?;
         let g = self.group_for(cols)?;
+        if let Some(s) = s.filter(|s| s.len() != cols) {
+            bail!("AWQ: {} scales for '{name}', which has {cols} columns", s.len());
+        }
         let mut data = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        if let Some(s) = s {
+            data.par_chunks_mut(cols).for_each(|row| row.iter_mut().zip(s).for_each(|(v, k)| *v *= k));
+        }
         if let Some(bad) = data.iter().find(|v| !v.is_finite()) {
             bail!("AWQ: '{name}' has a non-finite value {bad}");
         }
-        for chunk in data.chunks_mut(g) {
-            self.quantize_group(chunk);
-        }
+        data.par_chunks_mut(cols).for_each(|row| {
+            row.chunks_mut(g).for_each(|c| self.quantize_group(c));
+            if let Some(s) = s {
+                row.iter_mut().zip(s).for_each(|(v, k)| *v /= k);
+            }
+        });
         Ok(Tensor::from_vec(data, (rows, cols), w.device())?)
     }
 
@@ -92,18 +110,33 @@ impl AwqGrid {
             let amax = c.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-5);
             let scale = amax / max_int;
             for v in c.iter_mut() {
-                *v = (*v / scale).round_ties_even().clamp(min_int, max_int) * scale;
+                *v = round_even(*v / scale).clamp(min_int, max_int) * scale;
             }
         } else {
             let max_int = ((1u32 << self.bits) - 1) as f32;
             let max = c.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
             let min = c.iter().fold(f32::INFINITY, |m, &v| m.min(v));
             let scale = (max - min).max(1e-5) / max_int;
-            let zero = (-(min / scale).round_ties_even()).clamp(0.0, max_int);
+            let zero = (-round_even(min / scale)).clamp(0.0, max_int);
             for v in c.iter_mut() {
-                *v = (((*v / scale).round_ties_even() + zero).clamp(0.0, max_int) - zero) * scale;
+                *v = ((round_even(*v / scale) + zero).clamp(0.0, max_int) - zero) * scale;
             }
         }
+    }
+}
+
+/// Round half to even (`torch.round`) without a libm call, so that the grid's loops vectorize:
+/// adding and subtracting 1.5·2²³ rounds in the FPU's default mode, exactly for |x| < 2²². Larger
+/// values are returned unrounded; every caller clamps them to the grid's ends, where rounding
+/// does not matter.
+#[inline(always)]
+fn round_even(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    let r = (x + MAGIC) - MAGIC;
+    if x.abs() < 4_194_304.0 {
+        r
+    } else {
+        x
     }
 }
 
@@ -137,15 +170,10 @@ pub fn search_scales(
 ) -> Result<ScaleSearch> {
     let mut losses = Vec::with_capacity(SCALE_GRID);
     let mut best: Option<(f64, usize, Vec<f32>)> = None;
-    let dev = match weights.first() {
-        Some((_, w)) => w.device().clone(),
-        None => crate::device::device()?,
-    };
     for i in 0..SCALE_GRID {
         let ratio = i as f64 / SCALE_GRID as f64;
         let s = ratio_scales(x_mean, ratio);
-        let sr = row(&s, &dev)?;
-        let candidates = weights.iter().map(|(name, w)| Ok(grid.quantize(&w.broadcast_mul(&sr)?, name)?.broadcast_div(&sr)?)).collect::<Result<Vec<_>>>()?;
+        let candidates = weights.iter().map(|(name, w)| grid.quantize_scaled(w, Some(&s), name)).collect::<Result<Vec<_>>>()?;
         let l = loss(&candidates)?;
         losses.push(l);
         if best.as_ref().is_none_or(|(b, _, _)| l < *b) {
@@ -171,11 +199,17 @@ pub fn search_clip(w: &Tensor, x: &Tensor, grid: &AwqGrid, name: &str) -> Result
     let idx: Vec<u32> = (0..n).step_by(step).map(|i| i as u32).collect();
     let t = idx.len();
     let xs = x.index_select(&Tensor::from_vec(idx, t, x.device())?, 0)?;
-    // [groups, tokens, g] × [groups, g, rows]: each group's partial output per row
-    let xs = xs.reshape((t, ng, g))?.transpose(0, 1)?.contiguous()?;
+    // A row-group's error, the mean over tokens of (x_g·(q_g − w_g))², is dᵀH_g d / t with the
+    // group's Gram matrix H_g = X_gᵀX_g [g, g] (llm-awq takes it from the partial outputs: the same
+    // number, at g/t of the cost per shrink, without [groups, tokens, rows] temporaries).
+    let xs = xs.reshape((t, ng, g))?.transpose(0, 1)?.contiguous()?; // [groups, tokens, g]
+    let gram = xs.transpose(1, 2)?.contiguous()?.matmul(&xs)?; // [groups, g, g]
+    let err_of = |q: &Tensor| -> Result<Vec<f32>> {
+        let d = (q - w)?.reshape((rows, ng, g))?.transpose(0, 1)?.contiguous()?; // [groups, rows, g]
+        let e = (d.matmul(&gram)? * &d)?.sum(2)?; // [groups, rows]
+        Ok((e / t as f64)?.t()?.flatten_all()?.to_vec1::<f32>()?)
+    };
     let wg = w.reshape((rows, ng, g))?;
-    let per_group = |m: &Tensor| -> Result<Tensor> { Ok(xs.matmul(&m.reshape((rows, ng, g))?.permute((1, 2, 0))?.contiguous()?)?) };
-    let org = per_group(&wg)?;
     let org_max = wg.abs()?.max_keepdim(D::Minus1)?; // [rows, ng, 1]
     let mut best_max = org_max.flatten_all()?.to_vec1::<f32>()?;
     let mut best_err = vec![1e9f32; rows * ng];
@@ -183,9 +217,7 @@ pub fn search_clip(w: &Tensor, x: &Tensor, grid: &AwqGrid, name: &str) -> Result
         let f = (1.0 - i as f64 / CLIP_GRID as f64) as f32;
         let max = (&org_max * f as f64)?;
         let cur = wg.broadcast_maximum(&max.neg()?)?.broadcast_minimum(&max)?;
-        let q = grid.quantize(&cur.reshape((rows, cols))?, name)?;
-        // mean over tokens of the squared error: [groups, rows] → [rows, groups]
-        let err = (per_group(&q)? - &org)?.sqr()?.mean(1)?.t()?.flatten_all()?.to_vec1::<f32>()?;
+        let err = err_of(&grid.quantize(&cur.reshape((rows, cols))?, name)?)?;
         let maxv = max.flatten_all()?.to_vec1::<f32>()?;
         for k in 0..rows * ng {
             if err[k] < best_err[k] {
@@ -266,17 +298,9 @@ fn attention_output(m: &HookedTransformer, l: usize, x: &Tensor, b: &Batch) -> R
     }
 }
 
-/// The MLP's output for its (normed) input `x`.
-fn mlp_output(block: &Block, act: Activation, x: &Tensor) -> Result<Tensor> {
-    Ok(match &block.mlp {
-        Mlp::Standard { fc_in, fc_out } => fc_out.forward(&act.apply(&fc_in.forward(x)?)?)?,
-        Mlp::Gated { gate, up, down } => down.forward(&(act.apply(&gate.forward(x)?)? * up.forward(x)?)?)?,
-    })
-}
-
 /// Σ (a − b)² in f64.
 fn sq_err(a: &Tensor, b: &Tensor) -> Result<f64> {
-    Ok((a - b)?.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+    Ok(crate::fused::sq_diff_sum(a, b)?)
 }
 
 fn mean_abs(x: &Tensor) -> Result<Vec<f32>> {
@@ -339,7 +363,6 @@ pub fn awq_block(
         f.get(&linear_input_hook(role, l)).cloned().ok_or_else(|| anyhow!("AWQ: no calibration inputs reached '{}'", linear_input_hook(role, l)))
     };
     let weights = |rs: &[&'static str]| -> Result<Vec<(&str, Tensor)>> { rs.iter().map(|r| Ok((linear(block, r)?.name.as_str(), linear(block, r)?.weight()))).collect() };
-    let act = model.cfg.activation;
     let mut groups: Vec<GroupScales> = Vec::new();
 
     // q/k/v after the attention norm, judged on the attention output
@@ -372,13 +395,13 @@ pub fn awq_block(
     let mlp_in: Vec<&'static str> = roles.iter().copied().filter(|r| matches!(*r, "gate" | "up" | "fc_in")).collect();
     if !mlp_in.is_empty() {
         let x = feat(&feats, mlp_in[0])?;
-        let reference = mlp_output(block, act, &x)?;
+        let reference = model.run_mlp(l, block, &x)?;
         let mut probe = block.clone();
         let search = search_scales(&weights(&mlp_in)?, &mean_abs(&x)?, grid, &mut |cand| {
             for (r, w) in mlp_in.iter().zip(cand) {
                 linear_mut(&mut probe, r)?.set_weight(w)?;
             }
-            Ok(sq_err(&mlp_output(&probe, act, &x)?, &reference)? / reference.elem_count() as f64)
+            Ok(sq_err(&model.run_mlp(l, &probe, &x)?, &reference)? / reference.elem_count() as f64)
         })?;
         groups.push(GroupScales { fold: Fold::Ln2, roles: mlp_in, search });
     }
@@ -455,10 +478,17 @@ pub fn awq_block(
 }
 
 /// The scale search of a group of one linear judged on its own output, on inputs `x` `[tokens, in]`.
+/// The loss, the mean over tokens and outputs of `((Ŵ − W) x)²`, is computed from the inputs' Gram
+/// matrix `H = XᵀX` as `Σ_rows (ŵ − w)ᵀ H (ŵ − w) / (tokens · out)`: the same number as from the
+/// outputs, at `in / tokens` of the cost per ratio once `H` is made.
 fn one_linear_search(lin: &Linear, x: &Tensor, grid: &AwqGrid) -> Result<ScaleSearch> {
-    let reference = x.matmul(lin.weight_t())?;
-    let n = reference.elem_count() as f64;
-    search_scales(&[(lin.name.as_str(), lin.weight())], &mean_abs(x)?, grid, &mut |cand| Ok(sq_err(&x.matmul(&cand[0].t()?)?, &reference)? / n))
+    let w = lin.weight();
+    let gram = x.t()?.matmul(x)?;
+    let n = (x.dim(0)? * w.dim(0)?) as f64;
+    search_scales(&[(lin.name.as_str(), w.clone())], &mean_abs(x)?, grid, &mut |cand| {
+        let d = (&cand[0] - &w)?;
+        Ok((d.matmul(&gram)? * &d)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()? / n)
+    })
 }
 
 #[cfg(test)]
@@ -494,6 +524,20 @@ mod tests {
     }
 
     #[test]
+    fn round_even_is_round_half_to_even() {
+        // halves go to the even neighbour (x.round() would send 2.5 to 3 and -0.5 to -1); values
+        // at and past 2²² keep their value
+        for (x, want) in [(2.5f32, 2.0f32), (3.5, 4.0), (-0.5, -0.0), (-1.5, -2.0), (0.49999997, 0.0), (7.4999995, 7.0), (-6.5, -6.0), (4194303.5, 4194304.0), (4194304.5, 4194304.5), (1e9, 1e9)] {
+            assert_eq!(round_even(x), want, "{x}");
+        }
+        let mut rng = crate::rng::Rng::new(11);
+        for _ in 0..100_000 {
+            let x = (rng.normal() * 40.0) as f32;
+            assert_eq!(round_even(x), x.round_ties_even(), "{x}");
+        }
+    }
+
+    #[test]
     fn ratio_scales_are_normalised_and_ratio_zero_is_one() {
         let s = ratio_scales(&[4.0, 1.0, 0.25], 0.0);
         assert_eq!(s, vec![1.0, 1.0, 1.0]);
@@ -502,6 +546,35 @@ mod tests {
         // a dead channel is floored at 1e-4 before normalising: [1, 1e-4] / 1e-2
         let s = ratio_scales(&[1.0, 0.0], 0.5);
         assert!((s[0] - 100.0).abs() < 1e-3 && (s[1] - 0.01).abs() < 1e-6, "{s:?}");
+    }
+
+    #[test]
+    fn one_linear_loss_is_the_mean_squared_output_error() {
+        // 40 tokens × 8 inputs, 3 outputs: every ratio's loss must be mean((X Ŵᵀ − X Wᵀ)²) over
+        // all 120 outputs (dividing by the tokens alone would be 3× larger, dropping X would differ)
+        let mut rng = crate::rng::Rng::new(5);
+        let x: Vec<f32> = (0..40 * 8).map(|i| rng.normal() as f32 * if i % 8 == 2 { 4.0 } else { 1.0 }).collect();
+        let w: Vec<f32> = (0..24).map(|_| rng.normal() as f32).collect();
+        let grid = AwqGrid { bits: 3, group: Some(4), sym: false };
+        let lin = Linear::new("w", t(3, 8, w.clone()), None, false).unwrap();
+        let xt = t(40, 8, x.clone());
+        let got = one_linear_search(&lin, &xt, &grid).unwrap();
+        let x_mean = mean_abs(&xt).unwrap();
+        for (i, &l) in got.losses.iter().enumerate() {
+            let s = ratio_scales(&x_mean, i as f64 / SCALE_GRID as f64);
+            let ws: Vec<f32> = w.iter().enumerate().map(|(k, v)| v * s[k % 8]).collect();
+            let q = grid.quantize(&t(3, 8, ws), "w").unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let mut direct = 0f64;
+            for tk in 0..40 {
+                for r in 0..3 {
+                    let e: f64 = (0..8).map(|k| x[tk * 8 + k] as f64 * (q[r * 8 + k] / s[k] - w[r * 8 + k]) as f64).sum();
+                    direct += e * e;
+                }
+            }
+            direct /= 120.0;
+            assert!((l - direct).abs() <= 1e-4 * direct, "ratio {i}: {l} vs {direct}");
+        }
+        assert!(got.losses.iter().any(|&l| (l - got.losses[0]).abs() > 1e-3 * got.losses[0]), "the ratios must differ for the test to see them");
     }
 
     #[test]
