@@ -5,7 +5,8 @@
 # $QI_TORCH_PYTHON (a python with torch + transformers + gguf + accelerate); without it only qi runs.
 # The two alternate for $ROUNDS rounds (default 3) of $RUNS timed runs each (default 5), so that
 # a shared machine's slow and fast minutes fall on both; the reported ratio is the median over
-# rounds of each round's median ratio.
+# rounds of each round's median ratio. Each round prints one JSON line (`grep '^{'` keeps them)
+# that the `peers` report kind of `qi report` renders.
 set -euo pipefail
 QI="$1"; shift
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,12 +18,19 @@ if [ -z "${QI_TORCH_PYTHON:-}" ]; then
   echo "(set QI_TORCH_PYTHON to a python with torch+transformers to measure the ratio)"
   exit 0
 fi
+PEER="$("$QI_TORCH_PYTHON" -c 'import torch, transformers; print(f"PyTorch {torch.__version__.split(chr(43))[0]} + transformers {transformers.__version__}")')"
 lines=()
 for r in $(seq 1 "$ROUNDS"); do
   q=$("$QI" bench-forward --model "$MODEL" --batch 8 --seq 128 --runs "$RUNS")
   t=$("$QI_TORCH_PYTHON" "$ROOT/scripts/bench_forward_torch.py" --model "$MODEL" --batch 8 --seq 128 --runs "$RUNS" --threads 2)
-  echo "round $r: $q"
-  echo "round $r: $t"
+  # one line per round for the `peers` report block (docs/performance.md)
+  python3 - "$r" "$MODEL" "$PEER" "$q" "$t" <<'PY'
+import json, sys
+r, model, peer, q, t = sys.argv[1:]
+q, t = json.loads(q), json.loads(t)
+print(json.dumps({"round": int(r), "job": "forward 8 × 128, cached", "model": model, "peer": peer,
+                  "qi_s": q["median_s"], "peer_s": t["median_s"], "qi": q, "peer_detail": t}, ensure_ascii=False))
+PY
   lines+=("$q" "$t")
 done
 python3 - "${lines[@]}" <<'PY'

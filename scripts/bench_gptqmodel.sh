@@ -7,7 +7,8 @@
 # Settings (both sides): $BITS bits (4), per row, asymmetric, damp 0.01, true-sequential,
 # act-order when ACT_ORDER=1, $SAMPLES × $SEQLEN C4 calibration tokens (64 × 512) exported by
 # `qi inputs`. $QI_TORCH_PYTHON: a python with torch, transformers, gguf, accelerate and gptqmodel;
-# GPTQModel gets GPTQMODEL_CPU_WORKERS=$(nproc) and torch $(nproc) threads.
+# GPTQModel gets GPTQMODEL_CPU_WORKERS=$(nproc) and torch $(nproc) threads. Prints one JSON line per
+# round (for the `peers` report kind; `grep '^{'` keeps them) and the summary.
 set -euo pipefail
 QI="$1"; shift
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,6 +25,7 @@ trap 'rm -rf "$WORK"' EXIT
 spec="gptq:bits=$BITS,true_sequential=true,samples=$SAMPLES,seqlen=$SEQLEN"; peer_args=(--bits "$BITS")
 if [ "$ACT_ORDER" = 1 ]; then spec="gptq:bits=$BITS,act_order=true,true_sequential=true,samples=$SAMPLES,seqlen=$SEQLEN"; peer_args+=(--act-order); fi
 "$QI" inputs --model "$MODEL" --calib-samples "$SAMPLES" --calib-seqlen "$SEQLEN" --ppl-windows 0 --induction-seeds 0 --out "$WORK/inputs.json" 2>/dev/null
+VERSION="$("$PY" -c 'from importlib.metadata import version; print(version("gptqmodel"))')"
 lines=()
 for r in $(seq 1 "$ROUNDS"); do
   q=$(QI_CACHE="$WORK/cache-$r" "$QI" quantize --model "$MODEL" --quant "$spec" --cache --json 2>"$WORK/qi-$r.log" |
@@ -35,7 +37,8 @@ for r in $(seq 1 "$ROUNDS"); do
         --hf-dir "$WORK/hf" --threads "$(nproc)" "${peer_args[@]}" 2>"$WORK/peer-$r.log" | tail -1) ||
     { echo "bench_gptqmodel.sh: gptqmodel failed, see below" >&2; tail -20 "$WORK/peer-$r.log" >&2; exit 1; }
   gs=$(echo "$g" | python3 -c 'import json,sys; print(json.load(sys.stdin)["quantize_s"])')
-  echo "{\"round\":$r,\"spec\":\"$spec\",\"qi_s\":$q,\"gptqmodel_s\":$gs,\"gptqmodel\":$g}"
+  # one line per round for the `peers` report block (docs/performance.md)
+  echo "{\"round\":$r,\"job\":\"GPTQ-4 of the whole model, $SAMPLES × $SEQLEN calibration tokens, true-sequential$([ "$ACT_ORDER" = 1 ] && echo ', act-order')\",\"model\":\"$MODEL\",\"peer\":\"GPTQModel $VERSION\",\"qi_s\":$q,\"peer_s\":$gs,\"spec\":\"$spec\",\"peer_detail\":$g}"
   lines+=("$q $gs")
 done
 python3 - "${lines[@]}" <<'PY'

@@ -8,7 +8,8 @@
 # transformers, gguf, accelerate) on the tokens `qi inputs` exports, so both see the same data.
 # They alternate for $ROUNDS rounds (default 2), each timed as a whole process (wall clock); the
 # ratio is the median over rounds of qi / torch. Both sides' perplexities are printed so that a
-# reader sees they computed the same thing. Prints one JSON line per round and the summary.
+# reader sees they computed the same thing. Prints one JSON line per round (for the `peers` report
+# kind; `grep '^{'` keeps them) and the summary.
 set -euo pipefail
 QI="$1"; shift
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,6 +24,7 @@ trap 'rm -rf "$WORK"' EXIT
 sed "s|^  { source = .*|  { source = \"$MODEL\", name = \"$(basename "$MODEL" .gguf)\" },|" "$ROOT/studies/peer_job.toml" > "$WORK/job.toml"
 "$QI" inputs --model "$MODEL" --out "$WORK/inputs.json" 2>/dev/null
 ms() { echo $(( $(date +%s%N) / 1000000 )); }
+PEER="$("$PY" -c 'import torch, transformers; print(f"PyTorch {torch.__version__.split(chr(43))[0]} + transformers {transformers.__version__}")')"
 lines=()
 for r in $(seq 1 "$ROUNDS"); do
   t=$(ms)
@@ -34,7 +36,8 @@ for r in $(seq 1 "$ROUNDS"); do
   t=$(ms)
   tj=$("$PY" "$ROOT/scripts/peer_job_torch.py" --model "$MODEL" --inputs "$WORK/inputs.json" --threads "$(nproc)")
   tt=$(( $(ms) - t ))
-  echo "{\"round\":$r,\"qi_ms\":$q,\"torch_ms\":$tt,\"qi_perplexity\":\"$qppl\",\"torch\":$tj}"
+  # one line per round for the `peers` report block (docs/performance.md)
+  echo "{\"round\":$r,\"job\":\"whole job (load, RTN-4, GPTQ-4, induction, perplexity)\",\"model\":\"$MODEL\",\"peer\":\"$PEER\",\"qi_s\":$(( q / 1000 )).$(printf %03d $(( q % 1000 ))),\"peer_s\":$(( tt / 1000 )).$(printf %03d $(( tt % 1000 ))),\"qi_perplexity\":\"$qppl\",\"peer_detail\":$tj}"
   lines+=("$q $tt")
 done
 python3 - "${lines[@]}" <<'PY'

@@ -62,6 +62,33 @@ pub enum StudyCommand {
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
+    /// Cost against model size: per study model, load, forward and peak RSS (`qi bench-forward`
+    /// lines), the RTN-4 twin's size (`qi bench-twins` lines), making the GPTQ-4 twin and the
+    /// reference's induction and perplexity (the study's cells), and the ratios to PyTorch
+    /// (side-by-side round lines); prints the table (the `size-costs` report block) and, with
+    /// --figure, writes the time of each step against parameters (`cost_vs_size`). Runs nothing.
+    Costs {
+        /// Study spec file (.toml or .json).
+        spec: PathBuf,
+        /// Results directory (default: data/results/STUDY_NAME beside the spec file's folder).
+        #[arg(long)]
+        results: Option<PathBuf>,
+        /// `qi bench-forward` lines, one per model (scripts/bench_models.sh QI sizes).
+        #[arg(long)]
+        forward: PathBuf,
+        /// `qi bench-twins` lines (scripts/bench_models.sh QI twins).
+        #[arg(long)]
+        twins: PathBuf,
+        /// Side-by-side round lines (scripts/bench_forward.sh, scripts/bench_job.sh); repeatable.
+        #[arg(long)]
+        peers: Vec<PathBuf>,
+        /// Also write the figure (HTML + SVG) to --out-dir.
+        #[arg(long)]
+        figure: bool,
+        /// Output folder of the figure (default: QI_FIGURES_DIR, else ./figures).
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
     /// Merge every finished cell into one parquet file (columns missing in a cell are null). A
     /// cell whose parquet file does not match its sidecar's digest is left out with a warning
     /// naming it, and the exit status is 1 unless --allow-missing.
@@ -161,6 +188,17 @@ pub fn run(a: StudyArgs) -> Result<()> {
             for (name, fig) in qi::size_axis::figures(&table)? {
                 let p = qi::figures::save_figure_in(&fig, &format!("{prefix}_{name}"), &out_dir)?;
                 println!("{}", p.svg.display());
+            }
+            Ok(())
+        }
+        StudyCommand::Costs { spec, results, forward, twins, peers, figure, out_dir } => {
+            let s = Study::load(&spec)?;
+            let results = results.unwrap_or_else(|| qi::size_axis::default_results(&spec, &s, false));
+            let rows = qi::report::cost_rows(&qi::report::CostSources { study: &spec, results: &results, forward: &forward, twins: &twins, peers: &peers })?;
+            print!("{}", qi::report::cost_markdown(&rows)?);
+            if figure {
+                let p = qi::figures::save_figure_in(&qi::report::cost_figure(&rows)?, "cost_vs_size", &out_dir.unwrap_or_else(qi::figures::figures_dir))?;
+                eprintln!("{}", p.svg.display());
             }
             Ok(())
         }

@@ -102,11 +102,13 @@ fn study_memory_takes_each_phase_peak_from_the_cells() {
             ("none", _) => {}
             (_, 0) => {
                 o.insert("twin_origin".into(), "quantized".into());
+                o.insert("twin_s".into(), 125.0.into());
                 o.insert("twin_peak_rss_kb".into(), (3 * GIB).into());
                 o.insert("peak_rss_kb".into(), GIB.into());
             }
             _ => {
                 o.insert("twin_origin".into(), "cached".into());
+                o.insert("twin_s".into(), 0.5.into());
                 o.insert("twin_peak_rss_kb".into(), (2 * GIB).into());
                 o.insert("peak_rss_kb".into(), (3 * GIB / 2).into());
             }
@@ -118,8 +120,9 @@ fn study_memory_takes_each_phase_peak_from_the_cells() {
     let (code, out) = qi(&["report", md.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{out}");
     let text = std::fs::read_to_string(&md).unwrap();
-    assert!(text.contains("| llama | reference | – | – | 0.50 GiB (perplexity) | 1 of 2 |\n"), "{text}");
-    assert!(text.contains("| llama | `rtn:bits=4` | 3.00 GiB | 2.00 GiB | 1.50 GiB (perplexity) | 2 of 2 |\n"), "{text}");
+    // the time is the quantizing cell's (125 s), not the loading one's (0.5 s)
+    assert!(text.contains("| llama | reference | – | – | – | 0.50 GiB (perplexity) | 1 of 2 |\n"), "{text}");
+    assert!(text.contains("| llama | `rtn:bits=4` | 125 s | 3.00 GiB | 2.00 GiB | 1.50 GiB (perplexity) | 2 of 2 |\n"), "{text}");
     // a damaged cell is named, not skipped
     let parquet = std::fs::read_dir(&results).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|e| e == "parquet")).unwrap();
     std::fs::write(&parquet, b"not a parquet file").unwrap();
@@ -174,5 +177,68 @@ fn study_perplexity_prints_each_twins_recorded_bits_and_refuses_a_partial_table(
     let (code, out) = qi(&["report", md.to_str().unwrap(), "--check"]);
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("not run yet") && out.contains("rtn:bits=8"), "{out}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn cost_table_takes_each_step_from_its_own_record() {
+    // GPTQ draws C4 calibration text: a model with a tokenizer (SmolLM2 from the shared folder)
+    let dir = std::env::temp_dir().join(format!("qi-costs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("tiny.toml"),
+        "name = \"tiny\"\nseeds = 2\nquantizers = [\"rtn:bits=4\", \"gptq:bits=4,samples=2,seqlen=16\"]\nmodels = [{ source = \"shared:models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf\", name = \"smol\" }]\n[[analyses]]\nname = \"perplexity\"\noptions = { text = \"random\", seqlen = 8, max_windows = 2, batch_size = 2 }\n",
+    )
+    .unwrap();
+    let results = dir.join("results");
+    let (code, out) = qi(&["study", "run", dir.join("tiny.toml").to_str().unwrap(), "--results", results.to_str().unwrap(), "--no-cache"]);
+    assert_eq!(code, Some(0), "{out}");
+    // what the cells recorded: the GPTQ twin's time (charged to the first of its two cells, the
+    // other records 0; not the RTN twin's), the reference's perplexity over both seeds (not a twin's)
+    let sidecars = |spec: &str| -> Vec<serde_json::Value> {
+        let files = std::fs::read_dir(&results).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "json") && p.file_name().unwrap().to_str().unwrap().starts_with(&format!("smol__{spec}__")));
+        files.map(|f| serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap()).collect()
+    };
+    let field = |v: &[serde_json::Value], k: &str| v.iter().map(|c| c[k].as_f64().unwrap()).collect::<Vec<_>>();
+    let (gptq, rtn, reference) = (sidecars("gptq_bits_4_samples_2_seqlen_16"), sidecars("rtn_bits_4"), sidecars("none"));
+    let secs = |s: f64| if s < 10.0 { format!("{s:.2} s") } else { format!("{s:.0} s") };
+    let gptq_s = field(&gptq, "twin_s").into_iter().fold(0.0, f64::max);
+    let ppl_s: f64 = field(&reference, "analysis_s").iter().sum();
+    assert!(gptq.len() == 2 && gptq.iter().all(|c| c["twin_origin"] == "quantized") && field(&gptq, "twin_s").contains(&0.0), "{gptq:?}");
+    assert_ne!(secs(gptq_s), secs(field(&rtn, "twin_s").into_iter().fold(0.0, f64::max)), "the test must tell the two twins' times apart");
+    let model = "/any/folder/SmolLM2-135M-Instruct.Q4_1.gguf"; // matched by file name
+    std::fs::write(dir.join("fwd.jsonl"), format!("{{\"model\":\"{model}\",\"params\":2.4e6,\"batch\":8,\"seq\":128,\"median_s\":0.5,\"load_s\":0.25,\"peak_rss_kb\":2097152}}\n")).unwrap();
+    std::fs::write(dir.join("twins.jsonl"), format!("{{\"model\":\"{model}\",\"spec\":\"nf4\",\"compact_dir_bytes\":9e6}}\n{{\"model\":\"{model}\",\"spec\":\"rtn:bits=4\",\"compact_dir_bytes\":3e6}}\n")).unwrap();
+    // forward rounds 0.5, 2.0, 0.8: median 0.80 (the mean would be 1.10)
+    let round = |job: &str, q: f64, p: f64| format!("{{\"round\":1,\"job\":\"{job}\",\"model\":\"{model}\",\"peer\":\"PyTorch\",\"qi_s\":{q},\"peer_s\":{p}}}\n");
+    std::fs::write(dir.join("peers.jsonl"), round("forward 8 × 128, cached", 1.0, 2.0) + &round("forward 8 × 128, cached", 2.0, 1.0) + &round("forward 8 × 128, cached", 0.8, 1.0) + &round("whole job", 3.0, 10.0)).unwrap();
+    let args = |peers: bool| {
+        let mut a = vec!["study", "costs", "tiny.toml", "--results", "results", "--forward", "fwd.jsonl", "--twins", "twins.jsonl"];
+        if peers {
+            a.extend(["--peers", "peers.jsonl"]);
+        }
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let run = |a: Vec<String>| {
+        let o = Command::new(env!("CARGO_BIN_EXE_qi")).args(&a).current_dir(&dir).output().unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stdout).to_string(), String::from_utf8_lossy(&o.stderr).to_string())
+    };
+    let (code, out, err) = run(args(true));
+    assert_eq!(code, Some(0), "{err}");
+    let want = format!("| smol | 2 M | 0.25 s | 0.50 s | 0.80 | {} | – | {} (2 seeds) | 0.30 | 2.00 GiB | 3 MB |", secs(gptq_s), secs(ppl_s));
+    assert!(out.contains(&want), "want {want}\n{out}");
+    // the report block prints the same table
+    std::fs::write(dir.join("doc.md"), "<!-- qi:report size-costs tiny.toml results fwd.jsonl twins.jsonl peers.jsonl -->\n<!-- /qi:report -->\n").unwrap();
+    let (code, out) = qi(&["report", dir.join("doc.md").to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(std::fs::read_to_string(dir.join("doc.md")).unwrap().contains(&want));
+    // without peers the ratios are –; a model without a forward line is an error naming it
+    let (_, out, _) = run(args(false));
+    assert!(out.contains("| 0.50 s | – |"), "{out}");
+    std::fs::write(dir.join("fwd.jsonl"), "{\"model\":\"/elsewhere/other.gguf\",\"params\":1,\"batch\":8,\"seq\":128,\"median_s\":0.5,\"load_s\":0.25,\"peak_rss_kb\":1}\n").unwrap();
+    let (code, _, err) = run(args(false));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("fwd.jsonl") && err.contains("no forward line for smol"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

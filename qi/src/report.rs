@@ -27,8 +27,13 @@
 //!   ratios), as `scripts/bench_models.sh QI twins` writes it.
 //! - `costs FILE.jsonl` — one row per line of `qi bench-forward` output (parameters, load time,
 //!   median forward, the matmul rate it implies, peak RSS), as `scripts/bench_models.sh QI sizes` writes it.
-//! - `gptqmodel FILE.jsonl` — whole-model GPTQ, qi against GPTQModel, one line per round as
-//!   `scripts/bench_gptqmodel.sh` prints them ([`gptqmodel_table`]).
+//! - `peers FILE.jsonl …` — qi against a peer (PyTorch, GPTQModel) doing the same job in the same
+//!   run, one line per alternating round as `scripts/bench_forward.sh`, `scripts/bench_job.sh` and
+//!   `scripts/bench_gptqmodel.sh` print them ([`peers_table`]).
+//! - `size-costs SPEC RESULTS FORWARD.jsonl TWINS.jsonl [PEERS.jsonl …]` — cost against model size
+//!   ([`costs`]): per study model, load, forward, its ratio to PyTorch, making the GPTQ-4 twin,
+//!   the reference's induction and perplexity, the whole job's ratio to PyTorch, peak RSS and the
+//!   RTN-4 twin's size, and how each grows with the parameter count.
 //! - `sae-reports REPORT.json …` — one row per SAE trained by `qi sae train` (its `report.json` and
 //!   the `config.json` beside it, named `…_report.json` / `…_config.json`): variant, training
 //!   tokens and time, FVE and dead fraction held out and in sample, L0, the loss with the SAE
@@ -39,7 +44,10 @@
 //! - `features|ioi|prune-overlap|sae-compare|induction|calibration|activations|attention|logit-lens|ablation|patching|neurons|salient-neurons FILE.parquet`
 //!   — the summary table of one `qi analyze` result ([`tables`]), as `scripts/smollm2_results.sh`
 //!   writes them.
+mod costs;
 mod tables;
+
+pub use costs::{cost_rows, figure as cost_figure, markdown as cost_markdown, CostRow, CostSources};
 
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::Path;
@@ -76,12 +84,16 @@ pub fn render(cmd: &str, base: &Path) -> Result<String> {
         ["perplexity", file] => perplexity_table(&base.join(file)),
         ["twins", file] => twins_table(&base.join(file)),
         ["costs", file] => costs_table(&base.join(file)),
-        ["gptqmodel", file] => gptqmodel_table(&base.join(file)),
+        ["size-costs", study, results, forward, twins, peers @ ..] => {
+            let peers: Vec<std::path::PathBuf> = peers.iter().map(|f| base.join(f)).collect();
+            costs::markdown(&cost_rows(&CostSources { study: &base.join(study), results: &base.join(results), forward: &base.join(forward), twins: &base.join(twins), peers: &peers })?)
+        }
+        ["peers", files @ ..] if !files.is_empty() => peers_table(&files.iter().map(|f| base.join(f)).collect::<Vec<_>>()),
         ["sae-reports", files @ ..] if !files.is_empty() => sae_reports_table(&files.iter().map(|f| base.join(f)).collect::<Vec<_>>()),
         ["hybrids", file] => hybrids_table(&base.join(file)),
         [kind, file] if tables::KINDS.contains(kind) => tables::render(kind, &base.join(file)),
         _ => bail!(
-            "report block '{cmd}': unknown; expected `study SPEC [RESULTS]`, `study-memory SPEC [RESULTS]`, `study-perplexity SPEC [RESULTS]`, `perplexity FILE.jsonl`, `twins FILE.jsonl`, `costs FILE.jsonl`, `gptqmodel FILE.jsonl`, `hybrids FILE.txt`, `sae-reports REPORT.json …` or `KIND FILE.parquet` with KIND one of {}",
+            "report block '{cmd}': unknown; expected `study SPEC [RESULTS]`, `study-memory SPEC [RESULTS]`, `study-perplexity SPEC [RESULTS]`, `perplexity FILE.jsonl`, `twins FILE.jsonl`, `costs FILE.jsonl`, `peers FILE.jsonl …`, `size-costs SPEC RESULTS FORWARD.jsonl TWINS.jsonl [PEERS.jsonl …]`, `hybrids FILE.txt`, `sae-reports REPORT.json …` or `KIND FILE.parquet` with KIND one of {}",
             tables::KINDS.join(", ")
         ),
     }
@@ -306,23 +318,39 @@ pub fn costs_table(path: &Path) -> Result<String> {
     Ok(out)
 }
 
-/// The Markdown table of `scripts/bench_gptqmodel.sh` round lines: per spec, each round's qi and
-/// GPTQModel times and the median over rounds of the per-round ratio (the two alternate within a
-/// round, so a slow minute of the machine hits both sides of one ratio).
-pub fn gptqmodel_table(path: &Path) -> Result<String> {
-    let mut specs: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
-    for l in json_lines(path)? {
-        let (spec, q, g) = (l.st("spec")?, l.num("qi_s")?, l.num("gptqmodel_s")?);
-        match specs.iter_mut().find(|(s, _)| *s == spec) {
-            Some((_, rounds)) => rounds.push((q, g)),
-            None => specs.push((spec, vec![(q, g)])),
+/// Side-by-side rounds grouped by (job, model file name, peer) in order of first appearance, each
+/// with its (qi, peer) seconds per round.
+#[allow(clippy::type_complexity)]
+fn peer_rounds(paths: &[std::path::PathBuf]) -> Result<Vec<((String, String, String), Vec<(f64, f64)>)>> {
+    let mut jobs: Vec<((String, String, String), Vec<(f64, f64)>)> = Vec::new();
+    for path in paths {
+        for l in json_lines(path)? {
+            let key = (l.st("job")?, crate::loader::display_name(&l.st("model")?), l.st("peer")?);
+            let (q, p) = (l.num("qi_s")?, l.num("peer_s")?);
+            if !(q > 0.0 && p > 0.0) {
+                bail!("{}: qi_s {q} and peer_s {p} must be positive times", l.at);
+            }
+            match jobs.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, rounds)) => rounds.push((q, p)),
+                None => jobs.push((key, vec![(q, p)])),
+            }
         }
     }
-    let mut out = String::from("| quantizer (`--quant`) | rounds | qi per round | GPTQModel per round | qi ÷ GPTQModel (median of rounds) |\n|---|---:|---:|---:|---:|\n");
-    for (spec, rounds) in &specs {
-        let list = |f: &dyn Fn(&(f64, f64)) -> f64| rounds.iter().map(|r| format!("{:.0} s", f(r))).collect::<Vec<_>>().join(", ");
-        let ratios: Vec<f64> = rounds.iter().map(|(q, g)| q / g).collect();
-        out.push_str(&format!("| `{spec}` | {} | {} | {} | {:.2} |\n", rounds.len(), list(&|r| r.0), list(&|r| r.1), crate::metrics::median(&ratios)));
+    Ok(jobs)
+}
+
+/// The Markdown table of side-by-side benchmark rounds (`{"round", "job", "model", "peer", "qi_s",
+/// "peer_s"}` per line, from one or more files): per (job, model, peer), in order of first
+/// appearance, each round's two times and the median over rounds of the per-round ratio (the two
+/// alternate within a round, so a slow minute of the machine hits both sides of one ratio).
+pub fn peers_table(paths: &[std::path::PathBuf]) -> Result<String> {
+    let jobs = peer_rounds(paths)?;
+    let secs = |s: f64| if s < 10.0 { format!("{s:.2} s") } else { format!("{s:.0} s") };
+    let mut out = String::from("| job | model | peer | rounds | qi per round | peer per round | qi ÷ peer (median of rounds) |\n|---|---|---|---:|---:|---:|---:|\n");
+    for ((job, model, peer), rounds) in &jobs {
+        let list = |f: &dyn Fn(&(f64, f64)) -> f64| rounds.iter().map(|r| secs(f(r))).collect::<Vec<_>>().join(", ");
+        let ratios: Vec<f64> = rounds.iter().map(|(q, p)| q / p).collect();
+        out.push_str(&format!("| {job} | {model} | {peer} | {} | {} | {} | {:.2} |\n", rounds.len(), list(&|r| r.0), list(&|r| r.1), crate::metrics::median(&ratios)));
     }
     Ok(out)
 }
@@ -332,7 +360,8 @@ fn gib_of_kib(kib: f64) -> String {
     format!("{:.2} GiB", kib / (1u64 << 20) as f64)
 }
 
-/// Peak resident memory per (model, twin) of a study, from the sidecars of its finished cells, in
+/// Peak resident memory per (model, twin) of a study, and the time the quantizing cell took to make
+/// and store the twin, from the sidecars of its finished cells, memory in
 /// GiB (2^30 bytes, as the kernel counts): the largest peak of making the twin and storing it in
 /// the cache, of loading it from the cache, and of any analysis cell (with that cell's analysis),
 /// and how many of the pair's finished cells recorded a peak. Only pairs with a recorded peak are
@@ -341,6 +370,7 @@ pub fn study_memory_table(study: &crate::study::Study, results: &Path) -> Result
     #[derive(Default)]
     struct Peaks {
         make: Option<u64>,
+        make_s: Option<f64>,
         load: Option<u64>,
         analysis: Option<(u64, String)>,
         recorded: usize,
@@ -362,6 +392,10 @@ pub fn study_memory_table(study: &crate::study::Study, results: &Path) -> Result
         if rec.twin_peak_rss_kb.is_some() || rec.peak_rss_kb.is_some() {
             p.recorded += 1;
         }
+        // charged to the first cell that used the twin (the others of that run record 0)
+        if rec.twin_origin == "quantized" && rec.spec != "none" {
+            p.make_s = Some(p.make_s.map_or(rec.twin_s, |t| t.max(rec.twin_s)));
+        }
         if let Some(t) = rec.twin_peak_rss_kb {
             let slot = if rec.twin_origin == "quantized" { &mut p.make } else { &mut p.load };
             *slot = Some(slot.map_or(t, |m| m.max(t)));
@@ -374,7 +408,7 @@ pub fn study_memory_table(study: &crate::study::Study, results: &Path) -> Result
     }
     let gib = |kb: Option<u64>| kb.map_or("–".to_string(), |k| gib_of_kib(k as f64));
     let mut out = String::from(
-        "| model | twin | quantize and store the twin | load the cached twin | largest analysis peak | cells with a record |\n|---|---|---:|---:|---:|---:|\n",
+        "| model | twin | quantize and store the twin: time | peak | load the cached twin | largest analysis peak | cells with a record |\n|---|---|---:|---:|---:|---:|---:|\n",
     );
     let mut any = false;
     for k in &order {
@@ -385,7 +419,8 @@ pub fn study_memory_table(study: &crate::study::Study, results: &Path) -> Result
         any = true;
         let analysis = p.analysis.as_ref().map_or("–".to_string(), |(kb, name)| format!("{} ({name})", gib(Some(*kb))));
         let twin = if k.1 == "none" { "reference".to_string() } else { format!("`{}`", k.1) };
-        out.push_str(&format!("| {} | {twin} | {} | {} | {analysis} | {} of {} |\n", k.0, gib(p.make), gib(p.load), p.recorded, p.done));
+        let made = p.make_s.map_or("–".to_string(), |t| if t < 10.0 { format!("{t:.1} s") } else { format!("{t:.0} s") });
+        out.push_str(&format!("| {} | {twin} | {made} | {} | {} | {analysis} | {} of {} |\n", k.0, gib(p.make), gib(p.load), p.recorded, p.done));
     }
     if !any {
         bail!("no finished cell of study {} in {} records its peak memory", study.name, results.display());
@@ -521,19 +556,24 @@ mod tests {
     }
 
     #[test]
-    fn gptqmodel_ratio_is_the_median_of_per_round_ratios() {
-        let dir = crate::testing::scratch("report-gptqmodel");
-        let f = dir.join("g.jsonl");
-        let line = |spec: &str, q: f64, g: f64| format!("{{\"round\":1,\"spec\":\"{spec}\",\"qi_s\":{q},\"gptqmodel_s\":{g},\"gptqmodel\":{{}}}}\n");
+    fn peer_ratio_is_the_median_of_per_round_ratios() {
+        let dir = crate::testing::scratch("report-peers");
+        let (f, g) = (dir.join("g.jsonl"), dir.join("h.jsonl"));
+        let line = |job: &str, q: f64, p: f64| format!("{{\"round\":1,\"job\":\"{job}\",\"model\":\"/m/q.gguf\",\"peer\":\"GPTQModel\",\"qi_s\":{q},\"peer_s\":{p},\"peer_detail\":{{}}}}\n");
         // per-round ratios 0.5, 1.0, 0.25: median 0.50; the ratio of medians would be 0.33 and
-        // of the sums 0.56
-        std::fs::write(&f, line("gptq:bits=4", 100.0, 200.0) + &line("gptq:bits=4", 300.0, 300.0) + &line("gptq:bits=3", 50.0, 100.0) + &line("gptq:bits=4", 100.0, 400.0)).unwrap();
-        let t = gptqmodel_table(&f).unwrap();
-        assert!(t.contains("| `gptq:bits=4` | 3 | 100 s, 300 s, 100 s | 200 s, 300 s, 400 s | 0.50 |\n"), "{t}");
-        assert!(t.contains("| `gptq:bits=3` | 1 | 50 s | 100 s | 0.50 |\n"), "{t}");
-        std::fs::write(&f, "{\"spec\":\"x\",\"qi_s\":1}\n").unwrap();
-        let e = format!("{:#}", gptqmodel_table(&f).unwrap_err());
-        assert!(e.contains("line 1") && e.contains("gptqmodel_s"), "{e}");
+        // of the sums 0.56. Rounds of one job may come from two files.
+        std::fs::write(&f, line("GPTQ-4", 100.0, 200.0) + &line("GPTQ-4", 300.0, 300.0) + &line("forward", 2.5, 5.0)).unwrap();
+        std::fs::write(&g, line("GPTQ-4", 100.0, 400.0)).unwrap();
+        let t = peers_table(&[f.clone(), g.clone()]).unwrap();
+        assert!(t.contains("| GPTQ-4 | q | GPTQModel | 3 | 100 s, 300 s, 100 s | 200 s, 300 s, 400 s | 0.50 |\n"), "{t}");
+        assert!(t.contains("| forward | q | GPTQModel | 1 | 2.50 s | 5.00 s | 0.50 |\n"), "{t}");
+        assert!(t.find("GPTQ-4").unwrap() < t.find("forward").unwrap(), "rows in order of first appearance: {t}");
+        std::fs::write(&f, "{\"job\":\"x\",\"model\":\"m\",\"peer\":\"p\",\"qi_s\":1}\n").unwrap();
+        let e = format!("{:#}", peers_table(&[f.clone()]).unwrap_err());
+        assert!(e.contains("line 1") && e.contains("peer_s"), "{e}");
+        std::fs::write(&f, line("x", 1.0, 0.0)).unwrap();
+        let e = format!("{:#}", peers_table(&[f.clone()]).unwrap_err());
+        assert!(e.contains("line 1") && e.contains("positive"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

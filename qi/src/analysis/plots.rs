@@ -31,16 +31,19 @@ impl Labels {
 
     /// Title, axis titles and size.
     fn layout(&self, width: usize, height: usize) -> Layout {
-        self.layout_with(width, height, false, None)
+        self.layout_with(width, height, (false, false), None)
     }
 
     /// [`Labels::layout`] with a logarithmic x axis and/or a fixed y range.
-    fn layout_with(&self, width: usize, height: usize, log_x: bool, y_range: Option<(f64, f64)>) -> Layout {
+    fn layout_with(&self, width: usize, height: usize, (log_x, log_y): (bool, bool), y_range: Option<(f64, f64)>) -> Layout {
         let mut x = Axis::new().title(Title::with_text(&self.x));
         if log_x {
             x = x.type_(AxisType::Log);
         }
         let mut y = Axis::new().title(Title::with_text(&self.y));
+        if log_y {
+            y = y.type_(AxisType::Log);
+        }
         if let Some((lo, hi)) = y_range {
             y = y.range(vec![lo, hi]);
         }
@@ -71,15 +74,21 @@ fn ci_error(df: &DataFrame, idx: &[usize], value: &[f64], range: Option<(f64, f6
 /// One line per distinct value of `series` (e.g. `spec`), `value` against numeric column `x`,
 /// with CI error bars when the frame has `ci_low`/`ci_high`.
 pub fn lines(df: &DataFrame, x: &str, series: &str, labels: &Labels) -> Result<Plot> {
-    lines_with(df, x, series, labels, false, None)
+    lines_with(df, x, series, labels, (false, false), None)
 }
 
 /// [`lines`] on a logarithmic x axis (e.g. model size), with an optional fixed y range.
 pub fn lines_log_x(df: &DataFrame, x: &str, series: &str, labels: &Labels, y_range: Option<(f64, f64)>) -> Result<Plot> {
-    lines_with(df, x, series, labels, true, y_range)
+    lines_with(df, x, series, labels, (true, false), y_range)
 }
 
-fn lines_with(df: &DataFrame, x: &str, series: &str, labels: &Labels, log_x: bool, y_range: Option<(f64, f64)>) -> Result<Plot> {
+/// [`lines`] on logarithmic x and y axes (e.g. time against model size: a slope of one is cost
+/// proportional to size).
+pub fn lines_log_log(df: &DataFrame, x: &str, series: &str, labels: &Labels) -> Result<Plot> {
+    lines_with(df, x, series, labels, (true, true), None)
+}
+
+fn lines_with(df: &DataFrame, x: &str, series: &str, labels: &Labels, log: (bool, bool), y_range: Option<(f64, f64)>) -> Result<Plot> {
     labels.require_rows(df)?;
     let xs = f64_values(df, x)?;
     let ys = f64_values(df, "value")?;
@@ -96,7 +105,7 @@ fn lines_with(df: &DataFrame, x: &str, series: &str, labels: &Labels, log_x: boo
         }
         plot.add_trace(tr);
     }
-    plot.set_layout(labels.layout_with(800, 480, log_x, y_range));
+    plot.set_layout(labels.layout_with(800, 480, log, y_range));
     Ok(plot)
 }
 
