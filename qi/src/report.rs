@@ -345,7 +345,6 @@ fn peer_rounds(paths: &[std::path::PathBuf]) -> Result<Vec<((String, String, Str
 /// alternate within a round, so a slow minute of the machine hits both sides of one ratio).
 pub fn peers_table(paths: &[std::path::PathBuf]) -> Result<String> {
     let jobs = peer_rounds(paths)?;
-    let secs = |s: f64| if s < 10.0 { format!("{s:.2} s") } else { format!("{s:.0} s") };
     let mut out = String::from("| job | model | peer | rounds | qi per round | peer per round | qi ÷ peer (median of rounds) |\n|---|---|---|---:|---:|---:|---:|\n");
     for ((job, model, peer), rounds) in &jobs {
         let list = |f: &dyn Fn(&(f64, f64)) -> f64| rounds.iter().map(|r| secs(f(r))).collect::<Vec<_>>().join(", ");
@@ -353,6 +352,18 @@ pub fn peers_table(paths: &[std::path::PathBuf]) -> Result<String> {
         out.push_str(&format!("| {job} | {model} | {peer} | {} | {} | {} | {:.2} |\n", rounds.len(), list(&|r| r.0), list(&|r| r.1), crate::metrics::median(&ratios)));
     }
     Ok(out)
+}
+
+/// Seconds as every table prints them: two decimals under 10 s, whole seconds to 10 min, then
+/// minutes.
+fn secs(s: f64) -> String {
+    if s < 10.0 {
+        format!("{s:.2} s")
+    } else if s < 600.0 {
+        format!("{s:.0} s")
+    } else {
+        format!("{:.1} min", s / 60.0)
+    }
 }
 
 /// A memory size the kernel reports in KiB (VmHWM, ru_maxrss), in GiB as every table prints it.
@@ -419,7 +430,7 @@ pub fn study_memory_table(study: &crate::study::Study, results: &Path) -> Result
         any = true;
         let analysis = p.analysis.as_ref().map_or("–".to_string(), |(kb, name)| format!("{} ({name})", gib(Some(*kb))));
         let twin = if k.1 == "none" { "reference".to_string() } else { format!("`{}`", k.1) };
-        let made = p.make_s.map_or("–".to_string(), |t| if t < 10.0 { format!("{t:.1} s") } else { format!("{t:.0} s") });
+        let made = p.make_s.map_or("–".to_string(), secs);
         out.push_str(&format!("| {} | {twin} | {made} | {} | {} | {analysis} | {} of {} |\n", k.0, gib(p.make), gib(p.load), p.recorded, p.done));
     }
     if !any {

@@ -5,7 +5,7 @@
 //! cells (their sidecars' `twin_s` and `analysis_s`), and the ratios to PyTorch from side-by-side
 //! rounds ([`super::peers_table`]'s lines). Each row is one model; a step without a measurement is
 //! `–`, never a guess.
-use super::{gib_of_kib, json_lines, peer_rounds};
+use super::{gib_of_kib, json_lines, peer_rounds, secs};
 use crate::quant::QuantSpec;
 use anyhow::{anyhow, bail, Result};
 use std::path::{Path, PathBuf};
@@ -123,17 +123,6 @@ pub fn cost_rows(src: &CostSources) -> Result<Vec<CostRow>> {
         });
     }
     Ok(out)
-}
-
-/// Seconds as the tables print them: two decimals under 10 s, whole seconds to 10 min, then minutes.
-fn secs(s: f64) -> String {
-    if s < 10.0 {
-        format!("{s:.2} s")
-    } else if s < 600.0 {
-        format!("{s:.0} s")
-    } else {
-        format!("{:.1} min", s / 60.0)
-    }
 }
 
 /// The Markdown table of [`cost_rows`], smallest model first, with each step's time per billion
