@@ -33,11 +33,28 @@ for r in $(seq 1 "$ROUNDS"); do
   q=$(( $(ms) - t ))
   "$QI" study collect --results "$WORK/results-$r" --out "$WORK/qi-$r.parquet" > /dev/null 2>&1
   qppl=$("$QI" show "$WORK/qi-$r.parquet" --metric perplexity --columns spec,value 2>/dev/null | tail -n +3 | tr -d ' ' | tr '\n' ' ')
+  # qi's time per stage from its cells' records, named as the torch side's stages: the reference's
+  # load, each twin's quantization (charged to the first cell that used it) and each analysis
+  qstages=$(python3 - "$WORK/results-$r" <<'PY'
+import glob, json, sys
+st = {}
+for f in glob.glob(sys.argv[1] + "/*.json"):
+    c = json.load(open(f))
+    if "analysis_s" not in c:
+        continue
+    add = lambda k, v: st.__setitem__(k, round(st.get(k, 0.0) + v, 3))
+    add("load", c.get("reference_load_s", 0.0))
+    if c["spec"] != "none":
+        add(c["spec"].split(":")[0], c.get("twin_s", 0.0))
+    add(c["analysis"], c["analysis_s"])
+print(json.dumps(st, sort_keys=True))
+PY
+)
   t=$(ms)
   tj=$("$PY" "$ROOT/scripts/peer_job_torch.py" --model "$MODEL" --inputs "$WORK/inputs.json" --threads "$(nproc)")
   tt=$(( $(ms) - t ))
   # one line per round for the `peers` report block (docs/performance.md)
-  echo "{\"round\":$r,\"job\":\"whole job (load, RTN-4, GPTQ-4, induction, perplexity)\",\"model\":\"$MODEL\",\"peer\":\"$PEER\",\"qi_s\":$(( q / 1000 )).$(printf %03d $(( q % 1000 ))),\"peer_s\":$(( tt / 1000 )).$(printf %03d $(( tt % 1000 ))),\"qi_perplexity\":\"$qppl\",\"peer_detail\":$tj}"
+  echo "{\"round\":$r,\"job\":\"whole job (load, RTN-4, GPTQ-4, induction, perplexity)\",\"model\":\"$MODEL\",\"peer\":\"$PEER\",\"qi_s\":$(( q / 1000 )).$(printf %03d $(( q % 1000 ))),\"peer_s\":$(( tt / 1000 )).$(printf %03d $(( tt % 1000 ))),\"qi_perplexity\":\"$qppl\",\"qi_stages_s\":$qstages,\"peer_detail\":$tj}"
   lines+=("$q $tt")
 done
 python3 - "${lines[@]}" <<'PY'

@@ -547,7 +547,7 @@ fn bench_forward(src: &str, batch: usize, seq: usize, runs: usize, seed: u64) ->
     let matmul_params = non_embedding + m.cfg.d_vocab * m.cfg.d_model;
     let v = serde_json::json!({
         "impl": "qi", "median_s": times[times.len() / 2], "min_s": times[0], "runs": times.len(), "load_s": load_s,
-        "threads": candle_core::utils::get_num_threads(), "batch": batch, "seq": seq,
+        "threads": candle_core::utils::get_num_threads(), "matmul": qi::blas::backend_name(), "batch": batch, "seq": seq,
         "model": src, "params": m.n_params(), "params_non_embedding": non_embedding,
         "matmul_params": matmul_params, "peak_rss_kb": qi::study::peak_rss_kb(),
     });

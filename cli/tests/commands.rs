@@ -284,6 +284,34 @@ fn bench_forward_prints_one_json_line() {
 }
 
 #[test]
+fn qi_matmul_chooses_the_backend_and_a_bad_value_is_named() {
+    let dir = scratch("matmul");
+    let run = |value: &str| {
+        let o = Command::new(env!("CARGO_BIN_EXE_qi"))
+            .args(["bench-forward", "--model", LLAMA, "--batch", "1", "--seq", "8", "--runs", "1"])
+            .current_dir(ROOT)
+            .env("QI_CACHE", &dir)
+            .env("QI_MATMUL", value)
+            .output()
+            .unwrap();
+        Out { code: o.status.code(), stdout: String::from_utf8_lossy(&o.stdout).into(), stderr: String::from_utf8_lossy(&o.stderr).into() }
+    };
+    assert_eq!(json(&run("gemm"))["matmul"], "gemm");
+    // CI installs OpenBLAS (.ci/run); where it is missing, asking for it by name is an error
+    let ob = run("openblas");
+    if ob.code == Some(0) {
+        assert!(json(&ob)["matmul"].as_str().unwrap().starts_with("openblas ("), "{}", ob.stdout);
+    } else {
+        assert!(ob.stderr.contains("QI_MATMUL=openblas") && ob.stderr.contains("libopenblas"), "{}", ob.stderr);
+    }
+    let bad = run("mkl");
+    assert_eq!(bad.code, Some(1), "{}", bad.stderr);
+    assert!(bad.stderr.contains("QI_MATMUL=\"mkl\"") && bad.stderr.contains("expected auto, openblas or gemm"), "{}", bad.stderr);
+    assert!(!bad.stderr.contains("panicked") && !bad.stderr.contains("backtrace"), "{}", bad.stderr);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn the_device_is_checked_before_anything_runs() {
     let dir = scratch("device");
     let model = format!("{LLAMA}/twin-q8_0.gguf");

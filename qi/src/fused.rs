@@ -255,11 +255,26 @@ pub fn attention_mix(pattern: &Tensor, v: &Tensor) -> Result<Tensor> {
     Tensor::from_vec(out, (b, p, nh, dh), &Device::Cpu)
 }
 
-/// `x · w` for `x` `[rows, k]` and `w` `[k, n]`: the same gemm call as candle's matmul (same
-/// strides and threads, so the same bits), minus candle's zero-fill of the output. (Asking for
-/// transparent huge pages under the unembedding's 201 MB of logits made the isolated product
-/// ~15 % faster but the whole forward no faster: measured, then dropped.)
+/// `a · b` for 2-D tensors: [`matmul`] where it applies (f32 on the CPU, not tracked by
+/// autograd), candle's matmul otherwise.
+pub fn mm(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.rank() == 2 && b.rank() == 2 && fusable(&[a, b]) {
+        matmul(a, b)
+    } else {
+        a.matmul(b)
+    }
+}
+
+/// `x · w` for `x` `[rows, k]` and `w` `[k, n]`, read through their strides (a transposed view
+/// costs no copy), on the backend [`crate::blas`] chooses; with gemm it is the same call as
+/// candle's matmul (same strides and threads, so the same bits) minus candle's zero-fill of the
+/// output. (Asking for transparent huge pages under the unembedding's 201 MB of logits made the
+/// isolated product ~15 % faster but the whole forward no faster: measured, then dropped.)
 pub fn matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    matmul_on(crate::blas::backend()?, x, w)
+}
+
+fn matmul_on(backend: &crate::blas::Backend, x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (m, k) = x.dims2()?;
     let (wk, n) = w.dims2()?;
     if wk != k {
@@ -273,21 +288,30 @@ pub fn matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
         with_f32(w, |wd, wl| {
             let (xs, ws) = (xl.stride(), wl.stride());
             let threads = candle_core::utils::get_num_threads();
+            let (xp, wp) = (unsafe { xd.as_ptr().add(xl.start_offset()) }, unsafe { wd.as_ptr().add(wl.start_offset()) });
+            // OpenBLAS keeps its own thread pool: from inside a rayon task (a caller's parallel
+            // loop) the product stays on gemm, single-threaded as rayon nests it.
+            if let (crate::blas::Backend::OpenBlas(b), None) = (backend, rayon::current_thread_index()) {
+                // SAFETY: strides come from the layouts of tensors with the checked dims; OpenBLAS
+                // writes all m·n outputs (beta = 0).
+                if unsafe { b.sgemm(m, n, k, out.as_mut_ptr(), xp, xs[0], xs[1], wp, ws[0], ws[1], threads) } {
+                    return Ok(());
+                }
+            }
             let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-            // SAFETY: strides come from the layouts of tensors with the checked dims; gemm writes
-            // all m·n outputs (read_dst = false).
+            // SAFETY: as above; gemm writes all m·n outputs (read_dst = false).
             unsafe {
                 gemm::gemm(
                     m, n, k, out.as_mut_ptr(), 1, n as isize, false,
-                    xd.as_ptr().add(xl.start_offset()), xs[1] as isize, xs[0] as isize,
-                    wd.as_ptr().add(wl.start_offset()), ws[1] as isize, ws[0] as isize,
+                    xp, xs[1] as isize, xs[0] as isize,
+                    wp, ws[1] as isize, ws[0] as isize,
                     0.0, 1.0, false, false, false, par,
                 );
             }
             Ok(())
         })
     })?;
-    // SAFETY: written in full by gemm above.
+    // SAFETY: written in full by OpenBLAS or gemm above.
     unsafe { out.set_len(m * n) };
     Tensor::from_vec(out, (m, n), &Device::Cpu)
 }
@@ -378,20 +402,26 @@ mod tests {
     #[test]
     #[ignore]
     fn matmul_rate_bench() {
-        for (m, k, n) in [(4096usize, 576usize, 576usize), (4096, 576, 1536), (4096, 1536, 576), (16384, 576, 1536)] {
+        eprintln!("QI_MATMUL backend: {}", crate::blas::backend_name());
+        let shapes = [(4096usize, 576usize, 576usize), (4096, 576, 1536), (4096, 1536, 576), (16384, 576, 1536), (1024, 576, 49152)];
+        for (m, k, n) in shapes {
             let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
             let w = Tensor::randn(0f32, 1.0, (k, n), &Device::Cpu).unwrap();
-            matmul(&x, &w).unwrap();
-            let mut times: Vec<f64> = (0..7)
-                .map(|_| {
-                    let t = std::time::Instant::now();
-                    matmul(&x, &w).unwrap();
-                    t.elapsed().as_secs_f64()
-                })
-                .collect();
-            times.sort_by(f64::total_cmp);
-            let s = times[3];
-            eprintln!("[{m}, {k}] x [{k}, {n}]: median {:.1} ms, {:.0} GFLOP/s", s * 1e3, 2.0 * (m * k * n) as f64 / s / 1e9);
+            let mut line = format!("[{m}, {k}] x [{k}, {n}]:");
+            for (name, backend) in [("gemm", &crate::blas::Backend::Gemm), ("backend", crate::blas::backend().unwrap())] {
+                matmul_on(backend, &x, &w).unwrap();
+                let mut times: Vec<f64> = (0..7)
+                    .map(|_| {
+                        let t = std::time::Instant::now();
+                        matmul_on(backend, &x, &w).unwrap();
+                        t.elapsed().as_secs_f64()
+                    })
+                    .collect();
+                times.sort_by(f64::total_cmp);
+                let s = times[3];
+                line += &format!("  {name} {:.1} ms, {:.0} GFLOP/s", s * 1e3, 2.0 * (m * k * n) as f64 / s / 1e9);
+            }
+            eprintln!("{line}");
         }
     }
 
@@ -509,15 +539,22 @@ mod tests {
     }
 
     #[test]
-    fn matmul_is_candles_matmul_bit_for_bit() {
+    fn matmul_is_candles_matmul_bit_for_bit_on_gemm_and_close_on_openblas() {
         let dev = Device::Cpu;
+        let openblas = crate::blas::backend().unwrap();
         for (m, k, n) in [(3, 5, 7), (1024, 64, 8200)] {
             let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
             let w = Tensor::randn(0f32, 1.0, (k, n), &dev).unwrap();
-            assert_eq!(max_diff(&matmul(&x, &w).unwrap(), &x.matmul(&w).unwrap()), 0.0);
             // a transposed view on either side reads through its strides
-            let wt = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
-            assert_eq!(max_diff(&matmul(&x, &wt.t().unwrap()).unwrap(), &x.matmul(&wt.t().unwrap()).unwrap()), 0.0);
+            let wt = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap().t().unwrap();
+            let xt = Tensor::randn(0f32, 1.0, (k, m), &dev).unwrap().t().unwrap();
+            for (x, w) in [(&x, &w), (&x, &wt), (&xt, &w), (&xt, &wt)] {
+                let candle = x.matmul(w).unwrap();
+                assert_eq!(max_diff(&matmul_on(&crate::blas::Backend::Gemm, x, w).unwrap(), &candle), 0.0);
+                // k ≤ 64 unit normals: |x·w| is O(8); f32 sums in another order differ by ~1e-6
+                let d = max_diff(&matmul_on(openblas, x, w).unwrap(), &candle);
+                assert!(d < 1e-4, "{m}x{k}x{n}: {d}");
+            }
         }
         assert!(matmul(&Tensor::zeros((2, 3), DType::F32, &dev).unwrap(), &Tensor::zeros((4, 2), DType::F32, &dev).unwrap()).is_err());
         // empty shapes: no gemm call, and an empty inner dimension sums to zero

@@ -5,6 +5,7 @@
 //! the same raw weights; analyses of what quantization does to circuits and features.
 pub mod analysis;
 pub mod batch;
+pub mod blas;
 pub mod compact;
 pub mod data;
 pub mod device;

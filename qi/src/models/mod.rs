@@ -247,7 +247,7 @@ impl Linear {
             Some(q) => q.apply(&x2)?,
             None => x2,
         };
-        let y = if crate::fused::fusable(&[&x2, &self.weight_t]) { crate::fused::matmul(&x2, &self.weight_t)? } else { x2.matmul(&self.weight_t)? };
+        let y = crate::fused::mm(&x2, &self.weight_t)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,

@@ -136,7 +136,7 @@ impl HessianAccumulator {
         let s = (2.0 / self.nsamples as f64).sqrt() as f32;
         let xs = (x * s as f64)?;
         let xs = xs.to_dtype(DType::F32)?;
-        let xtx = xs.t()?.matmul(&xs)?.flatten_all()?.to_vec1::<f32>()?;
+        let xtx = crate::fused::mm(&xs.t()?, &xs)?.flatten_all()?.to_vec1::<f32>()?;
         for (h, a) in self.h.iter_mut().zip(xtx) {
             *h = *h * decay + a;
         }

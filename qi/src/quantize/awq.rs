@@ -483,11 +483,11 @@ pub fn awq_block(
 /// outputs, at `in / tokens` of the cost per ratio once `H` is made.
 fn one_linear_search(lin: &Linear, x: &Tensor, grid: &AwqGrid) -> Result<ScaleSearch> {
     let w = lin.weight();
-    let gram = x.t()?.matmul(x)?;
+    let gram = crate::fused::mm(&x.t()?, x)?;
     let n = (x.dim(0)? * w.dim(0)?) as f64;
     search_scales(&[(lin.name.as_str(), w.clone())], &mean_abs(x)?, grid, &mut |cand| {
         let d = (&cand[0] - &w)?;
-        Ok((d.matmul(&gram)? * &d)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()? / n)
+        Ok((crate::fused::mm(&d, &gram)? * &d)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()? / n)
     })
 }
 
