@@ -718,6 +718,8 @@ pub fn run_cells(study: &Study, opts: &RunOptions, select: &dyn Fn(&Cell) -> boo
             }
         };
         let mut reference_load_s = t.elapsed().as_secs_f64();
+        // the reference is never changed while its cells run
+        let memo = crate::analysis::ReferenceMemo::default();
         while i < model_end {
             let g = pending[i].group;
             let group_end = i + pending[i..model_end].iter().take_while(|c| c.group == g).count();
@@ -772,7 +774,7 @@ pub fn run_cells(study: &Study, opts: &RunOptions, select: &dyn Fn(&Cell) -> boo
                 };
                 run_peak = run_peak.max(peak_rss_kb());
                 let per_phase = reset_peak_rss();
-                match run_cell(study, cell, &reference, &twins, &opts.results, &mut rec, per_phase) {
+                match run_cell(study, cell, &reference, &memo, &twins, &opts.results, &mut rec, per_phase) {
                     Ok(()) => {
                         (reference_load_s, twin_s, twin_peak) = (0.0, 0.0, None);
                         summary.ran.push(rec);
@@ -794,7 +796,8 @@ pub fn run_cells(study: &Study, opts: &RunOptions, select: &dyn Fn(&Cell) -> boo
 }
 
 /// Runs one cell, fills in `rec` and writes it as the sidecar, then (atomically) the parquet file.
-fn run_cell(study: &Study, cell: &Cell, reference: &crate::HookedTransformer, twins: &[(QuantSpec, crate::HookedTransformer)], results: &Path, rec: &mut CellRecord, per_phase: bool) -> Result<()> {
+#[allow(clippy::too_many_arguments)]
+fn run_cell(study: &Study, cell: &Cell, reference: &crate::HookedTransformer, memo: &crate::analysis::ReferenceMemo, twins: &[(QuantSpec, crate::HookedTransformer)], results: &Path, rec: &mut CellRecord, per_phase: bool) -> Result<()> {
     let m = &study.models[cell.model];
     let a = &study.analyses[cell.analysis];
     let entry = analysis::find(&a.name)?;
@@ -802,6 +805,7 @@ fn run_cell(study: &Study, cell: &Cell, reference: &crate::HookedTransformer, tw
     // the reference rows are the reference cell's (same inputs, same seed): a per-model analysis
     // need not compute them again
     cmp.reference_rows = cell.spec == QuantSpec::None || !entry.per_model;
+    cmp.reference_memo = Some(memo);
     let t = Instant::now();
     let mut tidy: Tidy = analysis::run_seeds(&entry, &cmp, &a.options, &[cell.seed]).with_context(|| format!("{} on {} ({}, seed {})", a.id, m.name, cell.spec, cell.seed))?;
     rec.analysis_s = t.elapsed().as_secs_f64();

@@ -388,7 +388,17 @@ impl Analysis for Induction {
         let set = repeated_tokens_in(cmp.reference, o.n_seqs, o.seq_len, o.seed, range)?;
         let inputs = LossInputs::induction(cmp.reference, &set, o.batch_size)?;
         let all = cmp.all();
-        let scores: Vec<HeadScores> = all.iter().map(|t| head_scores(t.model, &set, &inputs, o.exclude_bos, o.exclude_current_token)).collect::<Result<_>>()?;
+        let score = |m: &HookedTransformer| head_scores(m, &set, &inputs, o.exclude_bos, o.exclude_current_token);
+        // the reference's scores depend only on it and the options (seed included): a study's
+        // twin cells share them through the memo instead of running the reference again
+        let memo_key = format!("induction head scores {}", serde_json::to_string(o)?);
+        let scores: Vec<HeadScores> = all
+            .iter()
+            .map(|t| match cmp.reference_memo {
+                Some(memo) if std::ptr::eq(t.model, cmp.reference) => memo.get_or_compute(&memo_key, || score(t.model)),
+                _ => score(t.model),
+            })
+            .collect::<Result<_>>()?;
         let mut out = Tidy::new(cmp.name.clone());
         let n_seqs = set.rows.len();
         for (t, s) in all.iter().zip(&scores) {
@@ -490,6 +500,30 @@ pub fn survival_figure(df: &DataFrame) -> Result<Plot> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_memo_shares_the_reference_scores_and_changes_no_row() {
+        use crate::quant::QuantSpec;
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/fixtures/llama");
+        let m = crate::load_model(dir.to_str().unwrap()).unwrap();
+        let spec: QuantSpec = "rtn:bits=4".parse().unwrap();
+        let twins = vec![(spec.clone(), crate::quantize::quantize_model(&m, &spec, &Default::default()).unwrap().0)];
+        let plain = Comparison::new("llama", &m, &twins).unwrap();
+        let memo = super::super::ReferenceMemo::default();
+        let mut shared = plain.clone();
+        shared.reference_memo = Some(&memo);
+        let o = InductionOptions { n_seqs: 4, seq_len: 6, batch_size: 3, ..Default::default() };
+        // as text: a survival with no detected head is NaN, which no == matches
+        let rows = |c: &Comparison, o: &InductionOptions| format!("{:?}", Induction::run(c, o).unwrap().rows);
+        let want = rows(&plain, &o);
+        assert_eq!(rows(&shared, &o), want);
+        // a second twin cell of the same seed reuses the entry; another seed adds one
+        assert_eq!(rows(&shared, &o), want);
+        assert_eq!(memo.len(), 1);
+        let o2 = InductionOptions { seed: 1, ..o.clone() };
+        assert_eq!(rows(&shared, &o2), rows(&plain, &o2));
+        assert_eq!(memo.len(), 2);
+    }
 
     #[test]
     fn stripe_score_on_a_hand_made_pattern() {

@@ -50,6 +50,39 @@ pub struct Comparison<'a> {
     /// Whether [`Comparison::all`] lists the reference. A study clears it for the twin cells of
     /// [`Analysis::PER_MODEL`] analyses, whose reference rows come from the reference cell.
     pub reference_rows: bool,
+    /// Where an analysis may keep what it computed on the reference for the next comparison with
+    /// the same reference and options (a study's twin cells each compare against it). Only set
+    /// by a caller that never changes the reference while the memo lives.
+    pub reference_memo: Option<&'a ReferenceMemo>,
+}
+
+/// Results computed on one reference model, by key (the analysis and its options, seed
+/// included): a study keeps one per loaded reference so that its twin cells do not recompute the
+/// reference's side of a comparison.
+#[derive(Default)]
+pub struct ReferenceMemo {
+    entries: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<dyn std::any::Any + Send + Sync>>>,
+}
+
+impl ReferenceMemo {
+    /// The value stored under `key`, or `compute()`'s, stored (an error is not stored).
+    pub fn get_or_compute<T: Clone + Send + Sync + 'static>(&self, key: &str, compute: impl FnOnce() -> Result<T>) -> Result<T> {
+        if let Some(v) = self.entries.lock().unwrap_or_else(|p| p.into_inner()).get(key).and_then(|v| v.downcast_ref::<T>()) {
+            return Ok(v.clone());
+        }
+        let v = compute()?;
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).insert(key.to_string(), std::sync::Arc::new(v.clone()));
+        Ok(v)
+    }
+
+    /// How many results are stored.
+    pub fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 impl<'a> Comparison<'a> {
@@ -58,7 +91,7 @@ impl<'a> Comparison<'a> {
         for (spec, m) in twins {
             reference.check_comparable(m, &spec.to_string())?;
         }
-        Ok(Comparison { name: name.into(), reference, twins: twins.iter().map(|(spec, model)| Twin { spec, model }).collect(), reference_rows: true })
+        Ok(Comparison { name: name.into(), reference, twins: twins.iter().map(|(spec, model)| Twin { spec, model }).collect(), reference_rows: true, reference_memo: None })
     }
 
     /// The reference first (spec `none`, unless `reference_rows` is off), then each twin.
@@ -244,6 +277,22 @@ pub fn run_seeds(entry: &Entry, cmp: &Comparison, options: &serde_json::Value, s
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reference_memo_computes_once_per_key_and_keeps_no_error() {
+        let memo = ReferenceMemo::default();
+        let calls = std::cell::Cell::new(0);
+        let f = |v: u32| {
+            calls.set(calls.get() + 1);
+            Ok(v)
+        };
+        assert_eq!(memo.get_or_compute("a", || f(1)).unwrap(), 1);
+        assert_eq!(memo.get_or_compute("a", || f(2)).unwrap(), 1, "the stored value, not a new one");
+        assert_eq!(memo.get_or_compute("b", || f(3)).unwrap(), 3);
+        assert_eq!((calls.get(), memo.len()), (2, 2));
+        assert!(memo.get_or_compute::<u32>("c", || anyhow::bail!("no")).is_err());
+        assert_eq!(memo.get_or_compute("c", || f(4)).unwrap(), 4, "a failed computation is not stored");
+    }
 
     #[test]
     fn layer_list_from_text_or_array() {
