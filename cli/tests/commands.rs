@@ -15,7 +15,12 @@ struct Out {
 }
 
 fn qi(args: &[&str], cache: &Path) -> Out {
-    let o = Command::new(env!("CARGO_BIN_EXE_qi")).args(args).current_dir(ROOT).env("QI_CACHE", cache).output().unwrap();
+    qi_with(args, cache, &[])
+}
+
+/// [`qi`] with extra environment variables.
+fn qi_with(args: &[&str], cache: &Path, env: &[(&str, &str)]) -> Out {
+    let o = Command::new(env!("CARGO_BIN_EXE_qi")).args(args).current_dir(ROOT).env("QI_CACHE", cache).envs(env.iter().copied()).output().unwrap();
     Out { code: o.status.code(), stdout: String::from_utf8_lossy(&o.stdout).into(), stderr: String::from_utf8_lossy(&o.stderr).into() }
 }
 
@@ -286,16 +291,7 @@ fn bench_forward_prints_one_json_line() {
 #[test]
 fn qi_matmul_chooses_the_backend_and_a_bad_value_is_named() {
     let dir = scratch("matmul");
-    let run = |value: &str| {
-        let o = Command::new(env!("CARGO_BIN_EXE_qi"))
-            .args(["bench-forward", "--model", LLAMA, "--batch", "1", "--seq", "8", "--runs", "1"])
-            .current_dir(ROOT)
-            .env("QI_CACHE", &dir)
-            .env("QI_MATMUL", value)
-            .output()
-            .unwrap();
-        Out { code: o.status.code(), stdout: String::from_utf8_lossy(&o.stdout).into(), stderr: String::from_utf8_lossy(&o.stderr).into() }
-    };
+    let run = |value: &str| qi_with(&["bench-forward", "--model", LLAMA, "--batch", "1", "--seq", "8", "--runs", "1"], &dir, &[("QI_MATMUL", value)]);
     assert_eq!(json(&run("gemm"))["matmul"], "gemm");
     // CI installs OpenBLAS (.ci/run); where it is missing, asking for it by name is an error
     let ob = run("openblas");
