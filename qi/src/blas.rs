@@ -18,15 +18,18 @@ use std::sync::{Mutex, OnceLock};
 const ROW_MAJOR: c_int = 101;
 const NO_TRANS: c_int = 111;
 const TRANS: c_int = 112;
+const LOWER: c_int = 122;
 
 type Sgemm =
     unsafe extern "C" fn(c_int, c_int, c_int, c_int, c_int, c_int, f32, *const f32, c_int, *const f32, c_int, f32, *mut f32, c_int);
+type Ssyrk = unsafe extern "C" fn(c_int, c_int, c_int, c_int, c_int, f32, *const f32, c_int, f32, *mut f32, c_int);
 type SetThreads = unsafe extern "C" fn(c_int);
 type GetConfig = unsafe extern "C" fn() -> *const c_char;
 
 /// A loaded OpenBLAS.
 pub struct OpenBlas {
     sgemm: Sgemm,
+    ssyrk: Ssyrk,
     set_threads: SetThreads,
     config: String,
     /// The thread count last given to OpenBLAS; held during a call so that concurrent callers
@@ -61,6 +64,7 @@ fn load() -> std::result::Result<OpenBlas, String> {
                 if p.is_null() { Err(format!("{name} has no {s}")) } else { Ok(p) }
             };
             let sgemm: Sgemm = std::mem::transmute::<*mut c_void, Sgemm>(sym("cblas_sgemm")?);
+            let ssyrk: Ssyrk = std::mem::transmute::<*mut c_void, Ssyrk>(sym("cblas_ssyrk")?);
             let set_threads: SetThreads = std::mem::transmute::<*mut c_void, SetThreads>(sym("openblas_set_num_threads")?);
             let config = match sym("openblas_get_config") {
                 Ok(p) => {
@@ -70,7 +74,7 @@ fn load() -> std::result::Result<OpenBlas, String> {
                 }
                 Err(_) => String::new(),
             };
-            return Ok(OpenBlas { sgemm, set_threads, config, threads: Mutex::new(0) });
+            return Ok(OpenBlas { sgemm, ssyrk, set_threads, config, threads: Mutex::new(0) });
         }
     }
     Err(why.join("; "))
@@ -142,15 +146,37 @@ impl OpenBlas {
     pub unsafe fn sgemm(&self, m: usize, n: usize, k: usize, dst: *mut f32, a: *const f32, a_rs: usize, a_cs: usize, b: *const f32, b_rs: usize, b_cs: usize, threads: usize) -> bool {
         let (Some((ta, lda)), Some((tb, ldb))) = (operand(m, k, a_rs, a_cs), operand(k, n, b_rs, b_cs)) else { return false };
         let (Ok(mi), Ok(ni), Ok(ki)) = (c_int::try_from(m), c_int::try_from(n), c_int::try_from(k)) else { return false };
-        let threads = c_int::try_from(threads.max(1)).unwrap_or(1);
-        let mut set = self.threads.lock().unwrap_or_else(|p| p.into_inner());
-        if *set != threads {
-            (self.set_threads)(threads);
-            *set = threads;
-        }
+        let _pool = self.pool(threads);
         // beta = 0: OpenBLAS writes dst without reading it
         (self.sgemm)(ROW_MAJOR, ta, tb, mi, ni, ki, 1.0, a, lda, b, ldb, 0.0, dst, ni);
         true
+    }
+
+    /// The lower triangle (diagonal included) of `c[n×n] = alpha · xᵀx + beta · c` for `x` `[k, n]`
+    /// row-major and contiguous, with `threads` threads: a Gram matrix for half the products of
+    /// a general matmul (`ssyrk`); the strict upper triangle of `c` is neither read nor written.
+    /// `false` when a size does not fit CBLAS's `int`.
+    ///
+    /// # Safety
+    /// `x` holds `k·n` readable f32 and `c` holds `n·n` writable f32 that do not overlap it.
+    pub unsafe fn syrk_lower(&self, n: usize, k: usize, alpha: f32, x: *const f32, beta: f32, c: *mut f32, threads: usize) -> bool {
+        let (Ok(ni), Ok(ki)) = (c_int::try_from(n), c_int::try_from(k)) else { return false };
+        let _pool = self.pool(threads);
+        (self.ssyrk)(ROW_MAJOR, LOWER, TRANS, ni, ki, alpha, x, ni.max(1), beta, c, ni.max(1));
+        true
+    }
+
+    /// Holds OpenBLAS's thread pool for one call, sized to `threads`: concurrent callers wait
+    /// rather than share it, and none resizes it under another.
+    fn pool(&self, threads: usize) -> std::sync::MutexGuard<'_, c_int> {
+        let threads = c_int::try_from(threads.max(1)).unwrap_or(1);
+        let mut set = self.threads.lock().unwrap_or_else(|p| p.into_inner());
+        if *set != threads {
+            // SAFETY: a plain setter of the loaded library, called under the lock
+            unsafe { (self.set_threads)(threads) };
+            *set = threads;
+        }
+        set
     }
 }
 
@@ -201,6 +227,23 @@ mod tests {
         let single = run(1);
         assert!(single == run(1), "one thread, the same call twice: different bits");
         assert!(single.iter().zip(&want).all(|(o, w)| (*o as f64 - w).abs() <= 1e-4 * (1.0 + w.abs())));
+        // the Gram matrix's lower triangle: alpha·aᵀa + beta·c, upper triangle untouched
+        let (rows, cols) = (m, k); // a as [67, 300]
+        let mut c: Vec<f32> = (0..cols * cols).map(|i| (i % 5) as f32).collect();
+        let before = c.clone();
+        assert!(unsafe { b.syrk_lower(cols, rows, 0.5, a.as_ptr(), 2.0, c.as_mut_ptr(), 2) });
+        for i in 0..cols {
+            for j in 0..cols {
+                let got = c[i * cols + j] as f64;
+                if j > i {
+                    assert_eq!(got, before[i * cols + j] as f64, "upper ({i}, {j}) was written");
+                    continue;
+                }
+                let dot: f64 = (0..rows).map(|r| a[r * cols + i] as f64 * a[r * cols + j] as f64).sum();
+                let w = 0.5 * dot + 2.0 * before[i * cols + j] as f64;
+                assert!((got - w).abs() <= 1e-4 * (1.0 + w.abs()), "({i}, {j}): {got} vs {w}");
+            }
+        }
         // strides CBLAS cannot take are refused, not misread
         let mut out = vec![0f32; 4];
         assert!(!unsafe { b.sgemm(2, 2, 2, out.as_mut_ptr(), a.as_ptr(), 4, 2, bt.as_ptr(), 2, 1, 1) });

@@ -134,13 +134,7 @@ impl HessianAccumulator {
         let decay = (self.nsamples as f64 / (self.nsamples + tmp) as f64) as f32;
         self.nsamples += tmp;
         let s = (2.0 / self.nsamples as f64).sqrt() as f32;
-        let xs = (x * s as f64)?;
-        let xs = xs.to_dtype(DType::F32)?;
-        let xtx = crate::fused::mm(&xs.t()?, &xs)?.flatten_all()?.to_vec1::<f32>()?;
-        for (h, a) in self.h.iter_mut().zip(xtx) {
-            *h = *h * decay + a;
-        }
-        Ok(())
+        Ok(crate::fused::gram_update(&mut self.h, &x, s, decay)?)
     }
 
     /// Samples counted so far (`nsamples`).
