@@ -121,6 +121,16 @@ pub fn backend_name() -> String {
     }
 }
 
+/// A short name for what decides the last bits of a product: `gemm`, or `openblas-<hash of its
+/// build config>-t<threads>` (OpenBLAS's kernels depend on its build and the CPU it detected, its
+/// summation split on the thread count). Part of the twin cache's key for calibrated twins.
+pub fn matmul_tag() -> candle_core::Result<String> {
+    Ok(match backend()? {
+        Backend::OpenBlas(b) => format!("openblas-{}-t{}", &crate::hash::stable_hash(&[&b.config])[..8], candle_core::utils::get_num_threads()),
+        Backend::Gemm => "gemm".into(),
+    })
+}
+
 /// How CBLAS reads a `rows × cols` matrix with row stride `rs` and column stride `cs`, as a
 /// row-major operand: `(transpose flag, leading dimension)`, or `None` when neither axis is
 /// contiguous.
