@@ -89,7 +89,7 @@ pub fn twin_dir(root: &Path, model: &HookedTransformer, spec: &QuantSpec, opts: 
 
 /// The versions part of a twin's key. A calibrated method's weights also depend on the matmul
 /// library: the last bits of its Hessians or Gram matrices move near-tie rounding decisions
-/// (GPTQ-4 of SmolLM2: perplexity 65.31 on gemm, 64.31 on OpenBLAS), so such a twin is keyed by
+/// (GPTQ-4 of SmolLM2: perplexity 65.31 on gemm, 66.89 on OpenBLAS), so such a twin is keyed by
 /// [`crate::blas::matmul_tag`] and never reused under another backend. gemm adds nothing, so
 /// twins made before OpenBLAS was supported keep their keys.
 fn versions(spec: &QuantSpec) -> Result<String> {
