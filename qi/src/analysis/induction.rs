@@ -503,11 +503,7 @@ mod tests {
 
     #[test]
     fn a_memo_shares_the_reference_scores_and_changes_no_row() {
-        use crate::quant::QuantSpec;
-        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/fixtures/llama");
-        let m = crate::load_model(dir.to_str().unwrap()).unwrap();
-        let spec: QuantSpec = "rtn:bits=4".parse().unwrap();
-        let twins = vec![(spec.clone(), crate::quantize::quantize_model(&m, &spec, &Default::default()).unwrap().0)];
+        let (m, twins) = crate::testing::llama_and_rtn4_twin();
         let plain = Comparison::new("llama", &m, &twins).unwrap();
         let memo = super::super::ReferenceMemo::default();
         let mut shared = plain.clone();

@@ -79,14 +79,10 @@ fn tokens(cmp: &Comparison, opts: &PerplexityAnalysisOptions) -> Result<Vec<u32>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::QuantSpec;
 
     #[test]
     fn rows_per_spec_and_bad_window_counts() {
-        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/fixtures/llama");
-        let m = crate::load_model(dir.to_str().unwrap()).unwrap();
-        let spec: QuantSpec = "rtn:bits=4".parse().unwrap();
-        let twins = vec![(spec.clone(), crate::quantize::quantize_model(&m, &spec, &Default::default()).unwrap().0)];
+        let (m, twins) = crate::testing::llama_and_rtn4_twin();
         let cmp = Comparison::new("llama", &m, &twins).unwrap();
         let opts = PerplexityAnalysisOptions { text: "random".into(), seqlen: 8, max_windows: Some(3), batch_size: 2, seed: 1 };
         let t = Perplexity::run(&cmp, &opts).unwrap();
